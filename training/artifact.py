@@ -1,0 +1,65 @@
+"""The model artefact, `model.tar.gz`: what it holds and how it is written.
+
+    model.pth             the state_dict (load with weights_only=True)
+    classes.json          class names, in output-index order
+    model.json            ModelSpec (arch, num_classes, hidden_units, dropout)
+    preprocessing.json    the eval preset's parameters (ClassificationPresetEval.to_dict)
+    metadata.json         version, training job, hyperparameters, final metrics
+    code/inference.py     the SageMaker inference handler
+    code/requirements.txt its requirements
+    code/training/{__init__,presets,model}.py   the modules inference imports
+
+`code/` mirrors the repository's import paths, so `inference.py` imports
+`training.presets` the same way in the repo, in the source dir and in the endpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CODE_FILES = {
+    "code/inference.py": REPO_ROOT / "inference" / "inference.py",
+    "code/requirements.txt": REPO_ROOT / "inference" / "requirements.txt",
+    "code/training/__init__.py": REPO_ROOT / "training" / "__init__.py",
+    "code/training/presets.py": REPO_ROOT / "training" / "presets.py",
+    "code/training/model.py": REPO_ROOT / "training" / "model.py",
+}
+WEIGHTS = "model.pth"
+CLASSES = "classes.json"
+SPEC = "model.json"
+PREPROCESSING = "preprocessing.json"
+METADATA = "metadata.json"
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_model_dir(model_dir: Path, *, state_dict_bytes: bytes, classes: list[str], spec: dict,
+                    preprocessing: dict, metadata: dict) -> None:
+    """Write the artefact's files into SM_MODEL_DIR (SageMaker tars that directory)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / WEIGHTS).write_bytes(state_dict_bytes)
+    for name, payload in ((CLASSES, classes), (SPEC, spec), (PREPROCESSING, preprocessing), (METADATA, metadata)):
+        (model_dir / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
+    for name, source in CODE_FILES.items():
+        if source.exists():
+            target = model_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+
+
+def pack_model_dir(model_dir: Path, tarball: Path) -> Path:
+    """Tar a model directory as SageMaker does (members relative to the directory)."""
+    with tarfile.open(tarball, "w:gz") as tar:
+        for path in sorted(model_dir.rglob("*")):
+            if path.is_file():
+                _add_bytes(tar, path.relative_to(model_dir).as_posix(), path.read_bytes())
+    return tarball
