@@ -1,0 +1,73 @@
+"""Thin edges to the AWS services the local SageMaker uses (S3, EventBridge).
+
+boto3 honours AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE>, so on one machine these
+calls reach moto in server mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an S3 URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def join_s3(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def s3_client(region: str):
+    return boto3.client("s3", region_name=region)
+
+
+def download_prefix(s3, uri: str, target: Path) -> int:
+    """Download every object under an S3 prefix as File mode does; returns the count.
+
+    Local paths are relative to the prefix's last '/', so both `s3://b/data/` and an
+    exact object key `s3://b/manifests/run.jsonl` land where SageMaker puts them.
+    """
+    bucket, prefix = split_s3_uri(uri)
+    if not prefix or prefix.endswith("/"):
+        base = prefix
+    else:
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if key.endswith("/"):
+                continue
+            local = target / key[len(base):]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(local))
+            count += 1
+    return count
+
+
+def download_object(s3, uri: str, target: Path) -> Path:
+    bucket, key = split_s3_uri(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    s3.download_file(bucket, key, str(target))
+    return target
+
+
+def upload_file(s3, path: Path, uri: str) -> str:
+    bucket, key = split_s3_uri(uri)
+    s3.upload_file(str(path), bucket, key)
+    return uri
+
+
+def upload_tree(s3, directory: Path, uri: str) -> int:
+    count = 0
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            upload_file(s3, path, join_s3(uri, path.relative_to(directory).as_posix()))
+            count += 1
+    return count

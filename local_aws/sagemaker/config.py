@@ -1,0 +1,33 @@
+"""Configuration of one local SageMaker service."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    region: str = "us-east-1"
+    account: str = "123456789012"  # moto's default account, so ARNs line up with moto's
+    event_bus: str = "default"
+    # Training processes at once (ResourceLimitExceeded past it): keeps a small machine usable.
+    max_running_jobs: int = 2
+    # Seconds an endpoint host has to answer /ping and a real request.
+    host_start_timeout: float = 120.0
+
+    @classmethod
+    def from_env(cls, state_dir: Path, **overrides) -> "Settings":
+        values = {
+            "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+            "event_bus": os.environ.get("LOCAL_SAGEMAKER_EVENT_BUS", "default"),
+            "max_running_jobs": int(os.environ.get("LOCAL_SAGEMAKER_MAX_RUNNING_JOBS", "2")),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(state_dir=Path(state_dir), **values)
+
+    def arn(self, kind: str, name: str) -> str:
+        # AWS lower-cases the resource name in SageMaker ARNs.
+        return f"arn:aws:sagemaker:{self.region}:{self.account}:{kind}/{name.lower()}"

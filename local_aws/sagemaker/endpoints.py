@@ -1,0 +1,257 @@
+"""Endpoints, hosted by the project's endpoint host (`python -m local_aws.endpoint_host`),
+one process per deployed config, behind the runtime's InvokeEndpoint.
+
+UpdateEndpoint is blue/green: the new config's host starts beside the old one and must
+answer /ping and a real request before traffic moves; requests already sent to the old
+host finish before it stops, so no request fails during an update. A new host that
+does not pass leaves the old one serving, and the endpoint's FailureReason says why,
+as AWS's rollback does.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools import Logger
+
+from . import aws
+from .exceptions import ModelError, ValidationException
+
+if TYPE_CHECKING:
+    from .models import Endpoint, SageMakerBackend
+
+logger = Logger(service="local-sagemaker")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INVOKE_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def probe_image() -> tuple[bytes, str]:
+    """A real request for the health probe: a small PNG, what the project's models classify."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 64, 32)).save(buffer, format="PNG")
+    return buffer.getvalue(), "image/png"
+
+
+def host_command(model_dir: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "local_aws.endpoint_host", "--model", str(model_dir), "--port", str(port),
+            "--workers", "1"]
+
+
+@dataclass
+class Host:
+    """One endpoint host process, and the requests it is answering right now."""
+
+    config_name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    workdir: Path
+    inflight: int = 0
+    idle: threading.Condition = field(default_factory=threading.Condition)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = INVOKE_TIMEOUT) -> tuple[int, bytes, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.read(), response.getheader("Content-Type", "application/octet-stream")
+        finally:
+            connection.close()
+
+    def log_tail(self, lines: int = 5) -> str:
+        if not self.log_path.exists():
+            return ""
+        return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float, probe: tuple[bytes, str]) -> None:
+        """/ping answers 200, then a real request answers 2xx; raises with the reason otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the model server exited with code {self.process.returncode}: {self.log_tail()}")
+            try:
+                if self.request("GET", "/ping", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the model server did not pass /ping within {timeout:.0f} s: {self.log_tail()}")
+            time.sleep(0.25)
+        body, content_type = probe
+        status, answer, _ = self.request("POST", "/invocations", body,
+                                         {"Content-Type": content_type, "Accept": "application/json"})
+        if not 200 <= status < 300:
+            raise RuntimeError(f"the model server answered a test request with HTTP {status}: "
+                               f"{answer[:300].decode(errors='replace')}")
+
+    def stop(self, drain_timeout: float = 30.0) -> None:
+        """Let requests in flight finish, then stop the process."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.inflight == 0, timeout=drain_timeout)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class EndpointFleet:
+    def __init__(self, backend: "SageMakerBackend", probe: Callable[[], tuple[bytes, str]] = probe_image) -> None:
+        self.backend = backend
+        self.settings = backend.settings
+        self.probe = probe
+        self._hosts: dict[str, Host] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # ----- the operations' side ----------------------------------------------------------
+
+    def create(self, name: str) -> None:
+        self._background(self._create, name)
+
+    def update(self, name: str, config_name: str) -> None:
+        self._background(self._update, name, config_name)
+
+    def resume(self, endpoint: "Endpoint") -> None:
+        """After a restart: serve the endpoint's current config again (an unfinished update is rolled back)."""
+        def mark(e: "Endpoint") -> None:
+            if e.status == "Updating":
+                e.failure_reason = "The local SageMaker restarted during the update; the update was rolled back"
+            e.status, e.pending_config_name = "Creating", None
+        self.backend.change_endpoint(endpoint.name, mark, announce=False)
+        self.create(endpoint.name)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            host = self._hosts.pop(name, None)
+        if host:
+            host.stop()
+
+    def wait(self, timeout: float | None = None) -> None:
+        for thread in list(self._threads):
+            thread.join(timeout)
+
+    def shutdown(self) -> None:
+        self.wait(timeout=self.settings.host_start_timeout)
+        with self._lock:
+            hosts, self._hosts = list(self._hosts.values()), {}
+        for host in hosts:
+            host.stop(drain_timeout=5)
+
+    def invoke(self, name: str, body: bytes, content_type: str, accept: str,
+               custom_attributes: str | None = None) -> tuple[bytes, str, str]:
+        """(body, content type, variant) from the host serving the endpoint now."""
+        endpoint = self.backend.endpoint_serving(name)
+        with self._lock:
+            host = self._hosts.get(name)
+            if host is None:
+                raise ValidationException(f"Endpoint {name} of account {self.settings.account} is not in service "
+                                          f"(status {endpoint.status}).")
+            with host.idle:
+                host.inflight += 1
+        try:
+            headers = {"Content-Type": content_type, "Accept": accept}
+            if custom_attributes:
+                headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
+            status, answer, answer_type = host.request("POST", "/invocations", body, headers)
+        finally:
+            with host.idle:
+                host.inflight -= 1
+                host.idle.notify_all()
+        if not 200 <= status < 300:
+            message = answer[:1000].decode(errors="replace")
+            raise ModelError(
+                f"Received client error ({status}) from primary with message \"{message}\". See "
+                f"the endpoint's log for more information.", status, message,
+                f"arn:aws:logs:{self.settings.region}:{self.settings.account}:log-group:/aws/sagemaker/Endpoints/{name}")
+        variant, _ = self.backend.config_model(host.config_name)
+        return answer, answer_type, variant["VariantName"]
+
+    # ----- the work ----------------------------------------------------------------------
+
+    def _background(self, target: Callable[..., None], *args: str) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=f"endpoint-{args[0]}")
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _create(self, name: str) -> None:
+        config_name = self.backend.endpoints[name].config_name
+        try:
+            host = self._launch(name, config_name)
+        except Exception as error:  # noqa: BLE001 - the endpoint fails with the reason
+            logger.warning("endpoint failed to start", endpoint=name, reason=str(error))
+            self.backend.change_endpoint(name, lambda e: (setattr(e, "status", "Failed"),
+                                                          setattr(e, "failure_reason", str(error)[:1024])))
+            return
+        with self._lock:
+            self._hosts[name] = host
+        self.backend.change_endpoint(name, lambda e: setattr(e, "status", "InService"))
+
+    def _update(self, name: str, config_name: str) -> None:
+        try:
+            host = self._launch(name, config_name)
+        except Exception as error:  # noqa: BLE001 - roll back: the old host never stopped serving
+            logger.warning("endpoint update rolled back", endpoint=name, reason=str(error))
+            reason = f"Failed to update endpoint to config {config_name}; rolled back to the previous config: {error}"
+            self.backend.change_endpoint(name, lambda e: (
+                setattr(e, "status", "InService"), setattr(e, "pending_config_name", None),
+                setattr(e, "failure_reason", reason[:1024])))
+            return
+        with self._lock:
+            old, self._hosts[name] = self._hosts.get(name), host  # traffic moves here, atomically
+        self.backend.change_endpoint(name, lambda e: (
+            setattr(e, "status", "InService"), setattr(e, "config_name", config_name),
+            setattr(e, "pending_config_name", None), setattr(e, "failure_reason", None)))
+        if old:
+            old.stop()
+
+    def _launch(self, name: str, config_name: str) -> Host:
+        _, model = self.backend.config_model(config_name)
+        container = model.request.get("PrimaryContainer") or model.request["Containers"][0]
+        workdir = self.settings.state_dir / "hosts" / name / f"{config_name}-{uuid.uuid4().hex[:8]}"
+        model_dir = workdir / "model"
+        model_dir.mkdir(parents=True)
+        archive = aws.download_object(aws.s3_client(self.settings.region), container["ModelDataUrl"],
+                                      workdir / "model.tar.gz")
+        with tarfile.open(archive) as tar:
+            tar.extractall(model_dir, filter="data")
+        port = free_port()
+        log_path = self.settings.state_dir / "logs" / "endpoints" / f"{name}-{workdir.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **container.get("Environment", {}),
+               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(host_command(model_dir, port), cwd=REPO_ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        host = Host(config_name=config_name, port=port, process=process, log_path=log_path, workdir=workdir)
+        try:
+            host.wait_ready(self.settings.host_start_timeout, self.probe())
+        except Exception:
+            host.stop(drain_timeout=0)
+            raise
+        return host

@@ -1,0 +1,110 @@
+"""Training jobs through boto3: script mode for real, statuses, metrics, artefacts, failures, stop."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import boto3
+import pytest
+import requests
+
+from .conftest import job_definition, sdk_hyperparameters, unique, wait_for
+
+DONE = ("Completed", "Failed", "Stopped")
+
+
+def create_job(sm, bucket, source, name, **hyperparameters):
+    sm.create_training_job(TrainingJobName=name, HyperParameters=sdk_hyperparameters("train.py", source, **hyperparameters),
+                           Tags=[{"Key": "pipeline-role", "Value": "test"}], **job_definition(bucket, source))
+    return wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE)
+
+
+def test_a_job_runs_the_script_and_uploads_its_model(sm, s3, bucket, tiny_source, service):
+    name = unique("tiny")
+    job = create_job(sm, bucket, tiny_source, name, lr=0.1, epochs=2)
+
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == [
+        "Starting", "Downloading", "Training", "Uploading", "Completed"]
+    assert all("EndTime" in t for t in job["SecondaryStatusTransitions"])
+    assert job["CreationTime"] <= job["TrainingStartTime"] <= job["TrainingEndTime"]
+    metrics = {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}
+    assert metrics["valid:accuracy"] == pytest.approx(0.75)  # the last epoch's value, not the first
+    assert job["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/output/{name}/output/model.tar.gz"
+    model = s3.get_object(Bucket=bucket, Key=f"output/{name}/output/model.tar.gz")["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(model)) as tar:
+        assert json.load(tar.extractfile("model.json")) == {"lr": 0.1}
+    s3.head_object(Bucket=bucket, Key=f"output/{name}/output/output.tar.gz")
+
+    log = requests.get(f"{service.url}/_local/training-jobs/{name}/log", timeout=5).text
+    assert "files ['a.txt', 'b.txt']" in log  # both objects of the channel, File mode
+    assert '"lr": 0.1' in log and "sagemaker_program" not in log.split("hps", 1)[1].splitlines()[0]
+
+
+def test_a_failing_script_fails_the_job_with_its_error(sm, bucket, tiny_source):
+    job = create_job(sm, bucket, tiny_source, unique("fails"), fail="yes")
+
+    assert job["TrainingJobStatus"] == "Failed"
+    assert job["SecondaryStatus"] == "Failed"
+    assert "ExecuteUserScriptError" in job["FailureReason"]
+    assert "ValueError: the training data has no images of class 7" in job["FailureReason"]
+
+
+def test_a_missing_channel_fails_the_job_with_a_clear_reason(sm, bucket, tiny_source):
+    name = unique("nodata")
+    definition = job_definition(bucket, tiny_source, data_prefix="nothing-here/")
+    sm.create_training_job(TrainingJobName=name, HyperParameters=sdk_hyperparameters("train.py", tiny_source),
+                           **definition)
+    job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE)
+    assert job["TrainingJobStatus"] == "Failed"
+    assert "no objects under" in job["FailureReason"] and "nothing-here" in job["FailureReason"]
+
+
+def test_stop_ends_a_running_job_as_stopped(sm, bucket, tiny_source):
+    name = unique("stop")
+    sm.create_training_job(TrainingJobName=name,
+                           HyperParameters=sdk_hyperparameters("train.py", tiny_source, epochs=100, sleep=0.2),
+                           **job_definition(bucket, tiny_source))
+    wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "SecondaryStatus", ("Training",))
+    sm.stop_training_job(TrainingJobName=name)
+    job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE, timeout=30)
+    assert job["TrainingJobStatus"] == "Stopped"
+    assert job["SecondaryStatus"] == "Stopped"
+
+
+def test_names_are_unique_and_unknown_jobs_are_not_found(sm, bucket, tiny_source):
+    name = unique("dup")
+    create_job(sm, bucket, tiny_source, name)
+    with pytest.raises(sm.exceptions.ResourceInUse):
+        sm.create_training_job(TrainingJobName=name, HyperParameters=sdk_hyperparameters("train.py", tiny_source),
+                               **job_definition(bucket, tiny_source))
+    with pytest.raises(sm.exceptions.ResourceNotFound):
+        sm.describe_training_job(TrainingJobName="no-such-job")
+    listed = sm.list_training_jobs(NameContains=name)["TrainingJobSummaries"]
+    assert [j["TrainingJobName"] for j in listed] == [name]
+
+
+def test_too_many_running_jobs_is_a_resource_limit(sm, bucket, tiny_source, service):
+    names = [unique("busy") for _ in range(service.backend.settings.max_running_jobs)]
+    for name in names:
+        sm.create_training_job(TrainingJobName=name,
+                               HyperParameters=sdk_hyperparameters("train.py", tiny_source, epochs=100, sleep=0.2),
+                               **job_definition(bucket, tiny_source))
+    try:
+        with pytest.raises(sm.exceptions.ResourceLimitExceeded):
+            sm.create_training_job(TrainingJobName=unique("one-more"),
+                                   HyperParameters=sdk_hyperparameters("train.py", tiny_source),
+                                   **job_definition(bucket, tiny_source))
+    finally:
+        for name in names:
+            sm.stop_training_job(TrainingJobName=name)
+        for name in names:
+            wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE, timeout=30)
+
+
+def test_boto3_finds_the_service_through_the_environment(service, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", service.url)
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    assert "TrainingJobSummaries" in client.list_training_jobs()
