@@ -25,3 +25,8 @@ bench: install
 
 clean:
 	rm -rf out demo-output .pytest_cache
+
+# The deployable template and Lambda zip for a stage: `make package STAGE=prod` (default dev).
+STAGE ?= dev
+package: install
+	$(PY) -m infra.package --stage $(STAGE) build/package/$(STAGE)

@@ -1,0 +1,107 @@
+"""The Chalice app: every Lambda and route, each forwarding to chalice_app.
+
+Declarations here are read by Chalice (packaging) and by the local dispatcher;
+they use only environment variables, never code, for names. Powertools wraps the
+functions in chalice_app.handlers (its decorators cannot sit on a Chalice handler).
+"""
+
+from __future__ import annotations
+
+import os
+
+from chalice import Chalice, IAMAuthorizer, Rate
+
+from chalice_app import api, handlers
+from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
+from chalice_app.observability import logger, metrics
+
+app = Chalice(app_name="image-pipeline")
+
+TRAINING_QUEUE = os.environ.get("TRAINING_QUEUE", "image-pipeline-training-data")
+INCOMING_QUEUE = os.environ.get("INCOMING_QUEUE", "image-pipeline-incoming")
+# IAM authorisation on the routes that change state (dev and prod stages set IAM_AUTH).
+_auth = IAMAuthorizer() if os.environ.get("IAM_AUTH", "").lower() in {"1", "true"} else None
+
+
+@app.middleware("http")
+def _http_observability(event, get_response):
+    logger.set_correlation_id(event.context.get("requestId"))
+    try:
+        return get_response(event)
+    finally:
+        metrics.flush_metrics()
+
+
+# Uploads of a burst gather for up to 20 s per batch; the quiet window ends the burst.
+@app.on_sqs_message(queue=TRAINING_QUEUE, batch_size=100, maximum_batching_window_in_seconds=20)
+def on_training_data(event):
+    return handlers.training_data(event.to_dict(), event.context)
+
+
+@app.on_sqs_message(queue=INCOMING_QUEUE, batch_size=10, maximum_batching_window_in_seconds=1)
+def on_incoming_image(event):
+    return handlers.incoming_images(event.to_dict(), event.context)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def quiet_check(event):
+    return handlers.quiet_check(event.to_dict(), event.context)
+
+
+@app.on_cw_event(TUNING_PATTERN)
+def on_tuning_state(event):
+    return handlers.tuning_state(event.to_dict(), event.context)
+
+
+@app.on_cw_event(TRAINING_PATTERN)
+def on_training_state(event):
+    return handlers.training_state(event.to_dict(), event.context)
+
+
+@app.on_cw_event(ENDPOINT_PATTERN)
+def on_endpoint_state(event):
+    return handlers.endpoint_state(event.to_dict(), event.context)
+
+
+def _query(name):
+    return (app.current_request.query_params or {}).get(name)
+
+
+@app.route("/predictions", methods=["GET"])
+def list_predictions():
+    return api.list_predictions(_query("limit"), _query("cursor"))
+
+
+@app.route("/predictions/{name}", methods=["GET"])
+def get_prediction(name):
+    return api.get_prediction(name)
+
+
+@app.route("/uploads", methods=["POST"], authorizer=_auth)
+def create_upload():
+    return api.upload_url(app.current_request.json_body)
+
+
+@app.route("/models", methods=["GET"])
+def list_models():
+    return api.list_models()
+
+
+@app.route("/models/live", methods=["GET"])
+def live_model():
+    return api.live_model()
+
+
+@app.route("/runs", methods=["GET"])
+def list_runs():
+    return api.list_runs(_query("limit"), _query("cursor"))
+
+
+@app.route("/runs", methods=["POST"], authorizer=_auth)
+def start_run():
+    return api.start_run()
+
+
+@app.route("/runs/{run_id}", methods=["GET"])
+def get_run(run_id):
+    return api.get_run(run_id)

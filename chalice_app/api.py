@@ -1,0 +1,122 @@
+"""The HTTP API's logic: each function takes plain arguments and returns a JSON-ready dict.
+
+Errors are Chalice's view errors, which Chalice turns into JSON bodies with the
+right status code (400, 404, 409, 422).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+from urllib.parse import unquote
+
+from chalice import BadRequestError, ConflictError, NotFoundError, UnprocessableEntityError
+
+from . import aws, retraining
+from .config import settings
+from .manifest import IMAGE_SUFFIXES
+from .pipeline import stores
+from .store.predictions import decode_cursor
+from .store.runs import ACTIVE
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RUN_ID = re.compile(r"^r\d{12}-[0-9a-f]{6}$")
+MAX_PAGE = 100
+
+
+def page_size(raw: str | None, default: int = 20) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise BadRequestError(f"limit must be an integer from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def get_prediction(name: str) -> dict[str, Any]:
+    key = settings().incoming_prefix + unquote(name)
+    item = stores().predictions.get(key)
+    if item is None:
+        raise NotFoundError(f"no prediction for {key}")
+    item.pop("feed", None)
+    return item
+
+
+def list_predictions(limit: str | None, cursor: str | None) -> dict[str, Any]:
+    if cursor:
+        try:
+            decode_cursor(cursor)
+        except ValueError as error:
+            raise BadRequestError(str(error)) from error
+    items, next_cursor = stores().predictions.recent(page_size(limit), cursor)
+    return {"items": items, "next": next_cursor}
+
+
+def _filename(body: dict[str, Any]) -> str:
+    name = str(body.get("filename") or "image.jpg").rsplit("/", 1)[-1]
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        raise BadRequestError(f"filename must end with one of {', '.join(IMAGE_SUFFIXES)}")
+    return name
+
+
+def upload_url(body: dict[str, Any] | None) -> dict[str, Any]:
+    """A presigned PUT for a new image: under incoming/ to classify, or under a label to train."""
+    config = settings()
+    body = body or {}
+    target = body.get("target", "incoming")
+    name = _filename(body)
+    suffix = name[name.rfind("."):].lower()
+    if target == "incoming":
+        key = f"{config.incoming_prefix}{uuid.uuid4().hex}{suffix}"
+    elif target == "training":
+        label = str(body.get("label", ""))
+        if not _LABEL.match(label):
+            raise BadRequestError("label must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        split = body.get("split")
+        if split not in (None, "train", "valid", "test"):
+            raise BadRequestError("split must be train, valid or test (or left out: assigned from the key)")
+        key = f"{config.training_prefix}{split + '/' if split else ''}{label}/{uuid.uuid4().hex[:8]}-{name}"
+    else:
+        raise BadRequestError("target must be 'incoming' or 'training'")
+    url = aws.client("s3").generate_presigned_url(
+        "put_object", Params={"Bucket": config.bucket, "Key": key}, ExpiresIn=config.upload_url_seconds)
+    return {"method": "PUT", "url": url, "key": key, "expires_in": config.upload_url_seconds}
+
+
+def list_models() -> dict[str, Any]:
+    registry = stores().registry
+    return {"items": registry.all(), "live": registry.live()}
+
+
+def live_model() -> dict[str, Any]:
+    live = stores().registry.live()
+    if live is None:
+        raise NotFoundError("no model is live yet")
+    return live
+
+
+def list_runs(limit: str | None, cursor: str | None) -> dict[str, Any]:
+    if cursor and not _RUN_ID.match(cursor):
+        raise BadRequestError("the pagination cursor is not valid")
+    items, next_cursor = stores().runs.recent(page_size(limit), cursor)
+    return {"items": items, "next": next_cursor}
+
+
+def get_run(run_id: str) -> dict[str, Any]:
+    run = stores().runs.get(run_id) if _RUN_ID.match(run_id) else None
+    if run is None:
+        raise NotFoundError(f"no run {run_id}")
+    return run
+
+
+def start_run() -> dict[str, Any]:
+    """Start a run by hand (on the data as it is now)."""
+    outcome = retraining.maybe_start_run(manual=True)
+    if outcome.started:
+        return get_run(outcome.run_id)
+    run = stores().runs.get(outcome.run_id) if outcome.run_id else None
+    if run and run["status"] in ACTIVE:
+        raise ConflictError(outcome.reason)
+    if run and run["status"] == "REFUSED":
+        raise UnprocessableEntityError(outcome.reason)
+    raise ConflictError(outcome.reason)

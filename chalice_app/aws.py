@@ -1,0 +1,63 @@
+"""boto3 clients, made once per Lambda container.
+
+boto3 reads AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE> by itself, so on one
+machine the same calls reach moto and the local SageMaker; nothing here names an
+endpoint. Tests replace a client with `use_client` (e.g. one under a Stubber).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+_overrides: dict[str, Any] = {}
+_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+
+
+@lru_cache(maxsize=None)
+def _make(service: str) -> Any:
+    return boto3.session.Session().client(service, config=_CONFIG)
+
+
+def client(service: str) -> Any:
+    return _overrides.get(service) or _make(service)
+
+
+def use_client(service: str, replacement: Any | None) -> None:
+    """Use `replacement` for `service` (None: back to the real one)."""
+    if replacement is None:
+        _overrides.pop(service, None)
+    else:
+        _overrides[service] = replacement
+
+
+def reset() -> None:
+    _overrides.clear()
+    _make.cache_clear()
+    _resource.cache_clear()
+
+
+def error_code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def error_message(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Message", str(error))
+
+
+def is_conditional_failure(error: ClientError) -> bool:
+    return error_code(error) in {"ConditionalCheckFailedException", "TransactionCanceledException"}
+
+
+@lru_cache(maxsize=None)
+def _resource(service: str) -> Any:
+    return boto3.session.Session().resource(service, config=_CONFIG)
+
+
+def table(name: str) -> Any:
+    """A DynamoDB Table (the resource layer converts numbers and maps for us)."""
+    return _resource("dynamodb").Table(name)

@@ -1,0 +1,155 @@
+"""The app's configuration: environment variables set per stage in `.chalice/config.json`.
+
+Names, URIs, images and tuning settings reach the Lambda here and nowhere else, so
+the same code runs on AWS and on one machine. JSON-valued variables hold the
+structured settings (static hyperparameters, tuning ranges, alarms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+# The seed projects' search space (lr 0.001-0.1 log-scaled, batch sizes 32..256,
+# a few epochs, SGD momentum); the configuration may replace any of it.
+DEFAULT_TUNING_RANGES: dict[str, dict[str, Any]] = {
+    "lr": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"},
+    "batch-size": {"type": "categorical", "values": ["32", "64", "128", "256"]},
+    "epochs": {"type": "integer", "min": 2, "max": 5},
+    "momentum": {"type": "continuous", "min": 0.5, "max": 0.9},
+}
+DEFAULT_STATIC_HYPERPARAMETERS: dict[str, str] = {
+    "arch": "resnet18",
+    "optimizer": "sgd",
+    "freeze": "backbone",
+    "pretrained": "imagenet",
+    "patience": "3",
+}
+DEBUGGER_RULES = ("VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+def _json(env: dict[str, str], name: str, default: Any) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{name} is not valid JSON: {error}") from error
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str
+    name_prefix: str
+    bucket: str
+    pipeline_table: str
+    predictions_table: str
+    training_queue: str
+    incoming_queue: str
+    training_prefix: str
+    incoming_prefix: str
+    manifest_prefix: str
+    output_prefix: str
+    sagemaker_role_arn: str
+    training_image: str
+    inference_image: str
+    rules_image: str
+    source_dir_uri: str
+    endpoint_name: str
+    training_instance_type: str
+    inference_instance_type: str
+    static_hyperparameters: dict[str, str] = field(default_factory=dict)
+    tuning_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuning_strategy: str = "Bayesian"
+    max_training_jobs: int = 4
+    max_parallel_jobs: int = 2
+    early_stopping: str = "Auto"
+    spot_training: bool = False
+    max_runtime_seconds: int = 3600
+    max_wait_seconds: int = 7200
+    quiet_window_seconds: int = 300
+    min_images: int = 20
+    gate_margin: float = 0.0
+    rollback_alarms: tuple[str, ...] = ()
+    max_image_bytes: int = 6 * 1024 * 1024
+    top_k: int = 5
+    upload_url_seconds: int = 900
+
+    @property
+    def tuning_job_prefix(self) -> str:
+        return self.name_prefix
+
+    def s3_uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+def settings_from_env(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+
+    def need(name: str) -> str:
+        value = env.get(name, "")
+        if not value:
+            raise ConfigError(f"environment variable {name} is not set (see .chalice/config.json)")
+        return value
+
+    prefix = env.get("NAME_PREFIX", "imgpipe")
+    # Tuning job names are limited to 32 characters; the run id takes 20 of them.
+    if len(prefix) > 11:
+        raise ConfigError(f"NAME_PREFIX {prefix!r} is longer than 11 characters")
+    static = {**DEFAULT_STATIC_HYPERPARAMETERS, **_json(env, "STATIC_HYPERPARAMETERS", {})}
+    return Settings(
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        name_prefix=prefix,
+        bucket=need("BUCKET"),
+        pipeline_table=need("PIPELINE_TABLE"),
+        predictions_table=need("PREDICTIONS_TABLE"),
+        training_queue=need("TRAINING_QUEUE"),
+        incoming_queue=need("INCOMING_QUEUE"),
+        training_prefix=env.get("TRAINING_PREFIX", "training-data/"),
+        incoming_prefix=env.get("INCOMING_PREFIX", "incoming/"),
+        manifest_prefix=env.get("MANIFEST_PREFIX", "manifests/"),
+        output_prefix=env.get("OUTPUT_PREFIX", "sagemaker/"),
+        sagemaker_role_arn=need("SAGEMAKER_ROLE_ARN"),
+        training_image=need("TRAINING_IMAGE"),
+        inference_image=need("INFERENCE_IMAGE"),
+        rules_image=need("DEBUGGER_RULES_IMAGE"),
+        source_dir_uri=need("SOURCE_DIR_URI"),
+        endpoint_name=need("ENDPOINT_NAME"),
+        training_instance_type=env.get("TRAINING_INSTANCE_TYPE", "ml.m5.xlarge"),
+        inference_instance_type=env.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large"),
+        static_hyperparameters={k: str(v) for k, v in static.items()},
+        tuning_ranges=_json(env, "TUNING_RANGES", DEFAULT_TUNING_RANGES),
+        tuning_strategy=env.get("TUNING_STRATEGY", "Bayesian"),
+        max_training_jobs=int(env.get("MAX_TRAINING_JOBS", "4")),
+        max_parallel_jobs=int(env.get("MAX_PARALLEL_JOBS", "2")),
+        early_stopping=env.get("EARLY_STOPPING", "Auto"),
+        spot_training=_bool(env, "SPOT_TRAINING", False),
+        max_runtime_seconds=int(env.get("MAX_RUNTIME_SECONDS", "3600")),
+        max_wait_seconds=int(env.get("MAX_WAIT_SECONDS", "7200")),
+        quiet_window_seconds=int(env.get("QUIET_WINDOW_SECONDS", "300")),
+        min_images=int(env.get("MIN_IMAGES", "20")),
+        gate_margin=float(env.get("GATE_MARGIN", "0.0")),
+        rollback_alarms=tuple(_json(env, "ROLLBACK_ALARMS", [])),
+        max_image_bytes=int(env.get("MAX_IMAGE_BYTES", str(6 * 1024 * 1024))),
+        top_k=int(env.get("TOP_K", "5")),
+        upload_url_seconds=int(env.get("UPLOAD_URL_SECONDS", "900")),
+    )
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The settings of this Lambda's environment (read once per container)."""
+    return settings_from_env()

@@ -1,0 +1,93 @@
+"""Quality gate and deployment: a better model goes live, blue/green; a worse one is rejected.
+
+The registry changes only on SageMaker's word: a model becomes LIVE when the
+endpoint reports InService with its config, and a failed or rolled-back update
+leaves the previous model LIVE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from . import clock, gate
+from . import sagemaker_requests as requests
+from .config import settings
+from .events import EndpointStateChange
+from .observability import logger, metrics, tracer
+from .pipeline import stores
+from .predictions import redrive_pending
+from .retraining import end_run, maybe_start_run
+from .sagemaker_calls import create, delete_quietly, describe_endpoint
+
+FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
+
+
+@tracer.capture_method
+def gate_and_deploy(run_id: str, description: dict[str, Any]) -> None:
+    config, store = settings(), stores()
+    live = store.registry.live()
+    verdict = gate.judge(description, live["test_accuracy"] if live else None, config.gate_margin)
+    if not verdict.passed:
+        end_run(run_id, ("TRAINING",), "REJECTED", verdict.reason, test_accuracy=verdict.accuracy)
+        return
+    version = description["TrainingJobName"]
+    store.registry.add(version, clock.now(), run_id=run_id, test_accuracy=verdict.accuracy,
+                       endpoint_config=requests.model_name(config, run_id), training_job=version,
+                       artifact=description["ModelArtifacts"]["S3ModelArtifacts"])
+    create("create_model", requests.model_request(config, run_id, description["ModelArtifacts"]["S3ModelArtifacts"]))
+    create("create_endpoint_config", requests.endpoint_config_request(config, run_id))
+    endpoint = describe_endpoint(config.endpoint_name)
+    if endpoint is None:
+        create("create_endpoint", requests.create_endpoint_request(config, run_id))
+    elif endpoint.get("EndpointConfigName") != requests.model_name(config, run_id):
+        create("update_endpoint", requests.update_endpoint_request(config, run_id))
+    stores().runs.transition(run_id, ("TRAINING",), "DEPLOYING", clock.now(), model_version=version,
+                             test_accuracy=verdict.accuracy, gate=verdict.reason)
+    logger.info("deploying", extra={"run_id": run_id, "model_version": version, "gate": verdict.reason})
+
+
+def _fail_deployments(reason: str, keep: str | None = None) -> None:
+    store = stores()
+    for model in store.registry.all():
+        if model["status"] == "DEPLOYING" and model["model_version"] != keep:
+            store.registry.set_status(model["model_version"], "FAILED", reason=reason)
+            end_run(model["run_id"], ("DEPLOYING",), "FAILED", reason)
+
+
+@tracer.capture_method
+def on_endpoint_change(event: EndpointStateChange) -> None:
+    config, store = settings(), stores()
+    detail = event.detail
+    if detail.name != config.endpoint_name:
+        return
+    if detail.status in FAILED_ENDPOINT_STATES:
+        _fail_deployments(f"endpoint {detail.status}: {detail.failure_reason or 'no reason given'}")
+        return
+    if detail.status != "InService":
+        return
+    # Events can arrive late or twice: the endpoint's description is the truth.
+    endpoint = describe_endpoint(config.endpoint_name) or {}
+    serving = endpoint.get("EndpointConfigName", detail.config_name)
+    model = store.registry.by_endpoint_config(serving) if serving else None
+    if model is None:
+        return
+    if model["status"] == "DEPLOYING":
+        _promote(model)
+    elif model["status"] == "LIVE":
+        # InService on the live config while another deployment waits: the update rolled back.
+        reason = endpoint.get("FailureReason") or "the endpoint update rolled back to the live model"
+        _fail_deployments(reason, keep=model["model_version"])
+
+
+def _promote(model: dict[str, Any]) -> None:
+    config, store = settings(), stores()
+    previous = store.registry.promote(model, clock.now())
+    if previous and previous["endpoint_config"] != model["endpoint_config"]:
+        delete_quietly("delete_endpoint_config", EndpointConfigName=previous["endpoint_config"])
+        delete_quietly("delete_model", ModelName=previous["endpoint_config"])
+    logger.info("model live", extra={"model_version": model["model_version"], "run_id": model["run_id"]})
+    metrics.add_metric(name="ModelsDeployed", unit=MetricUnit.Count, value=1)
+    end_run(model["run_id"], ("DEPLOYING",), "DEPLOYED", f"model {model['model_version']} is live")
+    redrive_pending()

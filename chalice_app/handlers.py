@@ -1,0 +1,86 @@
+"""The Lambda entry points, each under Powertools' Logger, Metrics and Tracer.
+
+Powertools decorators cannot sit on a Chalice handler, so app.py forwards the raw
+event and the Lambda context here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from . import deployment, predictions, retraining
+from .config import settings
+from .events import EndpointStateChange, TrainingJobStateChange, TuningJobStateChange, s3_records
+from .observability import logger, metrics, tracer
+
+_SQS_CORRELATION = "Records[0].messageId"
+
+
+def _with_prefix(record: SQSRecord, prefix: str) -> list:
+    return [r for r in s3_records(record.body) if r.key.startswith(prefix)]
+
+
+def _arrival(record: SQSRecord) -> None:
+    retraining.record_arrivals(_with_prefix(record, settings().training_prefix))
+
+
+def _image(record: SQSRecord) -> None:
+    for s3_record in _with_prefix(record, settings().incoming_prefix):
+        predictions.classify(s3_record)
+
+
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(correlation_id_path=_SQS_CORRELATION, clear_state=True)
+@metrics.log_metrics
+def training_data(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A batch of S3 notifications for training-data/: dedupe, record, maybe start a run."""
+    response = process_partial_response(event=event, record_handler=_arrival,
+                                        processor=BatchProcessor(event_type=EventType.SQS), context=context)
+    outcome = retraining.maybe_start_run()
+    logger.info("run check", extra={"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason})
+    return response
+
+
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(correlation_id_path=_SQS_CORRELATION, clear_state=True)
+@metrics.log_metrics
+def incoming_images(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A batch of S3 notifications for incoming/: one prediction item per image."""
+    return process_partial_response(event=event, record_handler=_image,
+                                    processor=BatchProcessor(event_type=EventType.SQS), context=context)
+
+
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@metrics.log_metrics
+def quiet_check(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Every minute: end a quiet burst with a run, and finish a start that stalled."""
+    retraining.resume_stalled_start()
+    outcome = retraining.maybe_start_run()
+    logger.info("run check", extra={"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason})
+    return {"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason}
+
+
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@metrics.log_metrics
+def tuning_state(event: dict[str, Any], context: Any) -> None:
+    retraining.on_tuning_change(TuningJobStateChange.model_validate(event))
+
+
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@metrics.log_metrics
+def training_state(event: dict[str, Any], context: Any) -> None:
+    retraining.on_training_change(TrainingJobStateChange.model_validate(event))
+
+
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@metrics.log_metrics
+def endpoint_state(event: dict[str, Any], context: Any) -> None:
+    deployment.on_endpoint_change(EndpointStateChange.model_validate(event))

@@ -1,0 +1,200 @@
+"""Retraining: data arrivals → one run per upload burst → tuning → the final training job.
+
+event → parsed record → decision → AWS call → stored state. Decisions are plain
+functions of stored state; every step is safe to repeat (conditional writes,
+deterministic SageMaker names).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from . import aws, clock, manifest
+from . import sagemaker_requests as requests
+from .config import settings
+from .events import S3Record, TrainingJobStateChange, TuningJobStateChange
+from .observability import logger, metrics, tracer
+from .pipeline import stores
+from .sagemaker_calls import create
+
+# A run that took the lock but never reached TUNING (its Lambda died mid-start)
+# is resumed by the schedule after this long.
+STALLED_START_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    started: bool
+    run_id: str | None
+    reason: str
+
+
+def new_run_id(now: float) -> str:
+    """20 characters that sort by start time: r<yymmddHHMMSS>-<6 hex>."""
+    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%y%m%d%H%M%S")
+    return f"r{stamp}-{secrets.token_hex(3)}"
+
+
+def record_arrivals(records: list[S3Record]) -> int:
+    """Dedupe (key, eTag) and add new uploads to the current burst. Returns how many were new."""
+    config, store = settings(), stores()
+    now = clock.now()
+    new, committed = 0, False
+    for record in records:
+        if not record.key.startswith(config.training_prefix):
+            continue
+        if not store.arrivals.first_sighting(record.key, record.etag, now):
+            logger.debug("duplicate arrival", extra={"key": record.key, "etag": record.etag})
+            continue
+        if manifest.is_commit_marker(record.key, config.training_prefix):
+            committed = True
+        else:
+            new += 1
+    if new or committed:
+        store.arrivals.record(now, arrivals=new, committed=committed)
+        metrics.add_metric(name="TrainingImagesArrived", unit=MetricUnit.Count, value=new)
+    return new
+
+
+@tracer.capture_method
+def maybe_start_run(*, manual: bool = False) -> StartOutcome:
+    """Start a run when a quiet or committed burst waits and no run is active (or by hand)."""
+    config, store = settings(), stores()
+    now = clock.now()
+    burst = store.arrivals.current()
+    if not manual:
+        if burst is None or not burst.pending:
+            return StartOutcome(False, None, "no new training data")
+        if not burst.is_quiet(now, config.quiet_window_seconds):
+            return StartOutcome(False, None, "the upload burst is still going on")
+    holder = store.runs.lock_holder()
+    if holder:
+        # The burst stays pending: it becomes the next run when this one ends.
+        return StartOutcome(False, holder, f"run {holder} is active; new data will start a run after it")
+    run_id = new_run_id(now)
+    if not store.runs.take_lock(run_id, now):
+        return StartOutcome(False, None, "another run started at the same moment")
+    if burst is not None and burst.pending and not store.arrivals.claim(burst):
+        store.runs.release_lock(run_id)
+        return StartOutcome(False, None, "the upload burst changed while starting; the next check retries")
+    return _launch(run_id, "manual" if manual else "data", now)
+
+
+def _snapshot() -> list[manifest.Entry]:
+    config = settings()
+    paginator = aws.client("s3").get_paginator("list_objects_v2")
+    objects = [(obj["Key"], obj.get("ETag", ""))
+               for page in paginator.paginate(Bucket=config.bucket, Prefix=config.training_prefix)
+               for obj in page.get("Contents", [])]
+    return manifest.build(objects, config.training_prefix)
+
+
+def _launch(run_id: str, trigger: str, now: float) -> StartOutcome:
+    config, store = settings(), stores()
+    entries = _snapshot()
+    refusal = manifest.refusal(entries, config.min_images)
+    labels = sorted({entry.label for entry in entries})
+    if refusal:
+        store.runs.create(run_id, now, status="REFUSED", reason=refusal, trigger=trigger, images=len(entries),
+                          labels=labels)
+        store.runs.release_lock(run_id)
+        logger.warning("run refused", extra={"run_id": run_id, "reason": refusal})
+        metrics.add_metric(name="RunsRefused", unit=MetricUnit.Count, value=1)
+        return StartOutcome(False, run_id, refusal)
+    store.runs.create(run_id, now, status="STARTING", trigger=trigger, images=len(entries), labels=labels,
+                      manifest=config.s3_uri(requests.manifest_key(config, run_id)))
+    aws.client("s3").put_object(Bucket=config.bucket, Key=requests.manifest_key(config, run_id),
+                                Body=manifest.to_jsonl(entries).encode(), ContentType="application/jsonl")
+    return _start_tuning(run_id, now)
+
+
+def _start_tuning(run_id: str, now: float) -> StartOutcome:
+    config, store = settings(), stores()
+    request = requests.tuning_job_request(config, run_id)
+    create("create_hyper_parameter_tuning_job", request)
+    store.runs.transition(run_id, ("STARTING",), "TUNING", now, tuning_job=request["HyperParameterTuningJobName"])
+    logger.info("run started", extra={"run_id": run_id, "tuning_job": request["HyperParameterTuningJobName"]})
+    metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
+    return StartOutcome(True, run_id, "tuning started")
+
+
+@tracer.capture_method
+def resume_stalled_start() -> None:
+    """Finish a start whose Lambda died after taking the lock (the tuning name makes it safe)."""
+    store = stores()
+    holder = store.runs.lock_holder()
+    run = store.runs.get(holder) if holder else None
+    if run and run["status"] == "STARTING" and clock.now() - run["updated_at"] > STALLED_START_SECONDS:
+        logger.warning("resuming a stalled start", extra={"run_id": holder})
+        _start_tuning(holder, clock.now())
+
+
+def end_run(run_id: str, from_states: tuple[str, ...], status: str, reason: str, **fields: object) -> None:
+    """End a run, free the lock, and let a pending burst start its run."""
+    store = stores()
+    if store.runs.transition(run_id, from_states, status, clock.now(), reason=reason, **fields):
+        logger.info("run ended", extra={"run_id": run_id, "status": status, "reason": reason})
+        metrics.add_metric(name=f"Runs{status.title()}", unit=MetricUnit.Count, value=1)
+    store.runs.release_lock(run_id)
+    maybe_start_run()
+
+
+def _run_for(job_name: str, tags: dict[str, str], expected: str) -> str | None:
+    config, store = settings(), stores()
+    run_id = tags.get(requests.RUN_TAG) or requests.run_id_from_job_name(config, job_name)
+    run = store.runs.get(run_id) if run_id else None
+    if run is None:
+        logger.info("not a run of this pipeline", extra={"job": job_name})
+        return None
+    if run["status"] != expected:
+        logger.info("event already handled", extra={"run_id": run_id, "status": run["status"]})
+        return None
+    return run_id
+
+
+@tracer.capture_method
+def on_tuning_change(event: TuningJobStateChange) -> None:
+    detail = event.detail
+    run_id = _run_for(detail.name, detail.tags, "TUNING")
+    if run_id is None:
+        return
+    if detail.status != "Completed":
+        end_run(run_id, ("TUNING",), "FAILED", f"tuning job {detail.status}: {detail.failure_reason or 'no reason given'}")
+        return
+    # The event does not carry the best job; the description does.
+    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=detail.name)
+    best = description.get("BestTrainingJob")
+    if not best or not best.get("TunedHyperParameters"):
+        end_run(run_id, ("TUNING",), "FAILED", "tuning completed without a best training job")
+        return
+    config = settings()
+    tuned = best["TunedHyperParameters"]
+    request = requests.final_training_job_request(config, run_id, tuned)
+    create("create_training_job", request)
+    objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
+    stores().runs.transition(run_id, ("TUNING",), "TRAINING", clock.now(), training_job=request["TrainingJobName"],
+                             best_tuning_trial=best.get("TrainingJobName"), hyperparameters=tuned,
+                             valid_accuracy=objective)
+    logger.info("final training started", extra={"run_id": run_id, "training_job": request["TrainingJobName"]})
+
+
+@tracer.capture_method
+def on_training_change(event: TrainingJobStateChange) -> None:
+    from . import deployment  # deployment imports end_run from here
+
+    detail = event.detail
+    if detail.tags.get(requests.ROLE_TAG) != requests.FINAL_ROLE:
+        return  # a tuning trial: the tuning job's own event covers it
+    run_id = _run_for(detail.name, detail.tags, "TRAINING")
+    if run_id is None:
+        return
+    if detail.status != "Completed":
+        end_run(run_id, ("TRAINING",), "FAILED",
+                f"final training job {detail.status}: {detail.failure_reason or 'no reason given'}")
+        return
+    description = aws.client("sagemaker").describe_training_job(TrainingJobName=detail.name)
+    deployment.gate_and_deploy(run_id, description)

@@ -1,0 +1,44 @@
+"""The thin edge to SageMaker: send a built request; a repeated create is a success."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from . import aws
+from .observability import logger
+
+# SageMaker answers a second create of the same name with ResourceInUse (jobs) or
+# a ValidationException "Cannot create already existing ..." (models, configs).
+_ALREADY = ("already existing", "already exists")
+
+
+def create(operation: str, request: dict[str, Any]) -> bool:
+    """Call `operation`; False when the resource already existed (a redelivered event)."""
+    try:
+        getattr(aws.client("sagemaker"), operation)(**request)
+        return True
+    except ClientError as error:
+        code, message = aws.error_code(error), aws.error_message(error)
+        if code == "ResourceInUse" or (code == "ValidationException" and any(s in message for s in _ALREADY)):
+            logger.info("already created", extra={"operation": operation, "reason": message})
+            return False
+        raise
+
+
+def describe_endpoint(name: str) -> dict[str, Any] | None:
+    try:
+        return aws.client("sagemaker").describe_endpoint(EndpointName=name)
+    except ClientError as error:
+        if aws.error_code(error) == "ValidationException" and "Could not find" in aws.error_message(error):
+            return None
+        raise
+
+
+def delete_quietly(operation: str, **request: Any) -> None:
+    """Clean-up that must not fail the handler: the resource may be gone already."""
+    try:
+        getattr(aws.client("sagemaker"), operation)(**request)
+    except ClientError as error:
+        logger.warning("clean-up failed", extra={"operation": operation, "reason": aws.error_message(error)})

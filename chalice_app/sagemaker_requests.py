@@ -1,0 +1,208 @@
+"""Pure builders of every SageMaker request the pipeline makes.
+
+Each function takes the settings and the run's facts and returns the keyword
+arguments of one boto3 call; tests validate them against botocore's service model.
+Names derive from the run id, so starting the same step twice asks for the same
+resource and SageMaker answers ResourceInUse instead of running it twice.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+
+from .config import DEBUGGER_RULES, Settings
+
+FINAL_ROLE = "final"
+TUNING_ROLE = "tuning"
+ROLE_TAG = "pipeline-role"
+RUN_TAG = "pipeline-run"
+# Keys SageMaker adds to a tuned job's hyperparameters that are not the script's.
+_TUNER_KEYS = {"_tuning_objective_metric"}
+_RANGE_KEYS = {"integer": "IntegerParameterRanges", "continuous": "ContinuousParameterRanges",
+               "categorical": "CategoricalParameterRanges"}
+
+
+def tuning_job_name(settings: Settings, run_id: str) -> str:
+    return f"{settings.name_prefix}-{run_id}"[:32]
+
+
+def final_job_name(settings: Settings, run_id: str) -> str:
+    return f"{settings.name_prefix}-{run_id}-final"
+
+
+def model_name(settings: Settings, run_id: str) -> str:
+    return f"{settings.name_prefix}-{run_id}"
+
+
+def run_id_from_job_name(settings: Settings, job_name: str) -> str | None:
+    head = f"{settings.name_prefix}-"
+    if not job_name.startswith(head):
+        return None
+    return job_name[len(head):].removesuffix("-final")
+
+
+def manifest_key(settings: Settings, run_id: str) -> str:
+    return f"{settings.manifest_prefix}{run_id}.jsonl"
+
+
+def _tags(run_id: str, role: str) -> list[dict[str, str]]:
+    return [{"Key": RUN_TAG, "Value": run_id}, {"Key": ROLE_TAG, "Value": role}]
+
+
+def sdk_hyperparameters(settings: Settings) -> dict[str, str]:
+    """The script-mode entries, JSON-encoded as the SageMaker SDK writes them."""
+    return {
+        "sagemaker_program": json.dumps("training/train.py"),
+        "sagemaker_submit_directory": json.dumps(settings.source_dir_uri),
+        "sagemaker_region": json.dumps(settings.region),
+        "sagemaker_container_log_level": "20",
+    }
+
+
+def static_hyperparameters(settings: Settings) -> dict[str, str]:
+    return {**settings.static_hyperparameters, **sdk_hyperparameters(settings)}
+
+
+def parameter_ranges(ranges: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Configuration ranges ({"lr": {"type": "continuous", "min": .., "max": ..}}) in the API's shape."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, spec in sorted(ranges.items()):
+        kind = spec.get("type")
+        if kind not in _RANGE_KEYS:
+            raise ValueError(f"tuning range {name!r}: type must be one of {sorted(_RANGE_KEYS)}, not {kind!r}")
+        if kind == "categorical":
+            entry: dict[str, Any] = {"Name": name, "Values": [str(v) for v in spec["values"]]}
+        else:
+            entry = {"Name": name, "MinValue": str(spec["min"]), "MaxValue": str(spec["max"]),
+                     "ScalingType": spec.get("scaling", "Auto")}
+        out.setdefault(_RANGE_KEYS[kind], []).append(entry)
+    return out
+
+
+def input_channels(settings: Settings, run_id: str) -> list[dict[str, Any]]:
+    def channel(name: str, uri: str) -> dict[str, Any]:
+        return {
+            "ChannelName": name,
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
+                                            "S3DataDistributionType": "FullyReplicated"}},
+            "InputMode": "File",
+        }
+
+    return [channel("training", settings.s3_uri(settings.training_prefix)),
+            channel("manifest", settings.s3_uri(manifest_key(settings, run_id)))]
+
+
+def _job_resources(settings: Settings, run_id: str, purpose: str) -> dict[str, Any]:
+    """What a tuning trial and the final job share: image, role, data, output, limits, spot."""
+    stopping: dict[str, Any] = {"MaxRuntimeInSeconds": settings.max_runtime_seconds}
+    resources: dict[str, Any] = {
+        "RoleArn": settings.sagemaker_role_arn,
+        "InputDataConfig": input_channels(settings, run_id),
+        "OutputDataConfig": {"S3OutputPath": settings.s3_uri(f"{settings.output_prefix}{purpose}/")},
+        "ResourceConfig": {"InstanceType": settings.training_instance_type, "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": stopping,
+    }
+    if settings.spot_training:
+        # Spot capacity can be reclaimed: the job resumes from its checkpoints.
+        stopping["MaxWaitTimeInSeconds"] = max(settings.max_wait_seconds, settings.max_runtime_seconds)
+        resources["EnableManagedSpotTraining"] = True
+        resources["CheckpointConfig"] = {"S3Uri": settings.s3_uri(f"{settings.output_prefix}checkpoints/{run_id}/{purpose}/")}
+    return resources
+
+
+def tuning_job_request(settings: Settings, run_id: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "Strategy": settings.tuning_strategy,
+        "HyperParameterTuningJobObjective": dict(OBJECTIVE_METRIC),
+        "ResourceLimits": {"MaxNumberOfTrainingJobs": settings.max_training_jobs,
+                           "MaxParallelTrainingJobs": settings.max_parallel_jobs},
+        "ParameterRanges": parameter_ranges(settings.tuning_ranges),
+    }
+    # Hyperband stops trials itself; the API refuses TrainingJobEarlyStoppingType with it.
+    if settings.tuning_strategy != "Hyperband":
+        config["TrainingJobEarlyStoppingType"] = settings.early_stopping
+    definition = {
+        "StaticHyperParameters": static_hyperparameters(settings),
+        "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
+                                   "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
+        **_job_resources(settings, run_id, "tuning"),
+    }
+    return {
+        "HyperParameterTuningJobName": tuning_job_name(settings, run_id),
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": definition,
+        "Tags": _tags(run_id, TUNING_ROLE),
+    }
+
+
+def _rule(settings: Settings, name: str) -> dict[str, Any]:
+    # The rule container runs the rule named by rule_to_invoke (as the SDK's Rule.sagemaker does).
+    return {"RuleConfigurationName": name, "RuleEvaluatorImage": settings.rules_image,
+            "RuleParameters": {"rule_to_invoke": name}}
+
+
+def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str, str]) -> dict[str, Any]:
+    """The final job: static + best tuned hyperparameters, with Debugger rules and the profiler."""
+    hyperparameters = {**static_hyperparameters(settings),
+                       **{k: str(v) for k, v in tuned.items() if k not in _TUNER_KEYS}}
+    debug_root = settings.s3_uri(f"{settings.output_prefix}debug/{run_id}/")
+    return {
+        "TrainingJobName": final_job_name(settings, run_id),
+        "HyperParameters": hyperparameters,
+        "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
+                                   "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
+        **_job_resources(settings, run_id, "final"),
+        "DebugHookConfig": {"S3OutputPath": f"{debug_root}tensors/"},
+        "DebugRuleConfigurations": [_rule(settings, name) for name in DEBUGGER_RULES],
+        "ProfilerConfig": {"S3OutputPath": f"{debug_root}profiler/", "ProfilingIntervalInMilliseconds": 500},
+        "ProfilerRuleConfigurations": [_rule(settings, "ProfilerReport")],
+        "Tags": _tags(run_id, FINAL_ROLE),
+    }
+
+
+def model_request(settings: Settings, run_id: str, artifact_uri: str) -> dict[str, Any]:
+    return {
+        "ModelName": model_name(settings, run_id),
+        "PrimaryContainer": {
+            "Image": settings.inference_image,
+            "ModelDataUrl": artifact_uri,
+            # As the SDK's PyTorchModel: the handler ships inside model.tar.gz under code/.
+            "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                            "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                            "SAGEMAKER_REGION": settings.region},
+        },
+        "ExecutionRoleArn": settings.sagemaker_role_arn,
+        "Tags": _tags(run_id, FINAL_ROLE),
+    }
+
+
+def endpoint_config_request(settings: Settings, run_id: str) -> dict[str, Any]:
+    return {
+        "EndpointConfigName": model_name(settings, run_id),
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name(settings, run_id),
+                                "InitialInstanceCount": 1, "InstanceType": settings.inference_instance_type}],
+        "Tags": _tags(run_id, FINAL_ROLE),
+    }
+
+
+def create_endpoint_request(settings: Settings, run_id: str) -> dict[str, Any]:
+    return {"EndpointName": settings.endpoint_name, "EndpointConfigName": model_name(settings, run_id),
+            "Tags": [{"Key": ROLE_TAG, "Value": "serving"}]}
+
+
+def update_endpoint_request(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Blue/green: the new fleet takes all traffic at once after it is healthy; alarms roll back."""
+    deployment: dict[str, Any] = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+            "TerminationWaitInSeconds": 300 if settings.rollback_alarms else 0,
+        }
+    }
+    if settings.rollback_alarms:
+        deployment["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in settings.rollback_alarms]}
+    return {"EndpointName": settings.endpoint_name, "EndpointConfigName": model_name(settings, run_id),
+            "DeploymentConfig": deployment}

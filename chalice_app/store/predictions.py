@@ -1,0 +1,93 @@
+"""The predictions table: one item per image key.
+
+status is OK (labels, model version, latency), PENDING (no endpoint yet; re-driven
+when a model goes live) or FAILED (with the reason). A final result (OK/FAILED)
+for an image's eTag is never overwritten by a redelivered event; a new upload of
+the same key (a new eTag) replaces it. GSIs: `by_status` finds PENDING items,
+`recent` lists everything newest first.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .. import aws
+from .runs import _dynamo, _plain
+
+FINAL = ("OK", "FAILED")
+# One partition for the newest-first listing: fine for this product's write rate
+# (one item per image); shard the feed key if uploads ever exceed ~1000/s.
+FEED = "all"
+
+
+def _encode_cursor(key: dict[str, Any] | None) -> str | None:
+    if not key:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(_plain(key), sort_keys=True).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, json.JSONDecodeError) as error:
+        raise ValueError("the pagination cursor is not valid") from error
+    if not isinstance(key, dict) or set(key) != {"image_key", "feed", "created_at"}:
+        raise ValueError("the pagination cursor is not valid")
+    return _dynamo(key)
+
+
+class Predictions:
+    def __init__(self, table_name: str):
+        self._table = aws.table(table_name)
+
+    def get(self, image_key: str) -> dict[str, Any] | None:
+        item = self._table.get_item(Key={"image_key": image_key}, ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
+    def is_final(self, image_key: str, etag: str) -> bool:
+        item = self.get(image_key)
+        return bool(item and item.get("etag") == etag and item.get("status") in FINAL)
+
+    def save(self, image_key: str, etag: str, status: str, now: float, **fields: Any) -> bool:
+        """Write the result; False when a final result for this eTag is already there."""
+        item = {"image_key": image_key, "etag": etag, "status": status, "feed": FEED,
+                "created_at": Decimal(str(now)), **_dynamo({k: v for k, v in fields.items() if v is not None})}
+        try:
+            self._table.put_item(
+                Item=item,
+                ConditionExpression="attribute_not_exists(image_key) OR etag <> :etag OR NOT (#status IN (:ok, :failed))",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":etag": etag, ":ok": "OK", ":failed": "FAILED"},
+            )
+            return True
+        except ClientError as error:
+            if aws.is_conditional_failure(error):
+                return False
+            raise
+
+    def pending(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        query: dict[str, Any] = {"IndexName": "by_status", "KeyConditionExpression": "#status = :pending",
+                                 "ExpressionAttributeNames": {"#status": "status"},
+                                 "ExpressionAttributeValues": {":pending": "PENDING"}}
+        while True:
+            page = self._table.query(**query)
+            items.extend(_plain(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def recent(self, limit: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        query: dict[str, Any] = {"IndexName": "recent", "KeyConditionExpression": "feed = :feed",
+                                 "ExpressionAttributeValues": {":feed": FEED}, "ScanIndexForward": False,
+                                 "Limit": limit}
+        if cursor:
+            query["ExclusiveStartKey"] = decode_cursor(cursor)
+        page = self._table.query(**query)
+        items = [{k: v for k, v in _plain(item).items() if k != "feed"} for item in page.get("Items", [])]
+        return items, _encode_cursor(page.get("LastEvaluatedKey"))

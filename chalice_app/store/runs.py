@@ -1,0 +1,120 @@
+"""Pipeline runs and the run lock, in the pipeline table.
+
+A run moves STARTING → TUNING → TRAINING → DEPLOYING → DEPLOYED, or ends REFUSED,
+REJECTED or FAILED. Every transition is a conditional write from the states it may
+leave, so a redelivered event finds the run already moved and does nothing.
+The lock (LOCK/RUN) names the one active run; taking it is a conditional put.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .. import aws
+
+LOCK_KEY = {"pk": "LOCK", "sk": "RUN"}
+ACTIVE = ("STARTING", "TUNING", "TRAINING", "DEPLOYING")
+ENDED = ("DEPLOYED", "REJECTED", "FAILED", "REFUSED")
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB's Decimals as ints/floats, keys dropped: a JSON-ready record."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return int(value) if value == value.to_integral_value() else float(value)
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return {k: convert(v) for k, v in item.items() if k not in {"pk", "sk"}}
+
+
+def _dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _dynamo(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_dynamo(v) for v in value]
+    return value
+
+
+class Runs:
+    def __init__(self, table_name: str):
+        self._table = aws.table(table_name)
+
+    # The lock -------------------------------------------------------------
+    def take_lock(self, run_id: str, now: float) -> bool:
+        try:
+            self._table.put_item(Item={**LOCK_KEY, "run_id": run_id, "taken_at": Decimal(str(now))},
+                                 ConditionExpression="attribute_not_exists(pk)")
+            return True
+        except ClientError as error:
+            if aws.is_conditional_failure(error):
+                return False
+            raise
+
+    def lock_holder(self) -> str | None:
+        item = self._table.get_item(Key=LOCK_KEY, ConsistentRead=True).get("Item")
+        return item["run_id"] if item else None
+
+    def release_lock(self, run_id: str) -> None:
+        """Release the lock if `run_id` holds it (a repeated release is harmless)."""
+        try:
+            self._table.delete_item(Key=LOCK_KEY, ConditionExpression="run_id = :id",
+                                    ExpressionAttributeValues={":id": run_id})
+        except ClientError as error:
+            if not aws.is_conditional_failure(error):
+                raise
+
+    # Runs -----------------------------------------------------------------
+    def create(self, run_id: str, now: float, **fields: Any) -> None:
+        item = {"pk": "RUN", "sk": run_id, "run_id": run_id, "created_at": Decimal(str(now)),
+                "updated_at": Decimal(str(now)), **_dynamo(fields)}
+        self._table.put_item(Item=item)
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        item = self._table.get_item(Key={"pk": "RUN", "sk": run_id}, ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
+    def transition(self, run_id: str, from_states: tuple[str, ...], to_state: str, now: float,
+                   **fields: Any) -> bool:
+        """Move a run from one of `from_states`; False when it is elsewhere (already moved)."""
+        names = {"#status": "status"}
+        values: dict[str, Any] = {":to": to_state, ":now": Decimal(str(now))}
+        sets = ["#status = :to", "updated_at = :now"]
+        for index, (name, value) in enumerate(fields.items()):
+            names[f"#f{index}"] = name
+            values[f":f{index}"] = _dynamo(value)
+            sets.append(f"#f{index} = :f{index}")
+        allowed = []
+        for index, state in enumerate(from_states):
+            values[f":from{index}"] = state
+            allowed.append(f":from{index}")
+        try:
+            self._table.update_item(
+                Key={"pk": "RUN", "sk": run_id},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=f"attribute_exists(pk) AND #status IN ({', '.join(allowed)})",
+                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            )
+            return True
+        except ClientError as error:
+            if aws.is_conditional_failure(error):
+                return False
+            raise
+
+    def recent(self, limit: int, start_after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Runs newest first (run ids sort by start time), and the id to continue after."""
+        query: dict[str, Any] = {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": "RUN"},
+                                 "ScanIndexForward": False, "Limit": limit}
+        if start_after:
+            query["ExclusiveStartKey"] = {"pk": "RUN", "sk": start_after}
+        page = self._table.query(**query)
+        last = page.get("LastEvaluatedKey")
+        return [_plain(item) for item in page.get("Items", [])], (last["sk"] if last else None)
