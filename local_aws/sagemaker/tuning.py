@@ -58,7 +58,7 @@ class TuningPlan:
     def study(self) -> optuna.Study:
         sampler: optuna.samplers.BaseSampler
         if self.strategy == "Grid":
-            sampler = optuna.samplers.GridSampler(
+            sampler = _AskTellGridSampler(
                 {name: list(d.choices) if isinstance(d, CategoricalDistribution) else list(range(d.low, d.high + 1))
                  for name, d in self.distributions.items()}, seed=self.seed)
         elif self.strategy == "Bayesian":
@@ -74,6 +74,14 @@ class TuningPlan:
             pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
         return optuna.create_study(direction="maximize" if self.maximize else "minimize", sampler=sampler,
                                    pruner=pruner)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for ask-and-tell: its after_trial calls Study.stop(), which is only allowed inside
+    Study.optimize. The tuner stops by itself once it has launched every grid point."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[override]
+        return None
 
 
 def _ranges(config: dict[str, Any]) -> dict[str, BaseDistribution]:
