@@ -90,6 +90,16 @@ def split_frozen(model: models.ResNet, freeze: str) -> tuple[nn.Module | None, n
     return trunk, tail
 
 
+class FrozenTrunk(nn.Sequential):
+    """(trunk, tail) run in sequence; the trunk stays in eval mode even while training,
+    so its batch-norm statistics stay those of the weights it was given."""
+
+    def train(self, mode: bool = True) -> "FrozenTrunk":
+        super().train(mode)
+        self[0].eval()
+        return self
+
+
 def load_backbone_weights(model: models.ResNet, state_dict: dict[str, torch.Tensor]) -> list[str]:
     """Load pretrained backbone weights, leaving the new head as it is.
 

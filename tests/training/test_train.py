@@ -1,0 +1,137 @@
+"""The training job through SageMaker's script-mode contract, on real digits and real torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_HYPERPARAMETERS, run_training_job
+from training import metrics, train
+from training.model import ModelSpec, build_model
+from training.presets import ClassificationPresetEval
+
+
+def small_copy(source: Path, target: Path, labels: tuple[str, ...] = ("0", "1", "7"), per_label: int = 12) -> Path:
+    """A few classes of the labels-layout digits, to keep a whole job to seconds."""
+    for label in labels:
+        (target / label).mkdir(parents=True)
+        for path in sorted((source / label).iterdir())[:per_label]:
+            shutil.copy(path, target / label / path.name)
+    return target
+
+
+def test_job_prints_one_metric_line_per_epoch_and_the_test_line(trained_run):
+    lines = [line for line in trained_run.log.splitlines() if line.startswith(("epoch=", "test_loss="))]
+    assert [line.split()[0] for line in lines] == ["epoch=1", "epoch=2", lines[-1].split()[0]]
+    parsed = metrics.parse_metrics(trained_run.log)
+    assert len(parsed["train:loss"]) == len(parsed["valid:accuracy"]) == 2
+    assert len(parsed["test:accuracy"]) == 1 and 0.0 <= parsed["test:accuracy"][0] <= 1.0
+    # The regexes read the same numbers the script printed, and nothing from other log lines.
+    assert f"valid_accuracy={parsed['valid:accuracy'][-1]:.6f}" in lines[1]
+    assert parsed["test:accuracy"][0] > 0.5  # two epochs on the digits learn something real
+
+
+def test_model_dir_holds_the_artefact_serving_needs(trained_run):
+    model_dir = trained_run.model_dir
+    classes = json.loads((model_dir / "classes.json").read_text())
+    assert classes == [str(d) for d in range(10)]
+    spec = ModelSpec.from_dict(json.loads((model_dir / "model.json").read_text()))
+    model = build_model(spec)
+    model.load_state_dict(torch.load(model_dir / "model.pth", weights_only=True))
+    preprocessing = ClassificationPresetEval.from_dict(json.loads((model_dir / "preprocessing.json").read_text()))
+    assert preprocessing == ClassificationPresetEval.for_image_size(32)
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["version"].startswith("test-")
+    assert metadata["weights_source"] == "random init"
+    assert metadata["data"]["counts"]["test"]["3"] > 0
+    with tarfile.open(trained_run.model_tar) as tar:
+        names = set(tar.getnames())
+    assert {"model.pth", "classes.json", "preprocessing.json", "code/training/presets.py", "code/training/model.py"} <= names
+
+
+def test_per_sample_means_do_not_depend_on_batch_size(digits_splits):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    dataset = TensorDataset(torch.randn(50, 12), torch.randint(0, 3, (50,)))
+    results = [
+        train.evaluate(network, train.Stage(DataLoader(dataset, batch_size=size), len(dataset)),
+                       torch.nn.CrossEntropyLoss(), torch.device("cpu"), False)
+        for size in (1, 7, 64)
+    ]
+    assert all(r.loss == pytest.approx(results[0].loss, rel=1e-5) for r in results)
+    assert len({r.accuracy for r in results}) == 1
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, digits_labels):
+    data_dir = small_copy(digits_labels, tmp_path / "data")
+    (data_dir / "1" / "truncated.png").write_bytes((data_dir / "1").joinpath(sorted(p.name for p in (data_dir / "1").iterdir())[0]).read_bytes()[:40])
+    (data_dir / "7" / "not-an-image.jpg").write_text("hello")
+    run = run_training_job(tmp_path, {"training": data_dir}, {**TINY_HYPERPARAMETERS, "epochs": "1", "min-images-per-class": "3"})
+    assert run.returncode == 0, run.log[-2000:]
+    assert "skipped 2 unreadable image(s)" in run.log
+    assert json.loads((run.model_dir / "metadata.json").read_text())["data"]["rejected"] == 2
+
+
+@pytest.mark.parametrize(
+    ("labels", "per_label", "message"),
+    [
+        (("3",), 20, "at least 2 classes; found only the class '3'"),
+        (("3", "5"), 3, "at least 5 images; too few in"),
+    ],
+)
+def test_data_that_cannot_train_is_refused_before_training(tmp_path, digits_labels, labels, per_label, message):
+    data_dir = small_copy(digits_labels, tmp_path / "data", labels, per_label)
+    run = run_training_job(tmp_path, {"training": data_dir}, TINY_HYPERPARAMETERS)
+    assert run.returncode == 2
+    assert message in run.log
+    assert "epoch=" not in run.log and not run.model_dir.exists()
+
+
+def test_manifest_channel_trains_on_exactly_the_listed_keys(tmp_path, digits_labels):
+    data_dir = small_copy(digits_labels, tmp_path / "training-data")
+    listed = sorted(data_dir.rglob("*.png"))[:-3]  # three files arrived after the snapshot
+    manifest_dir = tmp_path / "manifest"
+    manifest_dir.mkdir()
+    with open(manifest_dir / "run-1.jsonl", "w") as out:
+        for index, path in enumerate(listed):
+            key = "training-data/" + path.relative_to(data_dir).as_posix()
+            out.write(json.dumps({"key": key, "label": path.parent.name, "split": ("train", "valid", "test")[index % 3], "etag": "x"}) + "\n")
+    run = run_training_job(tmp_path, {"training": data_dir, "manifest": manifest_dir},
+                           {**TINY_HYPERPARAMETERS, "epochs": "1"})
+    assert run.returncode == 0, run.log[-2000:]
+    counts = json.loads((run.model_dir / "metadata.json").read_text())["data"]["counts"]
+    assert sum(sum(c.values()) for c in counts.values()) == len(listed)
+
+
+def test_unknown_hyperparameters_are_refused_and_sagemaker_ones_ignored():
+    args = train.parse_args(["--lr", "0.1", "--sagemaker_program", "train.py", "--sagemaker_region", "us-east-1"])
+    assert args.lr == 0.1
+    with pytest.raises(SystemExit):
+        train.parse_args(["--learning-rate", "0.1"])
+
+
+def test_frozen_backbone_is_cached_and_only_the_head_learns(tmp_path, digits_labels, monkeypatch):
+    for name in [k for k in __import__("os").environ if k.startswith("SM_")]:
+        monkeypatch.delenv(name)
+    data_dir = small_copy(digits_labels, tmp_path / "data")
+    # Start from the weights of an earlier model, as the pipeline can ("a path to a state_dict").
+    source = build_model(ModelSpec("resnet18", 5))
+    torch.save(source.state_dict(), tmp_path / "earlier.pth")
+    args = train.parse_args([
+        "--data-dir", str(data_dir), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
+        "--pretrained", str(tmp_path / "earlier.pth"), "--freeze", "backbone", "--image-size", "32",
+        "--epochs", "2", "--hflip-prob", "0", "--min-images-per-class", "3",
+    ])
+    metadata = train.main(args)
+    trained = torch.load(tmp_path / "model" / "model.pth", weights_only=True)
+    original = source.state_dict()
+    assert all(torch.equal(trained[k], original[k]) for k in original if not k.startswith("fc."))
+    assert trained["fc.1.weight"].shape == (3, 512)
+    assert metadata["weights_source"].endswith("earlier.pth")

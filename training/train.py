@@ -1,0 +1,344 @@
+"""Fine-tune a torchvision ResNet under SageMaker's script-mode contract.
+
+    python -m training.train --epochs 10 --lr 0.001 ...      (locally)
+    python training/train.py --epochs 10 ...                (as SageMaker runs sagemaker_program)
+
+Channels come from SM_CHANNEL_<NAME>, the model goes to SM_MODEL_DIR, extra outputs
+(profiler figures, the HTML report, Debugger tensors when asked for locally) to
+SM_OUTPUT_DATA_DIR. Without SageMaker's environment, `--data-dir`, `--model-dir` and
+`--output-dir` stand in. Each epoch prints one metric line, and the end the test line,
+in the format of training/metrics.py, which the tuning job's regexes read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script, the way SageMaker runs `training/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from aws_lambda_powertools import Logger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from training import artifact, data, metrics
+from training.debugger import DebugSession
+from training.model import ARCHS, FREEZE_MODES, FrozenTrunk, ModelSpec, build_model, split_frozen
+from training.pretrained import PretrainedWeightsError, load_pretrained
+from training.presets import ClassificationPresetEval, ClassificationPresetTrain
+from training.profiler import Profiler
+from training.report import write_report
+
+logger = Logger(service="training")
+
+
+@dataclass(frozen=True)
+class SageMakerEnv:
+    """What SageMaker's environment tells a training script."""
+
+    channels: dict[str, Path]
+    model_dir: Path
+    output_dir: Path
+    num_gpus: int
+    job_name: str
+
+    @classmethod
+    def from_environ(cls, args: argparse.Namespace) -> "SageMakerEnv":
+        env = os.environ
+        channels = {
+            key[len("SM_CHANNEL_"):].lower(): Path(value)
+            for key, value in env.items()
+            if key.startswith("SM_CHANNEL_")
+        }
+        if args.data_dir:
+            channels.setdefault("training", args.data_dir)
+        if args.weights_dir:
+            channels.setdefault("weights", args.weights_dir)
+        return cls(
+            channels=channels,
+            model_dir=Path(env.get("SM_MODEL_DIR") or args.model_dir),
+            output_dir=Path(env.get("SM_OUTPUT_DATA_DIR") or args.output_dir),
+            num_gpus=int(env.get("SM_NUM_GPUS", torch.cuda.device_count())),
+            job_name=env.get("TRAINING_JOB_NAME") or f"local-{time.strftime('%Y%m%d-%H%M%S')}",
+        )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Fine-tune a ResNet image classifier (SageMaker script mode)")
+    add = parser.add_argument
+    add("--arch", default="resnet18", choices=ARCHS)
+    add("--pretrained", default="imagenet", help="imagenet | none | PATH to a state_dict (.pth) or model dir")
+    add("--freeze", default="none", choices=FREEZE_MODES, help="how much of the backbone stays frozen")
+    add("--hidden-units", type=int, default=0, help="hidden layer of the head; 0 for a single linear layer")
+    add("--dropout", type=float, default=0.0)
+    add("--optimizer", default="adamw", choices=("sgd", "adam", "adamw"))
+    add("--lr", type=float, default=1e-3)
+    add("--momentum", type=float, default=0.9, help="sgd only")
+    add("--weight-decay", type=float, default=1e-4)
+    add("--batch-size", type=int, default=64)
+    add("--epochs", type=int, default=10)
+    add("--patience", type=int, default=0, help="stop after this many epochs without a better valid loss; 0 = never")
+    add("--image-size", type=int, default=224, help="side of the square crop the network sees")
+    add("--hflip-prob", type=float, default=0.5, help="0 for data where mirroring changes the class (digits)")
+    add("--min-scale", type=float, default=0.5, help="smallest area fraction of the random resized crop")
+    add("--cache-features", default="auto", choices=("auto", "off"),
+        help="auto: with a frozen trunk, compute its features once per run and reuse them every epoch")
+    add("--workers", type=int, default=None, help="DataLoader worker processes (default: 0 when the decoded "
+        "images fit in memory, else up to 8)")
+    add("--seed", type=int, default=0)
+    add("--data-prefix", default="training-data/", help="S3 prefix of the manifest's keys inside the training channel")
+    add("--min-images-per-class", type=int, default=5)
+    add("--debug-out", type=Path, default=None, help="local run: write smdebug tensors here")
+    add("--debug-save-interval", type=int, default=10)
+    # Local stand-ins for SageMaker's environment.
+    add("--data-dir", type=Path, default=None, help="local run: the 'training' channel")
+    add("--weights-dir", type=Path, default=None, help="local run: the 'weights' channel")
+    add("--model-dir", type=Path, default=Path("out/model"))
+    add("--output-dir", type=Path, default=Path("out/output"))
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # SageMaker passes its own hyperparameters (sagemaker_program, ...) too: ignore them.
+    args, unknown = get_args_parser().parse_known_args(argv)
+    ignored = [a for a in unknown if a.startswith("--sagemaker_") or a.startswith("--sagemaker-")]
+    rest = [a for a in unknown if a.startswith("--") and a not in ignored]
+    if rest:
+        get_args_parser().error(f"unknown hyperparameters: {' '.join(rest)}")
+    return args
+
+
+@dataclass
+class Stage:
+    """One split, ready to iterate: images through transforms, or cached trunk features."""
+
+    loader: DataLoader
+    size: int
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    predictions: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin: bool, seed: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
+@torch.inference_mode()
+def compute_features(trunk: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> TensorDataset:
+    """Run the frozen trunk once over a split; its output is a pure function of the image."""
+    features, targets = [], []
+    for images, labels in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = trunk(images.to(device, non_blocking=True))
+        features.append(out.float().cpu())
+        targets.append(labels)
+    return TensorDataset(torch.cat(features), torch.cat(targets))
+
+
+def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def train_one_epoch(network: nn.Module, stage: Stage, criterion, optimizer, scheduler, device, amp: bool,
+                    profiler: Profiler, debug: DebugSession) -> float:
+    network.train()
+    debug.train()
+    total_loss = 0.0
+    for images, targets in profiler.iterate(stage.loader, phase="train"):
+        with profiler.compute(len(targets)):
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = criterion(network(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(targets)
+    scheduler.step()
+    return total_loss / stage.size
+
+
+@torch.inference_mode()
+def evaluate(network: nn.Module, stage: Stage, criterion, device, amp: bool) -> EpochResult:
+    network.eval()
+    total_loss, result = 0.0, EpochResult(0.0, 0.0)
+    for images, targets in stage.loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = network(images)
+        total_loss += criterion(logits.float(), targets).item() * len(targets)
+        result.predictions += logits.argmax(1).tolist()
+        result.targets += targets.tolist()
+    correct = sum(p == t for p, t in zip(result.predictions, result.targets))
+    result.loss, result.accuracy = total_loss / stage.size, correct / stage.size
+    return result
+
+
+def confusion_matrix(result: EpochResult, num_classes: int) -> list[list[int]]:
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for target, prediction in zip(result.targets, result.predictions):
+        matrix[target][prediction] += 1
+    return matrix
+
+
+def main(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    torch.manual_seed(args.seed)
+    env = SageMakerEnv.from_environ(args)
+    device = torch.device("cuda" if env.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    amp = device.type == "cuda"  # bf16 autocast: no loss scaling needed
+    logger.info("starting", extra={"job": env.job_name, "device": str(device), "hyperparameters": vars(args) | {
+        k: str(v) for k, v in vars(args).items() if isinstance(v, Path)}})
+
+    # Data: find, check (corrupt images are skipped and counted), refuse what cannot train.
+    decoded = data.decode_all(data.discover(env.channels, args.data_prefix), workers=min(2, args.workers or 0))
+    samples, rejected = decoded.samples, decoded.rejected
+    summary = data.summarise(samples, rejected, args.min_images_per_class)
+    # Pixels in memory leave the loader only the transforms: worker processes would cost more than they save.
+    workers = 0 if decoded.pixels is not None else (args.workers if args.workers is not None else min(8, os.cpu_count() or 1))
+    classes = summary.classes
+    logger.info("data", extra={"classes": len(classes), "images": {s: sum(c.values()) for s, c in summary.counts.items()},
+                               "rejected": len(rejected)})
+
+    # Model: a ResNet with a new head; a frozen trunk is run once and cached when it can be.
+    spec = ModelSpec(args.arch, len(classes), args.hidden_units, args.dropout)
+    model = build_model(spec)
+    weights_source = load_pretrained(model, args.pretrained, args.arch, env.channels.get("weights"))
+    trunk, tail = split_frozen(model, args.freeze)
+    cache = trunk is not None and args.cache_features == "auto"
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+
+    eval_preset = ClassificationPresetEval.for_image_size(args.image_size)
+    train_preset = ClassificationPresetTrain(crop_size=args.image_size, hflip_prob=args.hflip_prob, min_scale=args.min_scale)
+    pin = device.type == "cuda"
+    by_split = {split: [s for s in samples if s.split == split] for split in ("train", "valid", "test")}
+
+    def image_stage(split: str, transform, shuffle: bool) -> Stage:
+        dataset = data.ImageDataset(by_split[split], classes, transform, decoded.pixels)
+        return Stage(make_loader(dataset, args.batch_size, shuffle, workers, pin, args.seed), len(dataset))
+
+    if cache:
+        # The cached features come from the eval transform: augmentation would defeat the cache.
+        t0 = time.perf_counter()
+        stages = {}
+        for split in ("train", "valid", "test"):
+            features = compute_features(trunk, image_stage(split, eval_preset, False).loader, device, amp)
+            stages[split] = Stage(make_loader(features, args.batch_size, split == "train", 0, False, args.seed), len(features))
+        network: nn.Module = tail
+        logger.info("cached frozen-trunk features", extra={"seconds": round(time.perf_counter() - t0, 2)})
+    else:
+        stages = {
+            "train": image_stage("train", train_preset, True),
+            "valid": image_stage("valid", eval_preset, False),
+            "test": image_stage("test", eval_preset, False),
+        }
+        network = model if trunk is None else FrozenTrunk(trunk, tail)
+
+    criterion = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(args, tail.parameters())
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs))
+    debug = DebugSession.create(out_dir=args.debug_out, save_interval=args.debug_save_interval,
+                                modules=tail, loss=criterion)
+    profiler = Profiler(env.output_dir / "profiler")
+    profiler.start()
+
+    # Train; keep the weights of the epoch with the best validation loss.
+    history: list[dict] = []
+    best = {"loss": math.inf, "state": copy.deepcopy(model.state_dict()), "epoch": 0}
+    for epoch in range(1, args.epochs + 1):
+        train_loss = train_one_epoch(network, stages["train"], criterion, optimizer, scheduler, device, amp, profiler, debug)
+        debug.eval()
+        valid = evaluate(network, stages["valid"], criterion, device, amp)
+        print(metrics.epoch_line(epoch, train_loss, valid.loss, valid.accuracy), flush=True)
+        history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid.loss, "valid_accuracy": valid.accuracy})
+        if valid.loss < best["loss"]:
+            best = {"loss": valid.loss, "state": copy.deepcopy(model.state_dict()), "epoch": epoch}
+        elif args.patience and epoch - best["epoch"] >= args.patience:
+            logger.info("early stop", extra={"epoch": epoch, "best_epoch": best["epoch"]})
+            break
+    profile = profiler.stop()
+    debug.close()
+
+    model.load_state_dict(best["state"])
+    test = evaluate(network, stages["test"], criterion, device, amp)
+    print(metrics.test_line(test.loss, test.accuracy), flush=True)
+    seconds = time.perf_counter() - started
+
+    # The artefact: weights, classes, the exact eval preprocessing, and the serving code.
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+    test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy}
+    metadata = {
+        "version": env.job_name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hyperparameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "weights_source": weights_source,
+        "best_epoch": best["epoch"],
+        "history": history,
+        "metrics": test_metrics,
+        "data": {"counts": summary.counts, "rejected": len(rejected)},
+        "seconds": round(seconds, 1),
+    }
+    artifact.write_model_dir(env.model_dir, state_dict_bytes=buffer.getvalue(), classes=classes,
+                             spec=spec.to_dict(), preprocessing=eval_preset.to_dict(), metadata=metadata)
+    confusion = confusion_matrix(test, len(classes))
+    env.output_dir.mkdir(parents=True, exist_ok=True)
+    (env.output_dir / "metrics.json").write_text(json.dumps({**metadata, "confusion_matrix": confusion}, indent=2))
+    report = write_report(env.output_dir / "report", history=history, test=test_metrics, confusion=confusion,
+                          classes=classes, profile=profile, hyperparameters=metadata["hyperparameters"])
+    logger.info("done", extra={"seconds": round(seconds, 1), "test_accuracy": test.accuracy,
+                               "model_dir": str(env.model_dir), "report": str(report)})
+    return metadata
+
+
+def write_failure(reason: str) -> None:
+    """SageMaker takes a job's FailureReason from /opt/ml/output/failure (SM_OUTPUT_DIR)."""
+    output = os.environ.get("SM_OUTPUT_DIR")
+    if output:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        (Path(output) / "failure").write_text(reason[:1024])
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        main(parse_args(argv))
+    except (data.DataError, PretrainedWeightsError) as error:
+        # SageMaker reads the failure reason from the last lines of the log.
+        logger.error(f"training refused: {error}")
+        print(f"ERROR: {error}", file=sys.stderr, flush=True)
+        write_failure(str(error))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
