@@ -1,0 +1,194 @@
+"""Retraining scenarios, end to end through the handlers: S3 → SQS → Lambda → DynamoDB/SageMaker (moto)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import BUCKET, ENV
+
+TRAINING_FN, SCHEDULE_FN = "on_training_data", "quiet_check"
+TUNING_FN, TRAINING_STATE_FN, ENDPOINT_FN = "on_tuning_state", "on_training_state", "on_endpoint_state"
+TUNING_TYPE = "SageMaker HyperParameter Tuning Job State Change"
+TRAINING_TYPE = "SageMaker Training Job State Change"
+ENDPOINT_TYPE = "SageMaker Endpoint State Change"
+TUNED = {"lr": "0.02", "batch-size": "64", "epochs": "3", "momentum": "0.8"}
+
+
+def runs(world) -> list[dict]:
+    return world.client.http.get("/runs?limit=100").json_body["items"]
+
+
+def tuning_jobs(world) -> list[str]:
+    return [job["HyperParameterTuningJobName"]
+            for job in world.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]]
+
+
+def deliver_training_uploads(world, *, duplicate: bool = False) -> None:
+    world.drain(TRAINING_FN, ENV["TRAINING_QUEUE"], duplicate=duplicate)
+
+
+def tick(world) -> dict:
+    event = world.client.events.generate_cw_event("aws.events", "Scheduled Event", {}, [])
+    return world.client.lambda_.invoke(SCHEDULE_FN, event).payload
+
+
+def start_run(world, images: int = 20) -> dict:
+    world.upload_training(images)
+    deliver_training_uploads(world)
+    world.advance(61)
+    tick(world)
+    [run] = [r for r in runs(world) if r["status"] == "TUNING"]
+    return run
+
+
+def tuning_done(world, run: dict, status: str = "Completed", **detail) -> None:
+    world.sagemaker_event(TUNING_FN, TUNING_TYPE, {"HyperParameterTuningJobName": run["tuning_job"],
+                                                   "HyperParameterTuningJobStatus": status, "Tags": {}, **detail})
+
+
+def training_done(world, job: str, run_id: str, status: str = "Completed", role: str = "final") -> None:
+    world.sagemaker_event(TRAINING_STATE_FN, TRAINING_TYPE, {
+        "TrainingJobName": job, "TrainingJobStatus": status, "SecondaryStatus": status,
+        "Tags": {"pipeline-role": role, "pipeline-run": run_id}})
+
+
+def endpoint_event(world, status: str, config: str | None = None) -> None:
+    world.sagemaker_event(ENDPOINT_FN, ENDPOINT_TYPE, {
+        "EndpointName": ENV["ENDPOINT_NAME"], "EndpointStatus": status, "EndpointConfigName": config, "Tags": {}})
+
+
+def deploy_model(world, accuracy: float = 0.9) -> dict:
+    """A whole run: uploads → tuning → final training → gate → endpoint InService."""
+    run = start_run(world)
+    world.finish_tuning(run["tuning_job"], TUNED)
+    tuning_done(world, run)
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    world.finish_training(run["training_job"], accuracy, {"Overfit": "NoIssuesFound"})
+    training_done(world, run["training_job"], run["run_id"])
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYING", run
+    endpoint_event(world, "InService", f"ip-test-{run['run_id']}")
+    return world.client.http.get(f"/runs/{run['run_id']}").json_body
+
+
+def test_a_burst_of_200_uploads_becomes_one_tuning_job(world):
+    world.upload_training(200)
+    deliver_training_uploads(world)
+    assert tuning_jobs(world) == [], "the burst is not quiet yet"
+    world.advance(30)
+    assert tick(world)["started"] is False
+    world.advance(31)
+    outcome = tick(world)
+    assert outcome["started"] is True
+    for _ in range(3):
+        world.advance(120)
+        assert tick(world)["started"] is False
+    [job] = tuning_jobs(world)
+    [run] = runs(world)
+    assert run["status"] == "TUNING" and run["images"] == 200 and run["labels"] == ["cat", "dog"]
+    assert job == run["tuning_job"] == f"ip-test-{run['run_id']}"
+    lines = world.s3.get_object(Bucket=BUCKET, Key=f"manifests/{run['run_id']}.jsonl")["Body"].read().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert len(entries) == 200 and {e["split"] for e in entries} == {"train", "valid", "test"}
+    assert entries[0]["key"].startswith("training-data/") and entries[0]["etag"]
+
+
+def test_every_event_delivered_twice_starts_one_job(world):
+    world.upload_training(30)
+    deliver_training_uploads(world, duplicate=True)
+    world.advance(61)
+    tick(world)
+    tick(world)
+    [run] = runs(world)
+    assert len(tuning_jobs(world)) == 1
+    world.finish_tuning(run["tuning_job"], TUNED)
+    tuning_done(world, run)
+    tuning_done(world, run)
+    assert len(world.backend.training_jobs) == 1
+    [final] = world.backend.training_jobs
+    world.finish_training(final, 0.9)
+    training_done(world, final, run["run_id"])
+    training_done(world, final, run["run_id"])
+    assert len(world.backend.endpoint_configs) == 1 and len(world.backend.endpoints) == 1
+
+
+def test_a_commit_marker_ends_the_burst_without_waiting(world):
+    world.upload_training(20)
+    world.upload("training-data/_COMMIT", b"")
+    deliver_training_uploads(world)
+    assert len(tuning_jobs(world)) == 1
+
+
+def test_uploads_during_an_active_run_make_a_pending_run_after_it(world):
+    run = start_run(world)
+    world.upload_training(10, start=100)
+    deliver_training_uploads(world)
+    world.advance(61)
+    outcome = tick(world)
+    assert outcome["started"] is False and run["run_id"] in outcome["reason"]
+    assert len(tuning_jobs(world)) == 1
+    tuning_done(world, run, "Failed", FailureReason="out of capacity")
+    first, second = sorted(runs(world), key=lambda r: r["run_id"])
+    assert first["status"] == "FAILED" and "out of capacity" in first["reason"]
+    assert second["status"] == "TUNING" and second["images"] == 30
+    assert len(tuning_jobs(world)) == 2
+
+
+def test_tuning_failed_marks_the_run_failed_and_releases_the_lock(world):
+    run = start_run(world)
+    tuning_done(world, run, "Stopped")
+    [run] = runs(world)
+    assert run["status"] == "FAILED" and "Stopped" in run["reason"]
+    response = world.client.http.post("/runs")
+    assert response.status_code == 200 and response.json_body["status"] == "TUNING"
+
+
+@pytest.mark.parametrize("uploads, reason", [
+    ({"cat": 5, "dog": 5}, "too few images"),
+    ({"cat": 30}, "one class only"),
+])
+def test_too_little_data_refuses_the_run_with_a_reason(world, uploads, reason):
+    for label, count in uploads.items():
+        world.upload_training(count, labels=(label,), start=len(label) * 100)
+    deliver_training_uploads(world)
+    world.advance(61)
+    outcome = tick(world)
+    assert outcome["started"] is False and reason in outcome["reason"]
+    [run] = runs(world)
+    assert run["status"] == "REFUSED" and reason in run["reason"]
+    assert tuning_jobs(world) == []
+    response = world.client.http.post("/runs")
+    assert response.status_code == 422 and reason in response.json_body["Message"]
+
+
+def test_the_final_job_gets_the_best_hyperparameters_rules_profiler_and_tags(world):
+    run = start_run(world)
+    world.finish_tuning(run["tuning_job"], {**TUNED, "_tuning_objective_metric": "valid:accuracy"})
+    tuning_done(world, run)
+    [name] = world.backend.training_jobs
+    job = world.sagemaker.describe_training_job(TrainingJobName=name)
+    assert name == f"ip-test-{run['run_id']}-final"
+    assert job["HyperParameters"]["lr"] == "0.02" and "_tuning_objective_metric" not in job["HyperParameters"]
+    assert job["HyperParameters"]["sagemaker_program"] == '"training/train.py"'
+    assert {r["RuleParameters"]["rule_to_invoke"] for r in job["DebugRuleConfigurations"]} == {
+        "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"}
+    tags = {t["Key"]: t["Value"] for t in world.sagemaker.list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]}
+    assert tags == {"pipeline-role": "final", "pipeline-run": run["run_id"]}
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "TRAINING"
+
+
+def test_final_training_failed_marks_the_run_failed(world):
+    run = start_run(world)
+    world.finish_tuning(run["tuning_job"], TUNED)
+    tuning_done(world, run)
+    [name] = world.backend.training_jobs
+    training_done(world, name, run["run_id"], "Failed")
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "FAILED"
+
+
+def test_tuning_trial_events_are_not_the_final_job(world):
+    run = start_run(world)
+    training_done(world, f"{run['tuning_job']}-001-abc", run["run_id"], role="tuning")
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "TUNING"
