@@ -1,4 +1,4 @@
-"""The stores of this Lambda's configuration, built on demand."""
+"""The stores of this Lambda's configuration, built once per container."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ class Stores:
     predictions: Predictions
 
 
-def stores(config: Settings | None = None) -> Stores:
-    config = config or settings()
-    return Stores(arrivals=Arrivals(config.pipeline_table), runs=Runs(config.pipeline_table),
-                  registry=Registry(config.pipeline_table), predictions=Predictions(config.predictions_table))
+_built: tuple[Settings, Stores] | None = None
+
+
+def stores() -> Stores:
+    """The stores for the current settings (built once: boto3 Table objects are slow to make)."""
+    global _built
+    config = settings()
+    if _built is None or _built[0] is not config:
+        _built = (config, Stores(arrivals=Arrivals(config.pipeline_table), runs=Runs(config.pipeline_table),
+                                 registry=Registry(config.pipeline_table),
+                                 predictions=Predictions(config.predictions_table)))
+    return _built[1]

@@ -78,6 +78,7 @@ def _table_request(resource: dict[str, Any]) -> dict[str, Any]:
 class World:
     client: Client
     clock: list[float]
+    uploaded: int = 0
     s3: Any = field(default_factory=lambda: boto3.client("s3", region_name=REGION))
     sqs: Any = field(default_factory=lambda: boto3.client("sqs", region_name=REGION))
     sagemaker: Any = field(default_factory=lambda: boto3.client("sagemaker", region_name=REGION))
@@ -112,15 +113,17 @@ class World:
                 responses.append(payload)
             failed = {item["itemIdentifier"] for item in payload.get("batchItemFailures", [])}
             assert not failed, f"{function} reported failures: {failed}"
-            for message in messages:
-                self.sqs.delete_message(QueueUrl=self.queue_url(queue), ReceiptHandle=message["ReceiptHandle"])
+            self.sqs.delete_message_batch(QueueUrl=self.queue_url(queue), Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
         return responses
 
     # S3 uploads -----------------------------------------------------------
     def upload(self, key: str, body: bytes) -> str:
         return self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"].strip('"')
 
-    def upload_training(self, count: int, labels: tuple[str, ...] = ("cat", "dog"), start: int = 0) -> None:
+    def upload_training(self, count: int, labels: tuple[str, ...] = ("cat", "dog")) -> None:
+        """`count` new images (new keys and contents each call), alternating between `labels`."""
+        start, self.uploaded = self.uploaded, self.uploaded + count
         for index in range(start, start + count):
             self.upload(f"training-data/{labels[index % len(labels)]}/img-{index:04d}.png", png_bytes(index))
 

@@ -123,7 +123,7 @@ def test_a_commit_marker_ends_the_burst_without_waiting(world):
 
 def test_uploads_during_an_active_run_make_a_pending_run_after_it(world):
     run = start_run(world)
-    world.upload_training(10, start=100)
+    world.upload_training(10)
     deliver_training_uploads(world)
     world.advance(61)
     outcome = tick(world)
@@ -151,7 +151,7 @@ def test_tuning_failed_marks_the_run_failed_and_releases_the_lock(world):
 ])
 def test_too_little_data_refuses_the_run_with_a_reason(world, uploads, reason):
     for label, count in uploads.items():
-        world.upload_training(count, labels=(label,), start=len(label) * 100)
+        world.upload_training(count, labels=(label,))
     deliver_training_uploads(world)
     world.advance(61)
     outcome = tick(world)

@@ -1,0 +1,144 @@
+"""Quality gate and deployment scenarios: first model, worse model, Debugger veto, blue/green update, rollback."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from botocore.stub import Stubber
+
+from chalice_app import aws
+from chalice_app import sagemaker_requests as requests
+from chalice_app.config import settings
+
+from .conftest import ENV
+from .test_retraining import (TUNED, deploy_model, endpoint_event, runs, start_run, training_done,
+                              tuning_done)
+
+ENDPOINT = ENV["ENDPOINT_NAME"]
+
+
+def run_to_training(world) -> dict:
+    run = start_run(world)
+    world.finish_tuning(run["tuning_job"], TUNED)
+    tuning_done(world, run)
+    return world.client.http.get(f"/runs/{run['run_id']}").json_body
+
+
+def live(world) -> dict:
+    return world.client.http.get("/models/live").json_body
+
+
+def test_the_first_model_that_passes_goes_live(world):
+    assert world.client.http.get("/models/live").status_code == 404
+    run = deploy_model(world, accuracy=0.9)
+    assert run["status"] == "DEPLOYED" and run["test_accuracy"] == 0.9
+    assert live(world)["model_version"] == run["training_job"] == run["model_version"]
+    endpoint = world.sagemaker.describe_endpoint(EndpointName=ENDPOINT)
+    assert endpoint["EndpointConfigName"] == f"ip-test-{run['run_id']}"
+    model = world.sagemaker.describe_model(ModelName=f"ip-test-{run['run_id']}")
+    assert model["PrimaryContainer"]["ModelDataUrl"].endswith("/output/model.tar.gz")
+    assert world.client.http.post("/runs").json_body["status"] == "TUNING", "the lock was released"
+
+
+def test_a_worse_model_is_rejected_and_the_live_model_untouched(world):
+    first = deploy_model(world, accuracy=0.9)
+    run = run_to_training(world)
+    world.finish_training(run["training_job"], 0.905)  # better, but not by the 0.01 margin
+    training_done(world, run["training_job"], run["run_id"])
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "REJECTED" and "does not beat the live 0.9000" in run["reason"]
+    assert live(world)["model_version"] == first["model_version"]
+    assert world.sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"] == f"ip-test-{first['run_id']}"
+    assert len(world.backend.endpoint_configs) == 1
+
+
+@pytest.mark.parametrize("metrics, rules, reason", [
+    (0.99, {"Overfit": "IssuesFound", "VanishingGradient": "NoIssuesFound"}, "Debugger rules found issues: Overfit"),
+    (None, {}, "reported no test:accuracy"),
+])
+def test_the_gate_vetoes_rule_findings_and_missing_metrics(world, metrics, rules, reason):
+    run = run_to_training(world)
+    world.finish_training(run["training_job"], metrics, rules)
+    training_done(world, run["training_job"], run["run_id"])
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "REJECTED" and reason in run["reason"]
+    assert world.client.http.get("/models/live").status_code == 404
+    assert world.backend.endpoints == {}
+
+
+def _stub_update(world, run: dict, accuracy: float, live_config: str) -> Stubber:
+    """Everything the gate calls for an update, answered by a Stubber: moto has no UpdateEndpoint."""
+    config = settings()
+    client = aws._make("sagemaker")  # a real client of the same model, but stubbed
+    stubber = Stubber(client)
+    job = world.sagemaker.describe_training_job(TrainingJobName=run["training_job"])
+    job["FinalMetricDataList"] = [{"MetricName": "test:accuracy", "Value": accuracy,
+                                   "Timestamp": datetime.datetime(2027, 1, 1)}]
+    job.pop("ResponseMetadata")
+    stubber.add_response("describe_training_job", job, {"TrainingJobName": run["training_job"]})
+    artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
+    stubber.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m"},
+                         requests.model_request(config, run["run_id"], artifact))
+    stubber.add_response("create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:1:endpoint-config/c"},
+                         requests.endpoint_config_request(config, run["run_id"]))
+    stubber.add_response("describe_endpoint", {
+        "EndpointName": ENDPOINT, "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/e",
+        "EndpointConfigName": live_config, "EndpointStatus": "InService",
+        "CreationTime": datetime.datetime(2027, 1, 1), "LastModifiedTime": datetime.datetime(2027, 1, 1)},
+        {"EndpointName": ENDPOINT})
+    stubber.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/e"},
+                         requests.update_endpoint_request(config, run["run_id"]))
+    return stubber
+
+
+def _update_to(world, accuracy: float) -> tuple[dict, dict]:
+    first = deploy_model(world, accuracy=0.8)
+    run = run_to_training(world)
+    stubber = _stub_update(world, run, accuracy, f"ip-test-{first['run_id']}")
+    aws.use_client("sagemaker", stubber.client)
+    with stubber:
+        training_done(world, run["training_job"], run["run_id"])
+        stubber.assert_no_pending_responses()
+    aws.use_client("sagemaker", None)
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYING"
+    return first, run
+
+
+def test_a_better_model_updates_the_endpoint_blue_green_and_goes_live(world):
+    first, run = _update_to(world, 0.95)
+    new_config = f"ip-test-{run['run_id']}"
+    # SageMaker finishes the update (moto has no UpdateEndpoint: create what it made, switch the endpoint).
+    world.sagemaker.create_model(**requests.model_request(settings(), run["run_id"], "s3://b/model.tar.gz"))
+    world.sagemaker.create_endpoint_config(**requests.endpoint_config_request(settings(), run["run_id"]))
+    world.backend.endpoints[ENDPOINT].endpoint_config_name = new_config
+    endpoint_event(world, "InService", new_config)
+    endpoint_event(world, "InService", new_config)  # delivered twice
+    assert live(world)["model_version"] == run["model_version"]
+    models = {m["model_version"]: m["status"] for m in world.client.http.get("/models").json_body["items"]}
+    assert models == {first["model_version"]: "RETIRED", run["model_version"]: "LIVE"}
+    assert list(world.backend.endpoint_configs) == [new_config], "the old config was deleted"
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "DEPLOYED"
+
+
+def test_a_rolled_back_update_keeps_the_previous_model_live(world):
+    first, run = _update_to(world, 0.95)
+    # The update failed and SageMaker rolled back: InService, still on the old config.
+    endpoint_event(world, "InService", f"ip-test-{first['run_id']}")
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "FAILED" and "rolled back" in run["reason"]
+    assert live(world)["model_version"] == first["model_version"]
+    models = {m["model_version"]: m["status"] for m in world.client.http.get("/models").json_body["items"]}
+    assert models == {first["model_version"]: "LIVE", run["model_version"]: "FAILED"}
+
+
+def test_a_failed_endpoint_fails_the_run(world):
+    run = run_to_training(world)
+    world.finish_training(run["training_job"], 0.9)
+    training_done(world, run["training_job"], run["run_id"])
+    world.sagemaker_event("on_endpoint_state", "SageMaker Endpoint State Change", {
+        "EndpointName": ENDPOINT, "EndpointStatus": "Failed", "FailureReason": "image pull failed", "Tags": {}})
+    [run] = runs(world)
+    assert run["status"] == "FAILED" and "image pull failed" in run["reason"]
+    assert world.client.http.get("/models/live").status_code == 404
