@@ -60,7 +60,7 @@ def digit_mlp(depth: int = 2, hidden: int = 64, init_scale: float | None = None)
 def train_digits(out_dir: Path | None, *, epochs: int = 3, optimizer: str = "adam", lr: float = 1e-3,
                  depth: int = 2, init_scale: float | None = None, n_train: int = 1200, batch_size: int = 100,
                  save_interval: int = 10, model: nn.Module | None = None, debug_module: nn.Module | None = None,
-                 autocast: bool = False) -> DebugSession:
+                 autocast: bool = False, validate: bool = True) -> DebugSession:
     """Train on the digits through a DebugSession, as train.py does: TRAIN steps, then one
     validation batch per epoch in EVAL mode. Returns the closed session."""
     torch.manual_seed(0)
@@ -81,6 +81,8 @@ def train_digits(out_dir: Path | None, *, epochs: int = 3, optimizer: str = "ada
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if not validate:
+            continue
         session.eval()
         model.eval()
         with torch.inference_mode():

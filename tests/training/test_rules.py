@@ -1,0 +1,135 @@
+"""The five built-in rules on real runs: quiet on a healthy run, firing on broken ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.test_debugger import train_digits
+from training.debugger import CONFIG_FILE_ENV
+from training.rules import ERROR, ISSUES, NO_ISSUES, RULES, evaluate_rule_configurations, evaluate_rules
+
+REPO = Path(__file__).resolve().parents[2]
+FIVE = ["VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Train once per configuration (each well under a few seconds on one thread)."""
+    made: dict[str, Path] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CONFIG_FILE_ENV, str(tmp_path_factory.mktemp("none") / "no-config.json"))
+
+    def make(name: str, **training) -> Path:
+        if name not in made:
+            made[name] = tmp_path_factory.mktemp(name) / "tensors"
+            train_digits(made[name], **training)
+        return made[name]
+
+    yield make
+    mp.undo()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def healthy(run) -> Path:
+    # Adam at 1e-3 for 12 epochs: validation loss falls every epoch, no gap to training.
+    return run("healthy", epochs=12)
+
+
+def test_the_five_rules_are_known():
+    assert sorted(RULES) == sorted(FIVE)
+
+
+def test_a_healthy_run_has_no_issues(healthy):
+    assert evaluate_rules(healthy) == {name: NO_ISSUES for name in FIVE}
+
+
+def test_an_absurd_learning_rate_kills_the_gradients(run):
+    # SGD at lr=1.0 with momentum: the ReLUs die after a few steps and the gradients are 0.
+    verdicts = evaluate_rules(run("absurd-lr", optimizer="sgd", lr=1.0, epochs=6))
+    assert verdicts["VanishingGradient"] == ISSUES
+    assert verdicts["Overtraining"] == ISSUES  # the training loss is stuck at log(10)
+
+
+def test_a_loss_that_never_decreases(run):
+    verdicts = evaluate_rules(run("lr-zero", lr=0.0, epochs=12), ["LossNotDecreasing"])
+    assert verdicts == {"LossNotDecreasing": ISSUES}
+
+
+def test_a_tiny_initialisation_is_poor_and_its_gradients_vanish(run):
+    verdicts = evaluate_rules(run("tiny-init", depth=6, init_scale=0.01, epochs=2))
+    assert verdicts["PoorWeightInitialization"] == ISSUES
+    assert verdicts["VanishingGradient"] == ISSUES
+
+
+def test_memorising_sixty_images_overfits(run):
+    out = run("memorise", n_train=60, epochs=30, batch_size=60, lr=0.01, save_interval=1)
+    verdicts = evaluate_rules(out, ["Overfit", "Overtraining", "VanishingGradient"])
+    assert verdicts == {"Overfit": ISSUES, "Overtraining": ISSUES, "VanishingGradient": NO_ISSUES}
+
+
+def test_parameters_change_the_verdict(healthy):
+    # The loss fell, but not by 99.9 % over 10 validation passes.
+    assert evaluate_rules(healthy, ["LossNotDecreasing"], {"LossNotDecreasing": {"diff_percent": "99.9"}}) == {
+        "LossNotDecreasing": ISSUES}
+    # Any validation loss above training loss counts as overfitting with a threshold below -1.
+    assert evaluate_rules(healthy, ["Overfit"], {"Overfit": {"ratio_threshold": "-1.5"}}) == {"Overfit": ISSUES}
+
+
+def test_rules_that_cannot_be_evaluated_say_error(run, healthy, tmp_path):
+    assert evaluate_rules(tmp_path / "missing") == {name: ERROR for name in FIVE}
+    train_only = run("train-only", epochs=2, validate=False)
+    assert evaluate_rules(train_only) == {
+        "VanishingGradient": NO_ISSUES, "Overfit": ERROR, "Overtraining": ERROR,
+        "PoorWeightInitialization": NO_ISSUES, "LossNotDecreasing": NO_ISSUES}
+    assert evaluate_rules(healthy, ["Overfit", "NoSuchRule"], {"Overfit": {"patience": "soon"}}) == {
+        "Overfit": ERROR, "NoSuchRule": ERROR}
+    assert evaluate_rules(healthy, ["Overfit"], {"Overfit": {"no_such_parameter": "1"}}) == {"Overfit": ERROR}
+
+
+def test_debug_rule_configurations_are_evaluated_by_name(healthy, tmp_path):
+    configurations = [
+        {"RuleConfigurationName": "LossNotDecreasing", "RuleParameters": {"rule_to_invoke": "LossNotDecreasing"}},
+        {"RuleConfigurationName": "loss-must-halve",
+         "RuleParameters": {"rule_to_invoke": "LossNotDecreasing", "diff_percent": "50", "num_steps": "10"}},
+        {"RuleConfigurationName": "Overfit"},
+    ]
+    assert evaluate_rule_configurations(healthy, configurations) == {
+        "LossNotDecreasing": NO_ISSUES, "loss-must-halve": NO_ISSUES, "Overfit": NO_ISSUES}
+    assert evaluate_rule_configurations(tmp_path / "missing", configurations[:1]) == {"LossNotDecreasing": ERROR}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.rules", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_cli_prints_the_verdicts_as_its_last_line(run, healthy):
+    broken = run("lr-zero", lr=0.0, epochs=12)
+    done = cli(str(broken), "--rules", "LossNotDecreasing,Overfit", "--param", "Overfit.patience=2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"LossNotDecreasing": ISSUES, "Overfit": NO_ISSUES}
+    assert any('"rule evaluated"' in line and '"LossNotDecreasing"' in line for line in lines[:-1])
+
+    done = cli(str(healthy))
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {name: NO_ISSUES for name in FIVE}
+
+
+def test_cli_on_a_missing_folder_says_error_and_does_not_crash(tmp_path):
+    done = cli(str(tmp_path / "nothing"), "--rules", "VanishingGradient")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"VanishingGradient": ERROR}
+
+
+def test_cli_rejects_a_malformed_parameter(tmp_path):
+    done = cli(str(tmp_path), "--param", "patience=3")
+    assert done.returncode == 2 and "Rule.key=value" in done.stderr

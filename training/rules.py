@@ -1,0 +1,439 @@
+"""Five of SageMaker Debugger's built-in rules, on smdebug's own Rule framework.
+
+    python -m training.rules DEBUG_OUT_DIR [--rules Name,Name] [--param Name.key=value ...]
+
+prints log lines, then as its LAST line the JSON verdicts
+`{"VanishingGradient": "NoIssuesFound" | "IssuesFound" | "Error", ...}`.
+
+AWS runs its built-in rules in its own containers; the smdebug package ships only the
+framework (`smdebug.rules.rule.Rule`). These classes follow the rules' descriptions
+and default parameters in AWS's "List of Debugger built-in rules"
+(awsdocs/amazon-sagemaker-developer-guide, doc_source/debugger-built-in-rules.md).
+Where the description leaves a choice open, the docstring of the rule says which
+was made. Parameters arrive as strings, as in a DebugRuleConfiguration's
+RuleParameters. "patience" counts saved steps: AWS saves losses every 500 steps by
+default, so only saved steps can be counted.
+
+A rule reads a finished run: it walks the saved global steps once, in order.
+"Error" means the rule could not be evaluated (its tensors are missing, a parameter
+is wrong); the reason is logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from aws_lambda_powertools import Logger
+from smdebug.core.modes import ModeKeys
+from smdebug.exceptions import (
+    RuleEvaluationConditionMet,
+    StepUnavailable,
+    TensorUnavailable,
+    TensorUnavailableForStep,
+)
+from smdebug.rules.rule import Rule
+from smdebug.trials import create_trial
+
+logger = Logger(service="training", child=True)
+
+NO_ISSUES, ISSUES, ERROR = "NoIssuesFound", "IssuesFound", "Error"
+
+
+class RuleNotEvaluable(Exception):
+    """The run lacks what the rule reads, or the rule was misconfigured."""
+
+
+def _split(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value)
+
+
+def _bool(value: str | bool) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
+
+
+def _scalar(trial, name: str, step: int) -> float:
+    return float(np.mean(trial.tensor(name).value(step)))
+
+
+class BuiltInRule(Rule):
+    """A rule that says why it fired (`finding`)."""
+
+    def __init__(self, base_trial, action_str: str = ""):
+        super().__init__(base_trial, action_str=action_str)
+        self.finding: str | None = None
+        self._saved: dict[str, set[int]] = {}
+
+    def fire(self, finding: str) -> bool:
+        self.finding = finding
+        return True
+
+    def saved_at(self, name: str, step: int) -> bool:
+        if name not in self._saved:
+            self._saved[name] = set(self.base_trial.tensor(name).steps())
+        return step in self._saved[name]
+
+    def collection_tensors(self, collection: str) -> list[str]:
+        trial = self.base_trial
+        return trial.tensor_names(collection=collection) if collection in trial.collections() else []
+
+    def loss_tensors(self, tensor_regex=None, collection_names=None, use_losses_collection=True) -> list[str]:
+        trial = self.base_trial
+        collections = _split(collection_names) + (["losses"] if _bool(use_losses_collection) else [])
+        names = {name for collection in collections for name in self.collection_tensors(collection)}
+        if _split(tensor_regex):
+            names |= set(trial.tensor_names(regex=_split(tensor_regex)))
+        if not names:
+            raise RuleNotEvaluable("no loss tensors were saved (collection 'losses' or tensor_regex)")
+        return sorted(names)
+
+
+class VanishingGradient(BuiltInRule):
+    """Fires when the mean absolute value of a saved gradient drops below `threshold`."""
+
+    def __init__(self, base_trial, threshold="0.0000001", action_str: str = ""):
+        super().__init__(base_trial, action_str)
+        self.threshold = float(threshold)
+        self.gradients = self.collection_tensors("gradients")
+        if not self.gradients:
+            raise RuleNotEvaluable("no tensors were saved in the 'gradients' collection")
+
+    def invoke_at_step(self, step: int) -> bool:
+        for name in self.gradients:
+            if self.saved_at(name, step):
+                mean_abs = float(np.abs(self.base_trial.tensor(name).value(step)).mean())
+                if mean_abs < self.threshold:
+                    return self.fire(f"{name} at step {step}: mean |gradient| {mean_abs:.3g} < {self.threshold:g}")
+        return False
+
+
+class LossNotDecreasing(BuiltInRule):
+    """Fires when a loss has not decreased (by at least `diff_percent` %) over `num_steps` steps.
+
+    Steps are counted in the chosen mode; by default the first of EVAL, TRAIN, GLOBAL
+    that has losses. A check compares the loss at step s with the last saved loss at or
+    before s - num_steps; the next check comes num_steps later.
+    """
+
+    def __init__(self, base_trial, collection_names=None, tensor_regex=None, use_losses_collection="True",
+                 num_steps="10", diff_percent="0.0", mode=None, action_str: str = ""):
+        super().__init__(base_trial, action_str)
+        self.num_steps = int(num_steps)
+        self.diff_percent = float(diff_percent)
+        if self.num_steps < 1 or not 0.0 <= self.diff_percent < 100.0:
+            raise RuleNotEvaluable("num_steps must be >= 1 and diff_percent in [0, 100)")
+        self.losses = self.loss_tensors(tensor_regex, collection_names, use_losses_collection)
+        self.mode = ModeKeys[mode.upper()] if mode else self._first_mode_with_losses()
+        self.next_check: dict[str, int] = {}
+
+    def _first_mode_with_losses(self) -> ModeKeys:
+        for mode in (ModeKeys.EVAL, ModeKeys.TRAIN, ModeKeys.GLOBAL):
+            if any(self.base_trial.tensor(name).steps(mode=mode) for name in self.losses):
+                return mode
+        raise RuleNotEvaluable("the loss tensors have no saved steps")
+
+    def invoke_at_step(self, step: int) -> bool:
+        trial = self.base_trial
+        if self.mode == ModeKeys.GLOBAL:
+            mode_step = step
+        else:
+            mode, mode_step = trial.mode_modestep(step)
+            if mode != self.mode:
+                return False
+        for name in self.losses:
+            saved = trial.tensor(name).steps(mode=self.mode)
+            if mode_step not in saved:
+                continue
+            if mode_step < self.next_check.setdefault(name, saved[0] + self.num_steps):
+                continue
+            self.next_check[name] = mode_step + self.num_steps
+            before = [s for s in saved if s <= mode_step - self.num_steps][-1]
+            previous = float(np.mean(trial.tensor(name).value(before, mode=self.mode)))
+            current = float(np.mean(trial.tensor(name).value(mode_step, mode=self.mode)))
+            decrease = 100.0 * (previous - current) / abs(previous) if previous else 0.0
+            if not np.isfinite(current) or current >= previous or decrease < self.diff_percent:
+                return self.fire(f"{name} ({self.mode.name}) went from {previous:.4g} at step {before} "
+                                 f"to {current:.4g} at step {mode_step}")
+        return False
+
+
+@dataclass
+class _Phase:
+    """The losses of one run of consecutive saved steps of one mode."""
+
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.losses))
+
+
+class Overfit(BuiltInRule):
+    """Fires when (mean validation loss - mean training loss) / mean training loss exceeds
+    `ratio_threshold` for `patience` validation passes in a row.
+
+    A validation pass is a run of consecutive EVAL steps; it is compared with the
+    training steps saved since the pass before it.
+    """
+
+    def __init__(self, base_trial, tensor_regex=None, start_step="0", patience="1", ratio_threshold="0.1",
+                 action_str: str = ""):
+        super().__init__(base_trial, action_str)
+        self.start_step, self.patience = int(start_step), int(patience)
+        self.ratio_threshold = float(ratio_threshold)
+        # tensor_regex, when given, picks the losses to compare instead of the 'losses' collection.
+        self.losses = self.loss_tensors(tensor_regex, use_losses_collection=not _split(tensor_regex))
+        steps = base_trial.steps()
+        self.next_step = dict(zip(steps, steps[1:]))
+        if not base_trial.steps(mode=ModeKeys.EVAL) or not base_trial.steps(mode=ModeKeys.TRAIN):
+            raise RuleNotEvaluable("Overfit needs losses saved in both TRAIN and EVAL mode")
+        self.train = {name: _Phase() for name in self.losses}
+        self.valid = {name: _Phase() for name in self.losses}
+        self.strikes = {name: 0 for name in self.losses}
+
+    def _ends_eval_phase(self, step: int) -> bool:
+        later = self.next_step.get(step)
+        return later is None or self.base_trial.mode(later) != ModeKeys.EVAL
+
+    def invoke_at_step(self, step: int) -> bool:
+        mode = self.base_trial.mode(step)
+        for name in self.losses:
+            if not self.saved_at(name, step):
+                continue
+            if mode == ModeKeys.TRAIN:
+                if self.valid[name].losses:  # a new training phase begins
+                    self.train[name], self.valid[name] = _Phase(), _Phase()
+                self.train[name].losses.append(_scalar(self.base_trial, name, step))
+            elif mode == ModeKeys.EVAL:
+                self.valid[name].losses.append(_scalar(self.base_trial, name, step))
+        if mode != ModeKeys.EVAL or not self._ends_eval_phase(step) or step < self.start_step:
+            return False
+        for name in self.losses:
+            train, valid = self.train[name], self.valid[name]
+            if not train.losses or not valid.losses:
+                continue
+            ratio = (valid.mean - train.mean) / train.mean if train.mean else float("inf")
+            self.strikes[name] = self.strikes[name] + 1 if ratio > self.ratio_threshold else 0
+            if self.strikes[name] >= self.patience:
+                return self.fire(f"{name}: validation {valid.mean:.4g} vs training {train.mean:.4g} "
+                                 f"(ratio {ratio:.3g} > {self.ratio_threshold:g}) at step {step}")
+        return False
+
+
+class Overtraining(BuiltInRule):
+    """Fires when the training loss has not improved by `delta` for `patience_train` saved
+    training steps, or the validation loss for `patience_validation` saved validation steps:
+    the model stopped improving and training goes on.
+    """
+
+    def __init__(self, base_trial, patience_train="5", patience_validation="10", delta="0.1",
+                 action_str: str = ""):
+        super().__init__(base_trial, action_str)
+        self.patience = {ModeKeys.TRAIN: int(patience_train), ModeKeys.EVAL: int(patience_validation)}
+        self.delta = float(delta)
+        self.losses = self.loss_tensors()
+        if not base_trial.steps(mode=ModeKeys.EVAL) or not base_trial.steps(mode=ModeKeys.TRAIN):
+            raise RuleNotEvaluable("Overtraining needs losses saved in both TRAIN and EVAL mode")
+        self.best: dict[tuple[str, ModeKeys], float] = {}
+        self.waited: dict[tuple[str, ModeKeys], int] = {}
+
+    def invoke_at_step(self, step: int) -> bool:
+        mode = self.base_trial.mode(step)
+        if mode not in self.patience:
+            return False
+        for name in self.losses:
+            if not self.saved_at(name, step):
+                continue
+            key, loss = (name, mode), _scalar(self.base_trial, name, step)
+            if key not in self.best or loss < self.best[key] - self.delta:
+                self.best[key], self.waited[key] = loss, 0
+                continue
+            self.waited[key] += 1
+            if self.waited[key] >= self.patience[mode]:
+                kind = "training" if mode == ModeKeys.TRAIN else "validation"
+                return self.fire(f"{name}: the {kind} loss has not improved by {self.delta:g} below "
+                                 f"{self.best[key]:.4g} for {self.waited[key]} saved steps (step {step})")
+        return False
+
+
+class PoorWeightInitialization(BuiltInRule):
+    """Looks at the first `steps` training steps for the three signs AWS names:
+
+    - the variances of the activation inputs (`activation_inputs_regex`) differ across
+      layers by a ratio max/min above `threshold`;
+    - the gradients of a step, all layers pooled, span less than `distribution_range`
+      between their 5th and 95th percentiles (pooled: one layer's small gradients are
+      normal in a healthy ResNet);
+    - the loss makes no new minimum for `patience` saved steps.
+    Each sign is checked where its tensors were saved; "Error" only when none were.
+    """
+
+    def __init__(self, base_trial, activation_inputs_regex=".*relu_input", threshold="10.0",
+                 distribution_range="0.001", patience="5", steps="10", action_str: str = ""):
+        super().__init__(base_trial, action_str)
+        self.threshold, self.distribution_range = float(threshold), float(distribution_range)
+        self.patience, self.steps = int(patience), int(float(steps))
+        trial = base_trial
+        self.activations = trial.tensor_names(regex=_split(activation_inputs_regex))
+        self.gradients = self.collection_tensors("gradients")
+        try:
+            self.losses = self.loss_tensors()
+        except RuleNotEvaluable:
+            self.losses = []
+        if not (self.activations or self.gradients or self.losses):
+            raise RuleNotEvaluable("no activation inputs, gradients or losses were saved")
+        self.mode = ModeKeys.TRAIN if trial.steps(mode=ModeKeys.TRAIN) else ModeKeys.GLOBAL
+        self.best: dict[str, float] = {}
+        self.waited: dict[str, int] = {}
+
+    def _values(self, names: list[str], step: int) -> dict[str, np.ndarray]:
+        return {n: np.asarray(self.base_trial.tensor(n).value(step), dtype=np.float64)
+                for n in names if self.saved_at(n, step)}
+
+    def invoke_at_step(self, step: int) -> bool:
+        trial = self.base_trial
+        mode_step = step if self.mode == ModeKeys.GLOBAL else trial.mode_modestep(step)[1]
+        if (self.mode != ModeKeys.GLOBAL and trial.mode(step) != self.mode) or mode_step >= self.steps:
+            return False
+        variances = {n: float(v.var()) for n, v in self._values(self.activations, step).items()}
+        if len(variances) >= 2:
+            low, high = min(variances.values()), max(variances.values())
+            if low <= 0.0 or high / low > self.threshold:
+                return self.fire(f"activation input variances range from {low:.3g} ({min(variances, key=variances.get)}) "
+                                 f"to {high:.3g} ({max(variances, key=variances.get)}) at step {step}")
+        gradients = self._values(self.gradients, step)
+        if gradients:
+            low, high = np.percentile(np.concatenate([g.ravel() for g in gradients.values()]), [5, 95])
+            if high - low < self.distribution_range:
+                return self.fire(f"the gradients of step {step} span {high - low:.3g} between their 5th and "
+                                 f"95th percentiles (< {self.distribution_range:g})")
+        for name in self.losses:
+            if not self.saved_at(name, step):
+                continue
+            loss = _scalar(trial, name, step)
+            if name not in self.best or loss < self.best[name]:
+                self.best[name], self.waited[name] = loss, 0
+            else:
+                self.waited[name] += 1
+                if self.waited[name] >= self.patience:
+                    return self.fire(f"{name}: no new minimum for {self.waited[name]} saved steps in the first "
+                                     f"{self.steps} steps (step {step})")
+        return False
+
+
+RULES: dict[str, type[BuiltInRule]] = {
+    rule.__name__: rule
+    for rule in (VanishingGradient, Overfit, Overtraining, PoorWeightInitialization, LossNotDecreasing)
+}
+
+
+def run_rule(rule: BuiltInRule) -> bool:
+    """Invoke `rule` on every saved step, as smdebug's invoke_rule does; True when it fired."""
+    for step in rule.base_trial.steps():
+        try:
+            rule.invoke(step)
+        except RuleEvaluationConditionMet:
+            return True
+        except (TensorUnavailableForStep, StepUnavailable, TensorUnavailable) as error:
+            logger.debug("tensor unavailable", extra={"rule": rule.rule_name, "step": step, "error": str(error)})
+    return False
+
+
+def evaluate_rule(trial, name: str, params: Mapping[str, str] | None = None) -> str:
+    """One verdict; never raises."""
+    params = {k: v for k, v in (params or {}).items() if k != "rule_to_invoke"}
+    try:
+        if name not in RULES:
+            raise RuleNotEvaluable(f"unknown rule {name!r}; known: {', '.join(RULES)}")
+        try:
+            rule = RULES[name](trial, **params)
+        except TypeError as error:  # an unknown parameter name
+            raise RuleNotEvaluable(f"bad parameters {sorted(params)}: {error}") from error
+        fired = run_rule(rule)
+    except Exception as error:  # noqa: BLE001 - a rule that cannot run says Error, never crashes the job
+        logger.warning("rule not evaluated", extra={"rule": name, "reason": f"{type(error).__name__}: {error}"})
+        return ERROR
+    logger.info("rule evaluated", extra={"rule": name, "verdict": ISSUES if fired else NO_ISSUES,
+                                         "finding": rule.finding, "parameters": params})
+    return ISSUES if fired else NO_ISSUES
+
+
+def _open_trial(out_dir: Path | str):
+    if not Path(out_dir).is_dir():
+        raise FileNotFoundError(f"no Debugger output at {out_dir}")
+    trial = create_trial(str(out_dir))
+    if not trial.steps():
+        raise RuleNotEvaluable(f"no saved steps under {out_dir}")
+    return trial
+
+
+def evaluate_rules(out_dir: Path | str, names: Iterable[str] | None = None,
+                   params: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+    """Verdicts of the named rules (all five by default) on the tensors under `out_dir`."""
+    names = list(names or RULES)
+    params = params or {}
+    try:
+        trial = _open_trial(out_dir)
+    except Exception as error:  # noqa: BLE001 - no tensors: every rule says Error
+        logger.warning("no tensors to evaluate", extra={"out_dir": str(out_dir), "reason": str(error)})
+        return {name: ERROR for name in names}
+    return {name: evaluate_rule(trial, name, params.get(name)) for name in names}
+
+
+def evaluate_rule_configurations(out_dir: Path | str, configurations: Iterable[Mapping]) -> dict[str, str]:
+    """Verdicts keyed by RuleConfigurationName, for CreateTrainingJob's DebugRuleConfigurations
+    (the rule is RuleParameters' `rule_to_invoke`, else the configuration's name)."""
+    configurations = list(configurations)
+    try:
+        trial = _open_trial(out_dir)
+    except Exception as error:  # noqa: BLE001
+        logger.warning("no tensors to evaluate", extra={"out_dir": str(out_dir), "reason": str(error)})
+        return {c["RuleConfigurationName"]: ERROR for c in configurations}
+    verdicts = {}
+    for configuration in configurations:
+        parameters = dict(configuration.get("RuleParameters") or {})
+        rule = parameters.get("rule_to_invoke", configuration["RuleConfigurationName"])
+        verdicts[configuration["RuleConfigurationName"]] = evaluate_rule(trial, rule, parameters)
+    return verdicts
+
+
+def parse_params(items: Iterable[str]) -> dict[str, dict[str, str]]:
+    params: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        rule, dot, parameter = key.partition(".")
+        if not sep or not dot or not rule or not parameter:
+            raise argparse.ArgumentTypeError(f"--param wants Rule.key=value, not {item!r}")
+        params.setdefault(rule, {})[parameter] = value
+    return params
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path, help="the smdebug output folder of a finished run")
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rule names (default: all five)")
+    parser.add_argument("--param", action="append", default=[], metavar="Rule.key=value",
+                        help="a rule parameter, repeatable (e.g. Overfit.patience=3)")
+    args = parser.parse_args(argv)
+    Logger(service="training")  # the parent of this module's logger: its lines reach stdout
+    try:
+        params = parse_params(args.param)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
+    verdicts = evaluate_rules(args.out_dir, _split(args.rules), params)
+    sys.stdout.flush()
+    print(json.dumps(verdicts), flush=True)
+    return verdicts
+
+
+if __name__ == "__main__":
+    main()
