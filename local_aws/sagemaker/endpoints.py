@@ -16,7 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools import Logger
 
 from . import aws
-from .exceptions import ModelError, ValidationException
+from .exceptions import ModelError, ValidationError
 
 if TYPE_CHECKING:
     from .models import Endpoint, SageMakerBackend
@@ -54,8 +53,8 @@ def probe_image() -> tuple[bytes, str]:
     return buffer.getvalue(), "image/png"
 
 
-def host_command(model_dir: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "local_aws.endpoint_host", "--model", str(model_dir), "--port", str(port),
+def host_command(model: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "local_aws.endpoint_host", "--model", str(model), "--port", str(port),
             "--workers", "1"]
 
 
@@ -170,7 +169,7 @@ class EndpointFleet:
         with self._lock:
             host = self._hosts.get(name)
             if host is None:
-                raise ValidationException(f"Endpoint {name} of account {self.settings.account} is not in service "
+                raise ValidationError(f"Endpoint {name} of account {self.settings.account} is not in service "
                                           f"(status {endpoint.status}).")
             with host.idle:
                 host.inflight += 1
@@ -234,19 +233,16 @@ class EndpointFleet:
         _, model = self.backend.config_model(config_name)
         container = model.request.get("PrimaryContainer") or model.request["Containers"][0]
         workdir = self.settings.state_dir / "hosts" / name / f"{config_name}-{uuid.uuid4().hex[:8]}"
-        model_dir = workdir / "model"
-        model_dir.mkdir(parents=True)
+        # The host checks and unpacks the archive itself, as SageMaker's container does.
         archive = aws.download_object(aws.s3_client(self.settings.region), container["ModelDataUrl"],
                                       workdir / "model.tar.gz")
-        with tarfile.open(archive) as tar:
-            tar.extractall(model_dir, filter="data")
         port = free_port()
         log_path = self.settings.state_dir / "logs" / "endpoints" / f"{name}-{workdir.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **container.get("Environment", {}),
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(host_command(model_dir, port), cwd=REPO_ROOT, env=env, stdout=log,
+            process = subprocess.Popen(host_command(archive, port), cwd=REPO_ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
         host = Host(config_name=config_name, port=port, process=process, log_path=log_path, workdir=workdir)
         try:

@@ -17,6 +17,13 @@ class ValidationException(SageMakerError):
     status = 400
 
 
+class ValidationError(SageMakerError):
+    """The runtime's spelling (InvokeEndpoint answers ValidationError, the control plane ValidationException)."""
+
+    code = "ValidationError"
+    status = 400
+
+
 class ResourceNotFound(SageMakerError):
     code = "ResourceNotFound"
     status = 400

@@ -20,7 +20,8 @@ from aws_lambda_powertools import Logger
 
 from . import events
 from .config import Settings
-from .exceptions import ResourceInUse, ResourceLimitExceeded, ResourceNotFound, ValidationException
+from .exceptions import (ResourceInUse, ResourceLimitExceeded, ResourceNotFound, ValidationError,
+                         ValidationException)
 from .store import StateStore
 
 logger = Logger(service="local-sagemaker")
@@ -652,7 +653,7 @@ class SageMakerBackend:
         with self.lock:
             endpoint = self.endpoints.get(name)
             if endpoint is None:
-                raise ValidationException(f"Endpoint {name} of account {self.settings.account} not found.")
+                raise ValidationError(f"Endpoint {name} of account {self.settings.account} not found.")
             return endpoint
 
     def config_model(self, config_name: str) -> tuple[dict[str, Any], Model]:

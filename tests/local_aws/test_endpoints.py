@@ -1,0 +1,152 @@
+"""Endpoints through boto3: hosted for real by the endpoint host, blue/green updates, rollback."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image
+
+from .conftest import IMAGE, REGION, ROLE, unique, wait_for
+
+ENDPOINT_DONE = ("InService", "Failed")
+
+
+def digit_png() -> bytes:
+    from sklearn.datasets import load_digits
+
+    pixels = (load_digits().images[0] * 15).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").resize((32, 32)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def broken_copy(model_tar: Path) -> bytes:
+    """The same artefact with its weights corrupted: the host cannot load it."""
+    source = tarfile.open(model_tar)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as target:
+        for member in source.getmembers():
+            data = source.extractfile(member).read() if member.isfile() else b""
+            if member.name.endswith("model.pth"):
+                data = b"these are not weights"
+            member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def runtime(service):
+    return boto3.client("sagemaker-runtime", region_name=REGION, endpoint_url=service.url)
+
+
+def deployable(sm, s3, bucket, body: bytes) -> str:
+    """Model + endpoint config for an artefact; returns the config's name."""
+    name = unique("model")
+    s3.put_object(Bucket=bucket, Key=f"models/{name}/model.tar.gz", Body=body)
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": IMAGE, "ModelDataUrl": f"s3://{bucket}/models/{name}/model.tar.gz"})
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}])
+    return name
+
+
+@pytest.fixture(scope="module")
+def live_endpoint(sm, s3, bucket, trained_model_tar):
+    config = deployable(sm, s3, bucket, trained_model_tar.read_bytes())
+    name = unique("ep")
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=config, Tags=[{"Key": "pipeline-role", "Value": "serving"}])
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
+    endpoint = wait_for(lambda: sm.describe_endpoint(EndpointName=name), "EndpointStatus", ENDPOINT_DONE)
+    assert endpoint["EndpointStatus"] == "InService", endpoint.get("FailureReason")
+    yield name
+    sm.delete_endpoint(EndpointName=name)
+
+
+def invoke(runtime, name):
+    answer = runtime.invoke_endpoint(EndpointName=name, ContentType="image/png", Accept="application/json",
+                                     Body=digit_png())
+    return json.loads(answer["Body"].read()), answer
+
+
+def test_an_endpoint_serves_its_model(runtime, live_endpoint):
+    prediction, answer = invoke(runtime, live_endpoint)
+    assert answer["InvokedProductionVariant"] == "AllTraffic"
+    assert "0" in json.dumps(prediction)  # the class names come back with the probabilities
+
+
+class Hammer:
+    """Invokes the endpoint in a loop while an update runs; every failure is kept."""
+
+    def __init__(self, runtime, name):
+        self.runtime, self.name = runtime, name
+        self.ok, self.failures = 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                invoke(self.runtime, self.name)
+                self.ok += 1
+            except Exception as error:  # noqa: BLE001 - counted, then asserted on
+                self.failures.append(repr(error))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_an_update_to_a_broken_model_rolls_back_and_the_old_model_keeps_answering(
+        sm, s3, bucket, runtime, live_endpoint, trained_model_tar):
+    before = sm.describe_endpoint(EndpointName=live_endpoint)
+    broken = deployable(sm, s3, bucket, broken_copy(trained_model_tar))
+    with Hammer(runtime, live_endpoint) as hammer:
+        sm.update_endpoint(EndpointName=live_endpoint, EndpointConfigName=broken)
+        assert sm.describe_endpoint(EndpointName=live_endpoint)["EndpointStatus"] == "Updating"
+        after = wait_for(lambda: sm.describe_endpoint(EndpointName=live_endpoint), "EndpointStatus", ENDPOINT_DONE)
+    assert after["EndpointStatus"] == "InService"
+    assert after["EndpointConfigName"] == before["EndpointConfigName"]
+    assert broken in after["FailureReason"] and "rolled back" in after["FailureReason"]
+    assert hammer.failures == [] and hammer.ok > 0
+    invoke(runtime, live_endpoint)
+
+
+def test_a_good_update_moves_traffic_without_failing_a_request(sm, s3, bucket, runtime, live_endpoint,
+                                                               trained_model_tar):
+    config = deployable(sm, s3, bucket, trained_model_tar.read_bytes())
+    with Hammer(runtime, live_endpoint) as hammer:
+        sm.update_endpoint(EndpointName=live_endpoint, EndpointConfigName=config)
+        after = wait_for(lambda: sm.describe_endpoint(EndpointName=live_endpoint), "EndpointStatus", ENDPOINT_DONE)
+    assert after["EndpointStatus"] == "InService"
+    assert after["EndpointConfigName"] == config
+    assert "FailureReason" not in after
+    assert hammer.failures == [] and hammer.ok > 0
+
+
+def test_creating_from_a_broken_model_fails_with_the_reason(sm, s3, bucket, trained_model_tar):
+    config = deployable(sm, s3, bucket, broken_copy(trained_model_tar))
+    name = unique("ep-broken")
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    endpoint = wait_for(lambda: sm.describe_endpoint(EndpointName=name), "EndpointStatus", ENDPOINT_DONE)
+    assert endpoint["EndpointStatus"] == "Failed"
+    assert endpoint["FailureReason"]
+    sm.delete_endpoint(EndpointName=name)
+
+
+def test_unknown_endpoints_and_models_answer_aws_errors(sm, runtime):
+    with pytest.raises(runtime.exceptions.ValidationError, match="not found"):
+        runtime.invoke_endpoint(EndpointName="nope", ContentType="image/png", Body=b"x")
+    with pytest.raises(sm.exceptions.ClientError, match="ValidationException.*Could not find model"):
+        sm.describe_model(ModelName="nope")
+    with pytest.raises(sm.exceptions.ClientError, match="Could not find endpoint"):
+        sm.describe_endpoint(EndpointName="nope")
