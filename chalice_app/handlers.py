@@ -20,6 +20,12 @@ from .observability import logger, metrics, tracer
 _SQS_CORRELATION = "Records[0].messageId"
 
 
+def _processor() -> BatchProcessor:
+    # A batch whose records all fail is reported record by record too (not raised), so
+    # Lambda and the local dispatcher see one contract: batchItemFailures.
+    return BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
 def _with_prefix(record: SQSRecord, prefix: str) -> list:
     return [r for r in s3_records(record.body) if r.key.startswith(prefix)]
 
@@ -39,7 +45,7 @@ def _image(record: SQSRecord) -> None:
 def training_data(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """A batch of S3 notifications for training-data/: dedupe, record, maybe start a run."""
     response = process_partial_response(event=event, record_handler=_arrival,
-                                        processor=BatchProcessor(event_type=EventType.SQS), context=context)
+                                        processor=_processor(), context=context)
     outcome = retraining.maybe_start_run()
     logger.info("run check", extra={"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason})
     return response
@@ -51,7 +57,7 @@ def training_data(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def incoming_images(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """A batch of S3 notifications for incoming/: one prediction item per image."""
     return process_partial_response(event=event, record_handler=_image,
-                                    processor=BatchProcessor(event_type=EventType.SQS), context=context)
+                                    processor=_processor(), context=context)
 
 
 @tracer.capture_lambda_handler
