@@ -18,9 +18,13 @@ _overrides: dict[str, Any] = {}
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
 
 
+# Presigned upload URLs must be SigV4 (the only signature newer regions accept).
+_S3_CONFIG = _CONFIG.merge(Config(signature_version="s3v4"))
+
+
 @lru_cache(maxsize=None)
 def _make(service: str) -> Any:
-    return boto3.session.Session().client(service, config=_CONFIG)
+    return boto3.session.Session().client(service, config=_S3_CONFIG if service == "s3" else _CONFIG)
 
 
 def client(service: str) -> Any:

@@ -1,0 +1,131 @@
+"""Every SageMaker request the app builds, validated against botocore's service model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+
+from chalice_app import sagemaker_requests as requests
+from chalice_app.config import DEFAULT_TUNING_RANGES, ConfigError, settings_from_env
+from training import metrics
+from training.metrics import METRIC_DEFINITIONS, epoch_line, parse_metrics
+
+from .conftest import ENV
+
+MODEL = botocore.session.get_session().get_service_model("sagemaker")
+RUN = "r270115080000-a1b2c3"
+
+
+def validate(operation: str, request: dict) -> None:
+    report = ParamValidator().validate(request, MODEL.operation_model(operation).input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def config(**overrides: str):
+    return settings_from_env({**ENV, **overrides})
+
+
+def all_requests(settings) -> dict[str, dict]:
+    return {
+        "CreateHyperParameterTuningJob": requests.tuning_job_request(settings, RUN),
+        "CreateTrainingJob": requests.final_training_job_request(settings, RUN, {"lr": "0.01", "batch-size": "64"}),
+        "CreateModel": requests.model_request(settings, RUN, "s3://b/sagemaker/final/x/output/model.tar.gz"),
+        "CreateEndpointConfig": requests.endpoint_config_request(settings, RUN),
+        "CreateEndpoint": requests.create_endpoint_request(settings, RUN),
+        "UpdateEndpoint": requests.update_endpoint_request(settings, RUN),
+    }
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"SPOT_TRAINING": "true", "TUNING_STRATEGY": "Hyperband", "ROLLBACK_ALARMS": json.dumps(["5xx", "latency"])},
+    {"TUNING_STRATEGY": "Random", "EARLY_STOPPING": "Off",
+     "TUNING_RANGES": json.dumps({"lr": {"type": "continuous", "min": 0.01, "max": 0.1, "scaling": "Logarithmic"}})},
+])
+def test_every_request_matches_the_service_model(overrides):
+    for operation, request in all_requests(config(**overrides)).items():
+        validate(operation, request)
+
+
+def test_names_fit_sagemakers_limits_and_lead_back_to_the_run():
+    settings = config()
+    name = requests.tuning_job_name(settings, RUN)
+    assert len(name) <= 32 and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}", name)
+    assert requests.run_id_from_job_name(settings, name) == RUN
+    assert requests.run_id_from_job_name(settings, requests.final_job_name(settings, RUN)) == RUN
+    assert requests.run_id_from_job_name(settings, "someone-else") is None
+    with pytest.raises(ConfigError, match="longer than 11"):
+        config(NAME_PREFIX="a-very-long-prefix")
+
+
+def test_tuning_uses_the_seed_ranges_the_objective_and_the_metric_regexes():
+    request = requests.tuning_job_request(config(), RUN)
+    job = request["HyperParameterTuningJobConfig"]
+    assert job["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid:accuracy"}
+    assert job["TrainingJobEarlyStoppingType"] == "Auto"
+    ranges = job["ParameterRanges"]
+    assert ranges["CategoricalParameterRanges"] == [{"Name": "batch-size", "Values": ["32", "64", "128", "256"]}]
+    [lr] = [r for r in ranges["ContinuousParameterRanges"] if r["Name"] == "lr"]
+    assert (lr["MinValue"], lr["MaxValue"], lr["ScalingType"]) == ("0.001", "0.1", "Logarithmic")
+    assert set(DEFAULT_TUNING_RANGES) == {r["Name"] for kind in ranges.values() for r in kind}
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    found = parse_metrics("\n".join([epoch_line(1, 1.5, 1.2, 0.61), metrics.test_line(0.9, 0.875)]),
+                          definition["AlgorithmSpecification"]["MetricDefinitions"])
+    assert found["valid:accuracy"] == [0.61] and found["test:accuracy"] == [0.875]
+    static = definition["StaticHyperParameters"]
+    assert static["sagemaker_program"] == '"training/train.py"'
+    assert static["sagemaker_submit_directory"] == json.dumps(ENV["SOURCE_DIR_URI"])
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
+    assert channels == {"training": f"s3://{ENV['BUCKET']}/training-data/",
+                        "manifest": f"s3://{ENV['BUCKET']}/manifests/{RUN}.jsonl"}
+
+
+def test_the_final_job_has_rules_profiler_and_the_final_tag():
+    request = requests.final_training_job_request(config(), RUN, {"lr": "0.05", "_tuning_objective_metric": "x"})
+    assert request["HyperParameters"]["lr"] == "0.05" and "_tuning_objective_metric" not in request["HyperParameters"]
+    rules = request["DebugRuleConfigurations"]
+    assert [r["RuleParameters"]["rule_to_invoke"] for r in rules] == [
+        "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"]
+    assert {r["RuleEvaluatorImage"] for r in rules} == {ENV["DEBUGGER_RULES_IMAGE"]}
+    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert request["ProfilerRuleConfigurations"][0]["RuleParameters"] == {"rule_to_invoke": "ProfilerReport"}
+    assert request["DebugHookConfig"]["S3OutputPath"].startswith(f"s3://{ENV['BUCKET']}/")
+    assert {"Key": "pipeline-role", "Value": "final"} in request["Tags"]
+    assert {"Key": "pipeline-run", "Value": RUN} in request["Tags"]
+
+
+def test_spot_training_checkpoints_and_waits_longer_than_it_runs():
+    request = requests.final_training_job_request(config(SPOT_TRAINING="true", MAX_RUNTIME_SECONDS="1800",
+                                                         MAX_WAIT_SECONDS="600"), RUN, {})
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["CheckpointConfig"]["S3Uri"].endswith(f"/checkpoints/{RUN}/final/")
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 1800, "MaxWaitTimeInSeconds": 1800}
+    assert "EnableManagedSpotTraining" not in requests.final_training_job_request(config(), RUN, {})
+
+
+def test_hyperband_leaves_early_stopping_to_itself():
+    job = requests.tuning_job_request(config(TUNING_STRATEGY="Hyperband"), RUN)["HyperParameterTuningJobConfig"]
+    assert "TrainingJobEarlyStoppingType" not in job
+
+
+def test_updates_roll_back_on_alarms_only_when_alarms_are_configured():
+    plain = requests.update_endpoint_request(config(), RUN)["DeploymentConfig"]
+    assert "AutoRollbackConfiguration" not in plain and "BlueGreenUpdatePolicy" in plain
+    guarded = requests.update_endpoint_request(config(ROLLBACK_ALARMS='["5xx"]'), RUN)["DeploymentConfig"]
+    assert guarded["AutoRollbackConfiguration"] == {"Alarms": [{"AlarmName": "5xx"}]}
+
+
+def test_bad_configuration_is_a_clear_error():
+    with pytest.raises(ConfigError, match="TUNING_RANGES is not valid JSON"):
+        config(TUNING_RANGES="{lr: 1")
+    with pytest.raises(ValueError, match="type must be one of"):
+        requests.tuning_job_request(config(TUNING_RANGES='{"lr": {"type": "uniform"}}'), RUN)
+    env = dict(ENV)
+    del env["BUCKET"]
+    with pytest.raises(ConfigError, match="BUCKET is not set"):
+        settings_from_env(env)
