@@ -2,15 +2,20 @@
 
 Training builds its eval transform from these classes and saves its parameters in the
 model artefact (`preprocessing.json`); serving rebuilds the very same class from that
-file, so an image gives the same tensor in both places. Only torch and torchvision are
-imported here: this module travels inside `model.tar.gz` (`code/training/presets.py`).
+file, so an image gives the same tensor in both places. Only torch, torchvision and
+torchvision's own dependencies (Pillow, numpy) are imported here: this module travels
+inside `model.tar.gz` (`code/training/presets.py`).
 """
 
 from __future__ import annotations
 
+import io
+import zlib
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -19,20 +24,88 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# A pixel-bomb guard, checked from the header before any decoding: a 50-megapixel photo
+# decodes to 150 MB of RGB; a few-kilobyte PNG can claim far more than that.
+MAX_PIXELS = 50_000_000
+FORMATS = ("jpeg", "png", "webp")
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image this project can decode."""
 
 
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """Decode image bytes to a uint8 RGB tensor (3, H, W), EXIF orientation applied."""
+class ImageTooLargeError(ImageDecodeError):
+    """The header claims more pixels than the limit allows."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the magic bytes (one of FORMATS), or None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def probe_image(data: bytes) -> ImageInfo:
+    """Format and size read from the header alone; nothing is decoded."""
     if not data:
         raise ImageDecodeError("empty image")
-    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    image_format = sniff_format(data)
+    if image_format is None:
+        raise ImageDecodeError("not an image: expected JPEG, PNG or WebP data")
     try:
+        # Pillow's open() parses the header lazily and decodes nothing until load().
+        with Image.open(io.BytesIO(data), formats=[image_format.upper()]) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"image too large: {error}") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageDecodeError(f"truncated or corrupt {image_format.upper()} header: {error}") from error
+    return ImageInfo(image_format, width, height)
+
+
+def _decode_png(data: bytes) -> torch.Tensor:
+    # libpng errors inside torchvision's decode_png (a bad IDAT CRC, a broken zlib
+    # stream) kill the whole process; Pillow raises an exception instead.
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the high byte
+            grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+            rgb = np.repeat(grey[:, :, None], 3, axis=2)
+        else:  # RGBA, LA, P (with or without transparency), L, 16-bit RGB: alpha dropped
+            rgb = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def decode_rgb(data: bytes, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
+    """Decode JPEG, PNG or WebP bytes to a uint8 RGB tensor (3, H, W).
+
+    Grey, palette, CMYK, alpha and 16-bit images all come out as 8-bit RGB (alpha
+    dropped, as Pillow's convert("RGB") does); EXIF orientation is applied. The size
+    is checked from the header before decoding (ImageTooLargeError).
+    """
+    info = probe_image(data)
+    if max_pixels is not None and info.width * info.height > max_pixels:
+        raise ImageTooLargeError(
+            f"image too large: {info.width}x{info.height} pixels, the limit is {max_pixels} pixels")
+    try:
+        if info.format == "png":
+            return _decode_png(data)
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         image = decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except (RuntimeError, ValueError) as error:
-        raise ImageDecodeError(f"cannot decode image: {error}") from error
-    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+    except (RuntimeError, ValueError, OSError, SyntaxError, EOFError, zlib.error) as error:
+        raise ImageDecodeError(f"truncated or corrupt {info.format.upper()} image: {error}") from error
+    if image.dtype != torch.uint8:
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image
 

@@ -1,0 +1,325 @@
+"""The endpoint's inference handler, under SageMaker's inference contract.
+
+SageMaker's PyTorch serving container (and `local_aws.endpoint_host`) imports this file
+from the artefact's `code/` directory and calls, per worker and per request:
+
+    model = model_fn(model_dir)                               once per worker
+    request = input_fn(body, content_type[, context])         decode and check
+    prediction = predict_fn(request, model)                   preprocess, batched forward
+    body, content_type = output_fn(prediction, accept)        top-k JSON
+
+Request bodies: `image/jpeg`, `image/png`, `image/webp`, `application/x-image` (format
+sniffed from the magic bytes), or `application/json` as
+`{"image": "<base64>"}` or `{"images": ["<base64>", ...]}`, with an optional `"top_k"`.
+k may also come from the `X-Amzn-SageMaker-Custom-Attributes: top_k=3` header; the body
+wins; the default is DEFAULT_TOP_K, capped at the number of classes.
+
+Answer (the Lambda side parses exactly this):
+
+    {"model_version": str, "num_classes": int,
+     "predictions": [[{"label": str, "probability": float}, ...top k...], ...per image]}
+
+A bad request raises RequestError with an HTTP status (400, 406, 413, 415) and a
+message. Where SageMaker's inference toolkit is installed, RequestError is one of its
+BaseInferenceToolkitError, so the real container answers with that status too.
+
+Decoding and preprocessing are training's own (`training.presets`): the eval preset is
+rebuilt from the artefact's `preprocessing.json`, so train and serve tensors are equal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.model import ModelSpec, build_model
+from training.presets import (
+    MAX_PIXELS,
+    ClassificationPresetEval,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_rgb,
+)
+
+try:  # inside SageMaker's serving containers
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _StatusError
+except ImportError:  # the repository and the local endpoint host
+
+    class _StatusError(Exception):  # type: ignore[no-redef]
+        """The toolkit's shape: an HTTP status code, a message and a reason phrase."""
+
+        def __init__(self, status_code: int, message: str, phrase: str):
+            super().__init__(status_code, message, phrase)
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image")
+JSON_TYPE = "application/json"
+ACCEPTED_TYPES = (*IMAGE_TYPES, JSON_TYPE)
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+DEFAULT_TOP_K = 5
+MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's cap on a real-time invocation payload
+MAX_IMAGES_PER_REQUEST = 64
+
+
+class RequestError(_StatusError):
+    """A request the endpoint cannot answer; `status` is the HTTP status to send."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status, message, message)
+
+    @property
+    def status(self) -> int:
+        return self.status_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What model_fn returns: the module and everything needed to answer with it."""
+
+    module: torch.nn.Module
+    classes: list[str]
+    preset: ClassificationPresetEval
+    version: str
+    device: torch.device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """Decoded uint8 RGB images (3, H, W) and the k asked for (None: the default)."""
+
+    images: list[torch.Tensor]
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Class probabilities (N, num_classes), on the CPU, for N images."""
+
+    probabilities: torch.Tensor
+    classes: list[str]
+    model_version: str
+    top_k: int | None = None
+
+
+# --- model_fn -------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _model_version(model_dir: Path) -> str:
+    metadata_path = model_dir / "metadata.json"
+    metadata = _read_json(metadata_path) if metadata_path.exists() else {}
+    if metadata.get("version"):
+        return str(metadata["version"])
+    # No recorded version: the weights' own hash still tells two models apart.
+    return "sha256-" + hashlib.sha256((model_dir / "model.pth").read_bytes()).hexdigest()[:16]
+
+
+def model_fn(model_dir: str | Path) -> LoadedModel:
+    """Load the artefact's weights (weights_only), classes and preprocessing; warm up."""
+    model_dir = Path(model_dir)
+    spec = ModelSpec.from_dict(_read_json(model_dir / "model.json"))
+    classes = [str(name) for name in _read_json(model_dir / "classes.json")]
+    if len(classes) != spec.num_classes:
+        raise ValueError(f"classes.json names {len(classes)} classes, model.json says {spec.num_classes}")
+    preset = ClassificationPresetEval.from_dict(_read_json(model_dir / "preprocessing.json"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    state_dict = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
+    module = build_model(spec)
+    module.load_state_dict(state_dict)
+    module.eval().to(device)
+    model = LoadedModel(module, classes, preset, _model_version(model_dir), device)
+    _warm_up(model)
+    logger.info("model loaded: version=%s classes=%d device=%s", model.version, model.num_classes, device)
+    return model
+
+
+def _warm_up(model: LoadedModel) -> None:
+    # The first forward pays for allocator and kernel set-up; pay it before /ping says ready.
+    image = torch.zeros(3, model.preset.resize_size, model.preset.resize_size, dtype=torch.uint8)
+    for _ in range(2):
+        predict_fn(InferenceRequest([image]), model)
+
+
+# --- input_fn -------------------------------------------------------------------------
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _parse_top_k(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise RequestError(400, f"{where} must be a positive integer, not {value!r}")
+    try:
+        top_k = int(value)
+    except (TypeError, ValueError):
+        raise RequestError(400, f"{where} must be a positive integer, not {value!r}") from None
+    if top_k < 1 or str(top_k) != str(value).strip():
+        raise RequestError(400, f"{where} must be a positive integer, not {value!r}")
+    return top_k
+
+
+def _request_headers(context: Any) -> Mapping[str, str]:
+    """Headers from the local host (a mapping) or from the toolkit's model-server context."""
+    if context is None:
+        return {}
+    if isinstance(context, Mapping):
+        return context
+    try:
+        return context.request_processor[0].get_request_properties() or {}
+    except (AttributeError, IndexError, TypeError):
+        return {}
+
+
+def _top_k_from_headers(headers: Mapping[str, str]) -> int | None:
+    wanted = CUSTOM_ATTRIBUTES_HEADER.lower()
+    attributes = next((str(v) for k, v in headers.items() if str(k).lower() == wanted), "")
+    for attribute in attributes.replace(";", ",").split(","):
+        name, _, value = attribute.partition("=")
+        if name.strip() == "top_k":
+            return _parse_top_k(value.strip(), f"{CUSTOM_ATTRIBUTES_HEADER} top_k")
+    return None
+
+
+def _decode_base64(text: Any, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise RequestError(400, f"{where} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, f"{where} is not valid base64") from None
+
+
+def _images_from_json(body: bytes) -> tuple[list[tuple[str, bytes]], int | None]:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RequestError(400, f"body is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or ("image" in document) == ("images" in document):
+        raise RequestError(400, 'JSON body must be an object with either "image" or "images"')
+    if "image" in document:
+        items = [("image", document["image"])]
+    else:
+        images = document["images"]
+        if not isinstance(images, list) or not images:
+            raise RequestError(400, '"images" must be a non-empty list of base64 strings')
+        if len(images) > MAX_IMAGES_PER_REQUEST:
+            raise RequestError(413, f"{len(images)} images in one request; at most {MAX_IMAGES_PER_REQUEST}")
+        items = [(f"images[{index}]", text) for index, text in enumerate(images)]
+    top_k = _parse_top_k(document["top_k"], '"top_k"') if document.get("top_k") is not None else None
+    return [(where, _decode_base64(text, where)) for where, text in items], top_k
+
+
+def _decode(data: bytes, where: str) -> torch.Tensor:
+    if not data:
+        raise RequestError(400, f"{where}: empty image")
+    try:
+        return decode_rgb(data, max_pixels=MAX_PIXELS)
+    except ImageTooLargeError as error:
+        raise RequestError(413, f"{where}: {error}") from None
+    except ImageDecodeError as error:
+        raise RequestError(400, f"{where}: {error}") from None
+
+
+def input_fn(request_body: bytes | str, request_content_type: str | None, context: Any = None) -> InferenceRequest:
+    """Decode a request body into images; bad input raises RequestError (4xx).
+
+    `context` is optional: a mapping of request headers (the local host) or the
+    toolkit's context; either may carry top_k in the custom attributes header.
+    """
+    content_type = _media_type(request_content_type)
+    if content_type not in ACCEPTED_TYPES:
+        raise RequestError(
+            415, f"unsupported content type {request_content_type!r}; accepted: {', '.join(ACCEPTED_TYPES)}")
+    body = request_body.encode() if isinstance(request_body, str) else bytes(request_body or b"")
+    if not body:
+        raise RequestError(400, "empty body")
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"body of {len(body)} bytes; at most {MAX_BODY_BYTES}")
+    top_k = _top_k_from_headers(_request_headers(context))
+    if content_type == JSON_TYPE:
+        payloads, body_top_k = _images_from_json(body)
+        top_k = body_top_k if body_top_k is not None else top_k
+    else:
+        payloads = [("body", body)]
+    return InferenceRequest([_decode(data, where) for where, data in payloads], top_k)
+
+
+# --- predict_fn -----------------------------------------------------------------------
+
+
+def preprocess(images: Sequence[torch.Tensor], preset: ClassificationPresetEval) -> torch.Tensor:
+    """The eval transform of every image, stacked into one batch (N, 3, crop, crop)."""
+    return torch.stack([preset(image) for image in images])
+
+
+def predict_fn(request: InferenceRequest, model: LoadedModel) -> Prediction:
+    """Preprocess and run one batched forward pass in inference mode."""
+    with torch.inference_mode():
+        batch = preprocess(request.images, model.preset).to(model.device)
+        probabilities = torch.softmax(model.module(batch).float(), dim=1).cpu()
+    return Prediction(probabilities, model.classes, model.version, request.top_k)
+
+
+# --- output_fn ------------------------------------------------------------------------
+
+
+def _accepts_json(accept: str | None) -> bool:
+    ranges = {_media_type(part) for part in (accept or "").split(",")}
+    return not accept or bool(ranges & {JSON_TYPE, "*/*", "application/*", ""})
+
+
+def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
+    """The top-k labels and probabilities of every image, as JSON."""
+    if not _accepts_json(accept):
+        raise RequestError(406, f"cannot answer as {accept!r}; the answer is {JSON_TYPE}")
+    num_classes = len(prediction.classes)
+    k = min(prediction.top_k or DEFAULT_TOP_K, num_classes)
+    values, indices = prediction.probabilities.topk(k, dim=1)
+    predictions = [
+        [{"label": prediction.classes[i], "probability": p} for p, i in zip(row_values, row_indices)]
+        for row_values, row_indices in zip(values.tolist(), indices.tolist())
+    ]
+    body = {"model_version": prediction.model_version, "num_classes": num_classes, "predictions": predictions}
+    return json.dumps(body), JSON_TYPE
+
+
+# --- dynamic batching (the local endpoint host merges concurrent requests) ---------------
+
+
+def merge_requests(requests: Sequence[InferenceRequest]) -> InferenceRequest:
+    """One request holding every image of `requests`, in order."""
+    return InferenceRequest([image for request in requests for image in request.images])
+
+
+def split_prediction(prediction: Prediction, requests: Sequence[InferenceRequest]) -> list[Prediction]:
+    """Undo merge_requests: one Prediction per request, each with its own top_k."""
+    parts, start = [], 0
+    for request in requests:
+        stop = start + len(request.images)
+        parts.append(Prediction(prediction.probabilities[start:stop], prediction.classes,
+                                prediction.model_version, request.top_k))
+        start = stop
+    return parts
