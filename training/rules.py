@@ -308,8 +308,9 @@ class PoorWeightInitialization(BuiltInRule):
         if len(variances) >= 2:
             low, high = min(variances.values()), max(variances.values())
             if low <= 0.0 or high / low > self.threshold:
-                return self.fire(f"activation input variances range from {low:.3g} ({min(variances, key=variances.get)}) "
-                                 f"to {high:.3g} ({max(variances, key=variances.get)}) at step {step}")
+                lowest, highest = min(variances, key=variances.get), max(variances, key=variances.get)
+                return self.fire(f"activation input variances range from {low:.3g} ({lowest}) "
+                                 f"to {high:.3g} ({highest}) at step {step}")
         gradients = self._values(self.gradients, step)
         if gradients:
             low, high = np.percentile(np.concatenate([g.ravel() for g in gradients.values()]), [5, 95])
