@@ -11,17 +11,34 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import clock, gate
+from . import aws, clock, gate
 from . import sagemaker_requests as requests
 from .config import settings
-from .events import EndpointStateChange
+from .events import EndpointStateChange, TrainingJobStateChange
 from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .predictions import redrive_pending
-from .retraining import end_run, maybe_start_run
+from .retraining import end_run, run_for_job
 from .sagemaker_calls import create, delete_quietly, describe_endpoint
 
 FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
+
+
+@tracer.capture_method
+def on_training_change(event: TrainingJobStateChange) -> None:
+    """The final training job ended: gate it, then deploy it or end the run."""
+    detail = event.detail
+    if detail.tags.get(requests.ROLE_TAG) != requests.FINAL_ROLE:
+        return  # a tuning trial: the tuning job's own event covers it
+    run_id = run_for_job(detail.name, detail.tags, "TRAINING")
+    if run_id is None:
+        return
+    if detail.status != "Completed":
+        end_run(run_id, ("TRAINING",), "FAILED",
+                f"final training job {detail.status}: {detail.failure_reason or 'no reason given'}")
+        return
+    # Metrics and rule results are in the description, not in the event.
+    gate_and_deploy(run_id, aws.client("sagemaker").describe_training_job(TrainingJobName=detail.name))
 
 
 @tracer.capture_method
@@ -43,7 +60,7 @@ def gate_and_deploy(run_id: str, description: dict[str, Any]) -> None:
         create("create_endpoint", requests.create_endpoint_request(config, run_id))
     elif endpoint.get("EndpointConfigName") != requests.model_name(config, run_id):
         create("update_endpoint", requests.update_endpoint_request(config, run_id))
-    stores().runs.transition(run_id, ("TRAINING",), "DEPLOYING", clock.now(), model_version=version,
+    store.runs.transition(run_id, ("TRAINING",), "DEPLOYING", clock.now(), model_version=version,
                              test_accuracy=verdict.accuracy, gate=verdict.reason)
     logger.info("deploying", extra={"run_id": run_id, "model_version": version, "gate": verdict.reason})
 
@@ -82,7 +99,7 @@ def on_endpoint_change(event: EndpointStateChange) -> None:
 
 
 def _promote(model: dict[str, Any]) -> None:
-    config, store = settings(), stores()
+    store = stores()
     previous = store.registry.promote(model, clock.now())
     if previous and previous["endpoint_config"] != model["endpoint_config"]:
         delete_quietly("delete_endpoint_config", EndpointConfigName=previous["endpoint_config"])

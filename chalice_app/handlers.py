@@ -82,7 +82,7 @@ def tuning_state(event: dict[str, Any], context: Any) -> None:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @metrics.log_metrics
 def training_state(event: dict[str, Any], context: Any) -> None:
-    retraining.on_training_change(TrainingJobStateChange.model_validate(event))
+    deployment.on_training_change(TrainingJobStateChange.model_validate(event))
 
 
 @tracer.capture_lambda_handler

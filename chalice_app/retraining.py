@@ -1,5 +1,7 @@
 """Retraining: data arrivals → one run per upload burst → tuning → the final training job.
 
+(The final job's completion is the quality gate's business: see deployment.py.)
+
 event → parsed record → decision → AWS call → stored state. Decisions are plain
 functions of stored state; every step is safe to repeat (conditional writes,
 deterministic SageMaker names).
@@ -16,7 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from . import aws, clock, manifest
 from . import sagemaker_requests as requests
 from .config import settings
-from .events import S3Record, TrainingJobStateChange, TuningJobStateChange
+from .events import S3Record, TuningJobStateChange
 from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .sagemaker_calls import create
@@ -40,22 +42,18 @@ def new_run_id(now: float) -> str:
 
 
 def record_arrivals(records: list[S3Record]) -> int:
-    """Dedupe (key, eTag) and add new uploads to the current burst. Returns how many were new."""
+    """Add new uploads (deduped on key and eTag) to the current burst. Returns how many were new."""
     config, store = settings(), stores()
-    now = clock.now()
-    new, committed = 0, False
+    new = 0
     for record in records:
         if not record.key.startswith(config.training_prefix):
             continue
-        if not store.arrivals.first_sighting(record.key, record.etag, now):
-            logger.debug("duplicate arrival", extra={"key": record.key, "etag": record.etag})
-            continue
-        if manifest.is_commit_marker(record.key, config.training_prefix):
-            committed = True
+        commit = manifest.is_commit_marker(record.key, config.training_prefix)
+        if store.arrivals.add(record.key, record.etag, clock.now(), commit=commit):
+            new += 0 if commit else 1
         else:
-            new += 1
-    if new or committed:
-        store.arrivals.record(now, arrivals=new, committed=committed)
+            logger.debug("duplicate arrival", extra={"key": record.key, "etag": record.etag})
+    if new:
         metrics.add_metric(name="TrainingImagesArrived", unit=MetricUnit.Count, value=new)
     return new
 
@@ -143,7 +141,8 @@ def end_run(run_id: str, from_states: tuple[str, ...], status: str, reason: str,
     maybe_start_run()
 
 
-def _run_for(job_name: str, tags: dict[str, str], expected: str) -> str | None:
+def run_for_job(job_name: str, tags: dict[str, str], expected: str) -> str | None:
+    """The run a job belongs to, if it is in the `expected` state (else the event was handled already)."""
     config, store = settings(), stores()
     run_id = tags.get(requests.RUN_TAG) or requests.run_id_from_job_name(config, job_name)
     run = store.runs.get(run_id) if run_id else None
@@ -159,7 +158,7 @@ def _run_for(job_name: str, tags: dict[str, str], expected: str) -> str | None:
 @tracer.capture_method
 def on_tuning_change(event: TuningJobStateChange) -> None:
     detail = event.detail
-    run_id = _run_for(detail.name, detail.tags, "TUNING")
+    run_id = run_for_job(detail.name, detail.tags, "TUNING")
     if run_id is None:
         return
     if detail.status != "Completed":
@@ -180,21 +179,3 @@ def on_tuning_change(event: TuningJobStateChange) -> None:
                              best_tuning_trial=best.get("TrainingJobName"), hyperparameters=tuned,
                              valid_accuracy=objective)
     logger.info("final training started", extra={"run_id": run_id, "training_job": request["TrainingJobName"]})
-
-
-@tracer.capture_method
-def on_training_change(event: TrainingJobStateChange) -> None:
-    from . import deployment  # deployment imports end_run from here
-
-    detail = event.detail
-    if detail.tags.get(requests.ROLE_TAG) != requests.FINAL_ROLE:
-        return  # a tuning trial: the tuning job's own event covers it
-    run_id = _run_for(detail.name, detail.tags, "TRAINING")
-    if run_id is None:
-        return
-    if detail.status != "Completed":
-        end_run(run_id, ("TRAINING",), "FAILED",
-                f"final training job {detail.status}: {detail.failure_reason or 'no reason given'}")
-        return
-    description = aws.client("sagemaker").describe_training_job(TrainingJobName=detail.name)
-    deployment.gate_and_deploy(run_id, description)

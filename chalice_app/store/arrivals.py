@@ -33,29 +33,37 @@ class Burst:
 
 class Arrivals:
     def __init__(self, table_name: str):
+        self._name = table_name
         self._table = aws.table(table_name)
+        self._client = self._table.meta.client  # the resource's client: plain Python values in and out
 
-    def first_sighting(self, key: str, etag: str, now: float) -> bool:
-        """Record (key, eTag); False when it was seen before (a redelivered event)."""
+    def add(self, key: str, etag: str, now: float, *, commit: bool = False) -> bool:
+        """Record an upload (or a commit marker) in the current burst, once per (key, eTag).
+
+        One transaction: the dedupe item and the burst change are written together, so
+        a redelivered event changes nothing and a failed write can be retried whole.
+        Returns False for a duplicate.
+        """
+        burst_update = "SET pending = :true, last_arrival = :now ADD version :one"
+        if commit:
+            burst_update = "SET pending = :true, last_arrival = :now, committed = :true ADD version :one"
+        else:
+            burst_update += ", arrivals :one"
         try:
-            self._table.put_item(
-                Item={"pk": f"OBJECT#{key}", "sk": f"ETAG#{etag}", "seen_at": Decimal(str(now)),
-                      "expires_at": int(now) + DEDUPE_TTL_SECONDS},
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+            self._client.transact_write_items(TransactItems=[
+                {"Put": {"TableName": self._name, "ConditionExpression": "attribute_not_exists(pk)",
+                         "Item": {"pk": f"OBJECT#{key}", "sk": f"ETAG#{etag}", "seen_at": Decimal(str(now)),
+                                  "expires_at": int(now) + DEDUPE_TTL_SECONDS}}},
+                {"Update": {"TableName": self._name, "Key": BURST_KEY, "UpdateExpression": burst_update,
+                            "ExpressionAttributeValues": {":true": True, ":now": Decimal(str(now)), ":one": 1}}},
+            ])
             return True
         except ClientError as error:
-            if aws.is_conditional_failure(error):
+            reasons = error.response.get("CancellationReasons", [])
+            if aws.error_code(error) == "TransactionCanceledException" and reasons and \
+                    reasons[0].get("Code") == "ConditionalCheckFailed":
                 return False
             raise
-
-    def record(self, now: float, *, arrivals: int, committed: bool) -> None:
-        """Add new uploads (or a commit marker) to the current burst."""
-        expression = "SET pending = :true, last_arrival = :now ADD arrivals :n, version :one"
-        values = {":true": True, ":now": Decimal(str(now)), ":n": arrivals, ":one": 1}
-        if committed:
-            expression = "SET pending = :true, last_arrival = :now, committed = :true ADD arrivals :n, version :one"
-        self._table.update_item(Key=BURST_KEY, UpdateExpression=expression, ExpressionAttributeValues=values)
 
     def current(self) -> Burst | None:
         item = self._table.get_item(Key=BURST_KEY, ConsistentRead=True).get("Item")

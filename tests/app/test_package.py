@@ -29,7 +29,22 @@ print(json.dumps({{"seconds": seconds, "heavy": heavy, "handlers": sorted(app.ap
 
 
 @pytest.fixture(scope="session")
-def packaged(tmp_path_factory) -> Path:
+def requirements_venv(tmp_path_factory):
+    """A fresh venv installing requirements.txt in the background (it overlaps the packaging)."""
+    env_dir = tmp_path_factory.mktemp("requirements") / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    install = subprocess.Popen([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                "-r", str(ROOT / "requirements.txt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    yield python, install
+    if install.poll() is None:
+        install.kill()
+        install.wait()
+
+
+@pytest.fixture(scope="session")
+def packaged(requirements_venv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("package") / "dev"
     package("dev", out)
     return out
@@ -116,18 +131,15 @@ def test_the_zip_imports_on_its_own_without_torch(unzipped):
     assert report["heavy"] == [] and "on_training_data" in report["handlers"]
 
 
-def test_the_app_imports_with_only_requirements_txt_installed(unzipped, tmp_path):
+def test_the_app_imports_with_only_requirements_txt_installed(requirements_venv, unzipped, tmp_path):
     """A fresh venv with requirements.txt, and from the zip only our code and Chalice's runtime."""
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                              "-r", str(ROOT / "requirements.txt")], capture_output=True, text=True)
+    python, install = requirements_venv
+    _, errors = install.communicate(timeout=600)
     if install.returncode != 0:
-        if any(s in install.stderr for s in ("Could not find a version", "NewConnectionError", "Network is unreachable",
-                                              "Temporary failure in name resolution")):
-            pytest.skip(f"pip cannot reach a package registry: {install.stderr.strip().splitlines()[-1]}")
-        pytest.fail(install.stderr)
+        if any(s in errors for s in ("Could not find a version", "NewConnectionError", "Network is unreachable",
+                                     "Temporary failure in name resolution")):
+            pytest.skip(f"pip cannot reach a package registry: {errors.strip().splitlines()[-1]}")
+        pytest.fail(errors)
     code = tmp_path / "code"
     code.mkdir()
     for name in ("app.py", "chalice_app", "training", "chalice"):
