@@ -1,0 +1,156 @@
+"""What Chalice does not create, created in moto from `infra/template.json`.
+
+The template is the one source for the queues (visibility timeout, dead-letter
+queue, maxReceiveCount), the tables, and which bucket prefix notifies which queue;
+here it is rendered for the local stage and applied with boto3. Every call is
+idempotent, so `up` applies it on every start, over restored state too.
+
+The bucket's name comes from the stage's BUCKET (what the handlers use): the
+template names it with the account id, which only CloudFormation resolves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .stage import ACCOUNT, REPO_ROOT, Stage
+
+TEMPLATE = REPO_ROOT / "infra" / "template.json"
+_SUB = re.compile(r"\$\{([^}]+)\}")
+# CloudFormation's AWS::SQS::Queue properties that are SQS attributes of the same name.
+_QUEUE_ATTRIBUTES = ("DelaySeconds", "MaximumMessageSize", "MessageRetentionPeriod",
+                     "ReceiveMessageWaitTimeSeconds", "VisibilityTimeout", "RedrivePolicy")
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    attributes: dict[str, str]
+
+    @property
+    def dead_letter_arn(self) -> str | None:
+        redrive = self.attributes.get("RedrivePolicy")
+        return json.loads(redrive)["deadLetterTargetArn"] if redrive else None
+
+
+@dataclass(frozen=True)
+class Notification:
+    queue_arn: str
+    events: list[str]
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Infra:
+    bucket: str
+    queues: list[QueueSpec]
+    tables: list[dict[str, Any]]
+    ttl: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notifications: list[Notification] = field(default_factory=list)
+
+    def queue(self, name: str) -> QueueSpec:
+        for spec in self.queues:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"queue {name!r} is not declared in {TEMPLATE.relative_to(REPO_ROOT)}")
+
+
+def queue_arn(region: str, name: str) -> str:
+    return f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"
+
+
+class _Renderer:
+    """Resolves the intrinsic functions the template uses (Fn::Sub, Fn::GetAtt .Arn of a queue, Ref)."""
+
+    def __init__(self, template: dict[str, Any], stage: Stage) -> None:
+        self.resources = template["Resources"]
+        self.values = {"Stage": stage.name, "AWS::AccountId": ACCOUNT, "AWS::Region": stage.region,
+                       "AWS::Partition": "aws"}
+        self.region = stage.region
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, dict) and "Fn::Sub" in value:
+            return _SUB.sub(lambda m: self.values[m.group(1)], value["Fn::Sub"])
+        if isinstance(value, dict) and "Fn::GetAtt" in value:
+            logical, attribute = value["Fn::GetAtt"]
+            resource = self.resources[logical]
+            if resource["Type"] != "AWS::SQS::Queue" or attribute != "Arn":
+                raise ValueError(f"cannot resolve Fn::GetAtt {logical}.{attribute} locally")
+            return queue_arn(self.region, self(resource["Properties"]["QueueName"]))
+        if isinstance(value, dict):
+            return {k: self(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        return value
+
+
+def render(stage: Stage, template_path: Path = TEMPLATE) -> Infra:
+    template = json.loads(template_path.read_text())
+    resolve = _Renderer(template, stage)
+    queues, tables, ttl, notifications = [], [], {}, []
+    for resource in template["Resources"].values():
+        kind, props = resource.get("Type"), resource.get("Properties", {})
+        if kind == "AWS::SQS::Queue":
+            attributes = {}
+            for name in _QUEUE_ATTRIBUTES:
+                if name in props:
+                    value = resolve(props[name])
+                    attributes[name] = json.dumps(value) if isinstance(value, dict) else str(value)
+            queues.append(QueueSpec(resolve(props["QueueName"]), attributes))
+        elif kind == "AWS::DynamoDB::Table":
+            request = {k: props[k] for k in ("AttributeDefinitions", "KeySchema", "BillingMode",
+                                             "GlobalSecondaryIndexes") if k in props}
+            request["TableName"] = resolve(props["TableName"])
+            tables.append(request)
+            if props.get("TimeToLiveSpecification", {}).get("Enabled"):
+                ttl[request["TableName"]] = props["TimeToLiveSpecification"]
+        elif kind == "AWS::S3::Bucket":
+            for item in props.get("NotificationConfiguration", {}).get("QueueConfigurations", []):
+                rules = item.get("Filter", {}).get("S3Key", {}).get("Rules", [])
+                prefix = next((r["Value"] for r in rules if r["Name"].lower() == "prefix"), "")
+                notifications.append(Notification(resolve(item["Queue"]), [item["Event"]], prefix))
+    # Dead-letter queues first: a redrive policy names a queue that must exist.
+    queues.sort(key=lambda q: q.dead_letter_arn is not None)
+    return Infra(bucket=stage.environment["BUCKET"], queues=queues, tables=tables, ttl=ttl,
+                 notifications=notifications)
+
+
+def ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
+    """Create a queue or bring an existing one (restored from a snapshot) to these attributes."""
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    if attributes:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
+
+
+def apply(infra: Infra, session: Any) -> None:
+    """Create (or re-assert) the queues, tables, bucket and its notifications."""
+    sqs, dynamodb, s3 = (session.client(s) for s in ("sqs", "dynamodb", "s3"))
+    for spec in infra.queues:
+        ensure_queue(sqs, spec.name, spec.attributes)
+    existing = set(dynamodb.list_tables()["TableNames"])
+    for request in infra.tables:
+        if request["TableName"] not in existing:
+            dynamodb.create_table(**request)
+    for table, spec in infra.ttl.items():
+        try:
+            dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification=spec)
+        except ClientError as error:  # already enabled (restored tables keep it)
+            if "already enabled" not in str(error).lower():
+                raise
+    try:
+        s3.create_bucket(Bucket=infra.bucket)
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    s3.put_bucket_notification_configuration(Bucket=infra.bucket, NotificationConfiguration={
+        "QueueConfigurations": [
+            {"QueueArn": n.queue_arn, "Events": n.events,
+             "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": n.prefix}]}}}
+            for n in infra.notifications]})
