@@ -6,6 +6,7 @@ calls reach moto in server mode.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,17 +39,17 @@ def download_prefix(s3, uri: str, target: Path) -> int:
         base = prefix
     else:
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-    count = 0
+    jobs: list[tuple[str, Path]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            key = item["Key"]
-            if key.endswith("/"):
-                continue
-            local = target / key[len(base):]
-            local.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, key, str(local))
-            count += 1
-    return count
+            if not item["Key"].endswith("/"):
+                jobs.append((item["Key"], target / item["Key"][len(base):]))
+    for _, local in jobs:
+        local.parent.mkdir(parents=True, exist_ok=True)
+    # Many small objects (images): the round trips, not the bytes, are the cost.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda job: s3.download_file(bucket, job[0], str(job[1])), jobs))
+    return len(jobs)
 
 
 def download_object(s3, uri: str, target: Path) -> Path:
@@ -65,9 +66,7 @@ def upload_file(s3, path: Path, uri: str) -> str:
 
 
 def upload_tree(s3, directory: Path, uri: str) -> int:
-    count = 0
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            upload_file(s3, path, join_s3(uri, path.relative_to(directory).as_posix()))
-            count += 1
-    return count
+    files = [path for path in sorted(directory.rglob("*")) if path.is_file()]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda path: upload_file(s3, path, join_s3(uri, path.relative_to(directory).as_posix())), files))
+    return len(files)

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 logger = Logger(service="local-sagemaker")
 
 FAILURE_REASON_MAX = 1024
+# Where training/train.py writes its profile and its HTML report, inside SM_OUTPUT_DATA_DIR.
+PROFILER_DIR, REPORT_DIR = "profiler", "report"
 _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
 
 
@@ -56,11 +58,19 @@ def decode_hyperparameters(raw: dict[str, str]) -> dict[str, Any]:
     return decoded
 
 
+# The training toolkit keeps these from the script (its SAGEMAKER_HYPERPARAMETERS, TUNING_METRIC_PARAM).
+TUNING_METRIC_PARAM = "_tuning_objective_metric"
+
+
+def is_sagemaker_hyperparameter(name: str) -> bool:
+    return name.startswith("sagemaker_") or name == TUNING_METRIC_PARAM
+
+
 def script_arguments(hyperparameters: dict[str, Any]) -> list[str]:
-    """`--name value` for each hyperparameter the script should see (sagemaker_* stay out)."""
+    """`--name value` for each hyperparameter the script should see (SageMaker's own stay out)."""
     argv: list[str] = []
     for name, value in hyperparameters.items():
-        if name.startswith("sagemaker_"):
+        if is_sagemaker_hyperparameter(name):
             continue
         argv += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
     return argv
@@ -263,7 +273,7 @@ class TrainingRunner:
         program = str(hyperparameters["sagemaker_program"])
         command = [sys.executable, program, *script_arguments(hyperparameters)]
         cpus = os.cpu_count() or 1
-        script_hps = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
+        script_hps = {k: v for k, v in hyperparameters.items() if not is_sagemaker_hyperparameter(k)}
         env = {
             **os.environ,
             # One job per core share: torch's default (all cores per process) oversubscribes the machine.
@@ -368,11 +378,18 @@ class TrainingRunner:
         self.backend.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", statuses))
 
     def _upload_profiler_report(self, job: "TrainingJob", output_data: Path, s3) -> None:
-        """The profiler's output and report go where AWS's ProfilerReport rule puts them."""
+        """The job's profiler output and report go where AWS's ProfilerReport rule puts its own:
+        <S3OutputPath>/<job>/rule-output/ProfilerReport/profiler-output/ (profiler-report.html at its root)."""
         base = job.request["ProfilerConfig"].get("S3OutputPath") or job.request["OutputDataConfig"]["S3OutputPath"]
         target = aws.join_s3(base, job.name, "rule-output", "ProfilerReport", "profiler-output")
-        source = output_data / "profiler-output"
-        uploaded = aws.upload_tree(s3, source if source.is_dir() else output_data, target) if output_data.exists() else 0
+        uploaded = 0
+        if (output_data / PROFILER_DIR).is_dir():
+            uploaded += aws.upload_tree(s3, output_data / PROFILER_DIR, aws.join_s3(target, "profiler-reports"))
+        if (output_data / REPORT_DIR).is_dir():
+            uploaded += aws.upload_tree(s3, output_data / REPORT_DIR, target)
+            report = output_data / REPORT_DIR / "report.html"
+            if report.exists():
+                aws.upload_file(s3, report, aws.join_s3(target, "profiler-report.html"))
         found = uploaded > 0
         statuses = [{
             "RuleConfigurationName": c["RuleConfigurationName"],

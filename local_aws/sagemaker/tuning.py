@@ -30,6 +30,7 @@ from optuna.trial import Trial, TrialState
 
 from .exceptions import ResourceLimitExceeded, ValidationException
 from .models import now
+from .training import TUNING_METRIC_PARAM
 
 if TYPE_CHECKING:
     from .models import SageMakerBackend, TrainingJob, TuningJob
@@ -166,9 +167,9 @@ def child_request(tuning: "TuningJob", job_name: str, tuned: dict[str, str]) -> 
     objective = tuning.request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
     request = {
         "TrainingJobName": job_name,
-        # AWS adds the objective's name to every child's hyperparameters.
+        # AWS adds the objective's name to every child's hyperparameters (the script never sees it).
         "HyperParameters": {**definition.get("StaticHyperParameters", {}), **tuned,
-                            "_tuning_objective_metric": objective["MetricName"]},
+                            TUNING_METRIC_PARAM: objective["MetricName"]},
         "Tags": tuning.tags,
     }
     for key in ("AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig",

@@ -1,0 +1,120 @@
+"""The project's own training job on the digits, through the local SageMaker: a real tuning
+job whose best job really is the best, and a final job with Debugger rules and the profiler."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from local_aws.sagemaker import aws
+from local_aws.sagemaker.sourcedir import PROGRAM, build_sourcedir
+from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+
+from .conftest import IMAGE, ROLE, unique, wait_for
+
+pytestmark = pytest.mark.slow
+DONE = ("Completed", "Failed", "Stopped")
+# Tiny but real: a random-init ResNet-18 on 32-pixel digits, frozen trunk (features cached once).
+STATIC = {"arch": "resnet18", "pretrained": "none", "image-size": "32", "epochs": "3", "batch-size": "64",
+          "freeze": "backbone", "hflip-prob": "0", "workers": "0"}
+
+
+@pytest.fixture(scope="module")
+def digits_uri(s3, bucket, digits_splits) -> str:
+    aws.upload_tree(s3, digits_splits, f"s3://{bucket}/training-data/")
+    return f"s3://{bucket}/training-data/"
+
+
+@pytest.fixture(scope="module")
+def sourcedir_uri(s3, bucket) -> str:
+    s3.put_object(Bucket=bucket, Key="code/sourcedir.tar.gz", Body=build_sourcedir())
+    return f"s3://{bucket}/code/sourcedir.tar.gz"
+
+
+def definition(bucket: str, digits_uri: str) -> dict:
+    return {
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File",
+                                   "MetricDefinitions": METRIC_DEFINITIONS},
+        "RoleArn": ROLE,
+        "InputDataConfig": [{"ChannelName": "training", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": digits_uri}}}],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{bucket}/jobs"},
+        "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 5},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 900},
+    }
+
+
+def source_hyperparameters(sourcedir_uri: str) -> dict[str, str]:
+    return {"sagemaker_program": json.dumps(PROGRAM), "sagemaker_submit_directory": json.dumps(sourcedir_uri)}
+
+
+def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, digits_uri, sourcedir_uri):
+    name = unique("digits-hpo")
+    sm.create_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name,
+        HyperParameterTuningJobConfig={
+            "Strategy": "Bayesian", "HyperParameterTuningJobObjective": OBJECTIVE_METRIC,
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2},
+            "ParameterRanges": {"ContinuousParameterRanges": [
+                {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}]},
+            "RandomSeed": 7,
+        },
+        TrainingJobDefinition={"StaticHyperParameters": {**source_hyperparameters(sourcedir_uri), **STATIC},
+                               **definition(bucket, digits_uri)},
+    )
+    tuning = wait_for(lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
+                      "HyperParameterTuningJobStatus", DONE, timeout=900)
+    children = sm.list_training_jobs_for_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name, SortBy="FinalObjectiveMetricValue", SortOrder="Descending",
+    )["TrainingJobSummaries"]
+
+    assert tuning["HyperParameterTuningJobStatus"] == "Completed", tuning.get("FailureReason")
+    assert len(children) == 4 and all(c["TrainingJobStatus"] == "Completed" for c in children), children
+    values = [c["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for c in children]
+    assert values == sorted(values, reverse=True)
+    best = tuning["BestTrainingJob"]
+    assert best["TrainingJobName"] == children[0]["TrainingJobName"]
+    assert best["FinalHyperParameterTuningJobObjectiveMetric"] == {
+        "Type": "Maximize", "MetricName": "valid:accuracy", "Value": max(values)}
+    assert max(values) > 0.2  # learnt something: ten classes, chance is 0.1
+    described = sm.describe_training_job(TrainingJobName=best["TrainingJobName"])
+    final = {m["MetricName"]: m["Value"] for m in described["FinalMetricDataList"]}
+    assert final["valid:accuracy"] == max(values) and "test:accuracy" in final
+    bucket_name, key = aws.split_s3_uri(described["ModelArtifacts"]["S3ModelArtifacts"])
+    assert s3.head_object(Bucket=bucket_name, Key=key)["ContentLength"] > 1000
+
+
+def test_a_final_job_runs_its_debugger_rules_and_writes_the_profiler_report(sm, s3, bucket, digits_uri,
+                                                                              sourcedir_uri):
+    name = unique("digits-final")
+    rule_image = "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
+    sm.create_training_job(
+        TrainingJobName=name,
+        HyperParameters={**source_hyperparameters(sourcedir_uri), **STATIC, "epochs": "2", "lr": "0.01"},
+        DebugHookConfig={"S3OutputPath": f"s3://{bucket}/debug/{name}/debug-output",
+                         "CollectionConfigurations": [{"CollectionName": "losses",
+                                                       "CollectionParameters": {"save_interval": "5"}}]},
+        DebugRuleConfigurations=[
+            {"RuleConfigurationName": "LossNotDecreasing", "RuleEvaluatorImage": rule_image,
+             "RuleParameters": {"rule_to_invoke": "LossNotDecreasing"}},
+            {"RuleConfigurationName": "Overfit", "RuleEvaluatorImage": rule_image,
+             "RuleParameters": {"rule_to_invoke": "Overfit", "patience": "1"}},
+        ],
+        ProfilerConfig={"S3OutputPath": f"s3://{bucket}/profiler", "ProfilingIntervalInMilliseconds": 500},
+        ProfilerRuleConfigurations=[{"RuleConfigurationName": "ProfilerReport", "RuleEvaluatorImage": rule_image,
+                                     "RuleParameters": {"rule_to_invoke": "ProfilerReport"}}],
+        Tags=[{"Key": "pipeline-role", "Value": "final"}],
+        **definition(bucket, digits_uri),
+    )
+    job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE, timeout=600)
+
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    rules = {r["RuleConfigurationName"]: r["RuleEvaluationStatus"] for r in job["DebugRuleEvaluationStatuses"]}
+    assert rules.keys() == {"LossNotDecreasing", "Overfit"}
+    assert set(rules.values()) <= {"NoIssuesFound", "IssuesFound"}, job["DebugRuleEvaluationStatuses"]
+    tensors = s3.list_objects_v2(Bucket=bucket, Prefix=f"debug/{name}/debug-output/")
+    assert tensors["KeyCount"] > 0
+    report_key = f"profiler/{name}/rule-output/ProfilerReport/profiler-output/profiler-report.html"
+    assert b"<html" in s3.get_object(Bucket=bucket, Key=report_key)["Body"].read()[:2000].lower()
+    assert job["ProfilerRuleEvaluationStatuses"][0]["RuleEvaluationStatus"] == "NoIssuesFound"
