@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from chalice import Chalice, IAMAuthorizer, Rate
+from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalice_app import api, handlers
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
@@ -99,7 +99,7 @@ def list_runs():
 
 @app.route("/runs", methods=["POST"], authorizer=_auth)
 def start_run():
-    return api.start_run()
+    return Response(body=api.start_run(), status_code=202)
 
 
 @app.route("/runs/{run_id}", methods=["GET"])

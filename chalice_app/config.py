@@ -88,10 +88,6 @@ class Settings:
     top_k: int = 5
     upload_url_seconds: int = 900
 
-    @property
-    def tuning_job_prefix(self) -> str:
-        return self.name_prefix
-
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 

@@ -19,7 +19,7 @@ from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .predictions import redrive_pending
 from .retraining import end_run, run_for_job
-from .sagemaker_calls import create, delete_quietly, describe_endpoint
+from .sagemaker_calls import Refused, create_or_refuse, delete_quietly, describe_endpoint
 
 FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
 
@@ -53,16 +53,27 @@ def gate_and_deploy(run_id: str, description: dict[str, Any]) -> None:
     store.registry.add(version, clock.now(), run_id=run_id, test_accuracy=verdict.accuracy,
                        endpoint_config=requests.model_name(config, run_id), training_job=version,
                        artifact=description["ModelArtifacts"]["S3ModelArtifacts"])
-    create("create_model", requests.model_request(config, run_id, description["ModelArtifacts"]["S3ModelArtifacts"]))
-    create("create_endpoint_config", requests.endpoint_config_request(config, run_id))
-    endpoint = describe_endpoint(config.endpoint_name)
-    if endpoint is None:
-        create("create_endpoint", requests.create_endpoint_request(config, run_id))
-    elif endpoint.get("EndpointConfigName") != requests.model_name(config, run_id):
-        create("update_endpoint", requests.update_endpoint_request(config, run_id))
+    try:
+        _deploy(run_id, description["ModelArtifacts"]["S3ModelArtifacts"])
+    except Refused as refusal:
+        store.registry.set_status(version, "FAILED", reason=str(refusal))
+        end_run(run_id, ("TRAINING",), "FAILED", str(refusal))
+        return
     store.runs.transition(run_id, ("TRAINING",), "DEPLOYING", clock.now(), model_version=version,
                              test_accuracy=verdict.accuracy, gate=verdict.reason)
     logger.info("deploying", extra={"run_id": run_id, "model_version": version, "gate": verdict.reason})
+
+
+def _deploy(run_id: str, artifact: str) -> None:
+    """Model, endpoint config, then a new endpoint or a blue/green update of the live one."""
+    config = settings()
+    create_or_refuse("create_model", requests.model_request(config, run_id, artifact))
+    create_or_refuse("create_endpoint_config", requests.endpoint_config_request(config, run_id))
+    endpoint = describe_endpoint(config.endpoint_name)
+    if endpoint is None:
+        create_or_refuse("create_endpoint", requests.create_endpoint_request(config, run_id))
+    elif endpoint.get("EndpointConfigName") != requests.model_name(config, run_id):
+        create_or_refuse("update_endpoint", requests.update_endpoint_request(config, run_id))
 
 
 def _fail_deployments(reason: str, keep: str | None = None) -> None:
@@ -92,8 +103,8 @@ def on_endpoint_change(event: EndpointStateChange) -> None:
         return
     if model["status"] == "DEPLOYING":
         _promote(model)
-    elif model["status"] == "LIVE":
-        # InService on the live config while another deployment waits: the update rolled back.
+    elif model["status"] == "LIVE" and endpoint.get("EndpointStatus") == "InService":
+        # Settled on the live config while another deployment waits: the update rolled back.
         reason = endpoint.get("FailureReason") or "the endpoint update rolled back to the live model"
         _fail_deployments(reason, keep=model["model_version"])
 

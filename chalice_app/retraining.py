@@ -21,7 +21,7 @@ from .config import settings
 from .events import S3Record, TuningJobStateChange
 from .observability import logger, metrics, tracer
 from .pipeline import stores
-from .sagemaker_calls import create
+from .sagemaker_calls import Refused, create_or_refuse
 
 # A run that took the lock but never reached TUNING (its Lambda died mid-start)
 # is resumed by the schedule after this long.
@@ -113,7 +113,11 @@ def _launch(run_id: str, trigger: str, now: float) -> StartOutcome:
 def _start_tuning(run_id: str, now: float) -> StartOutcome:
     config, store = settings(), stores()
     request = requests.tuning_job_request(config, run_id)
-    create("create_hyper_parameter_tuning_job", request)
+    try:
+        create_or_refuse("create_hyper_parameter_tuning_job", request)
+    except Refused as refusal:
+        end_run(run_id, ("STARTING",), "FAILED", str(refusal))
+        return StartOutcome(False, run_id, str(refusal))
     store.runs.transition(run_id, ("STARTING",), "TUNING", now, tuning_job=request["HyperParameterTuningJobName"])
     logger.info("run started", extra={"run_id": run_id, "tuning_job": request["HyperParameterTuningJobName"]})
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
@@ -173,7 +177,11 @@ def on_tuning_change(event: TuningJobStateChange) -> None:
     config = settings()
     tuned = best["TunedHyperParameters"]
     request = requests.final_training_job_request(config, run_id, tuned)
-    create("create_training_job", request)
+    try:
+        create_or_refuse("create_training_job", request)
+    except Refused as refusal:
+        end_run(run_id, ("TUNING",), "FAILED", str(refusal))
+        return
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
     stores().runs.transition(run_id, ("TUNING",), "TRAINING", clock.now(), training_job=request["TrainingJobName"],
                              best_tuning_trial=best.get("TrainingJobName"), hyperparameters=tuned,

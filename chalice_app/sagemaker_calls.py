@@ -27,6 +27,23 @@ def create(operation: str, request: dict[str, Any]) -> bool:
         raise
 
 
+class Refused(Exception):
+    """SageMaker refused a request for good (bad request, quota, permissions): retrying cannot help."""
+
+
+_REFUSALS = {"ValidationException", "ResourceLimitExceeded", "AccessDeniedException", "ResourceNotFound"}
+
+
+def create_or_refuse(operation: str, request: dict[str, Any]) -> bool:
+    """`create`, with a permanent refusal raised as Refused (transient errors still raise ClientError)."""
+    try:
+        return create(operation, request)
+    except ClientError as error:
+        if aws.error_code(error) in _REFUSALS:
+            raise Refused(f"{operation} was refused: {aws.error_message(error)}") from error
+        raise
+
+
 def describe_endpoint(name: str) -> dict[str, Any] | None:
     try:
         return aws.client("sagemaker").describe_endpoint(EndpointName=name)

@@ -87,8 +87,3 @@ class Arrivals:
             if aws.is_conditional_failure(error):
                 return False
             raise
-
-    def rearm(self) -> None:
-        """Give uploads back to the burst (a run that claimed them could not start)."""
-        self._table.update_item(Key=BURST_KEY, UpdateExpression="SET pending = :true ADD version :one",
-                                ExpressionAttributeValues={":true": True, ":one": 1})

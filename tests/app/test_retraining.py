@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from chalice_app import aws
 
 from .conftest import BUCKET, ENV
 
@@ -142,7 +146,7 @@ def test_tuning_failed_marks_the_run_failed_and_releases_the_lock(world):
     [run] = runs(world)
     assert run["status"] == "FAILED" and "Stopped" in run["reason"]
     response = world.client.http.post("/runs")
-    assert response.status_code == 200 and response.json_body["status"] == "TUNING"
+    assert response.status_code == 202 and response.json_body["status"] == "TUNING"
 
 
 @pytest.mark.parametrize("uploads, reason", [
@@ -192,3 +196,41 @@ def test_tuning_trial_events_are_not_the_final_job(world):
     run = start_run(world)
     training_done(world, f"{run['tuning_job']}-001-abc", run["run_id"], role="tuning")
     assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "TUNING"
+
+
+def _sagemaker_error(world, code: str, message: str) -> Stubber:
+    stubber = Stubber(aws._make("sagemaker"))
+    stubber.add_client_error("create_hyper_parameter_tuning_job", service_error_code=code, service_message=message,
+                             http_status_code=400)
+    aws.use_client("sagemaker", stubber.client)
+    return stubber
+
+
+def test_a_refused_tuning_request_fails_the_run_and_frees_the_lock(world):
+    world.upload_training(20)
+    deliver_training_uploads(world)
+    world.advance(61)
+    with _sagemaker_error(world, "ValidationException", "MaxValue must be greater than MinValue"):
+        outcome = tick(world)
+    aws.use_client("sagemaker", None)
+    assert outcome["started"] is False and "MaxValue must be greater" in outcome["reason"]
+    [run] = runs(world)
+    assert run["status"] == "FAILED" and "create_hyper_parameter_tuning_job was refused" in run["reason"]
+    assert world.client.http.post("/runs").status_code == 202
+
+
+def test_a_start_interrupted_by_a_transient_error_is_resumed_by_the_schedule(world):
+    world.upload_training(20)
+    deliver_training_uploads(world)
+    world.advance(61)
+    with _sagemaker_error(world, "ThrottlingException", "Rate exceeded"), pytest.raises(ClientError):
+        tick(world)
+    aws.use_client("sagemaker", None)
+    [run] = runs(world)
+    assert run["status"] == "STARTING" and tuning_jobs(world) == []
+    tick(world)  # too soon: another Lambda may still be starting it
+    assert tuning_jobs(world) == []
+    world.advance(301)
+    tick(world)
+    assert tuning_jobs(world) == [f"ip-test-{run['run_id']}"]
+    assert runs(world)[0]["status"] == "TUNING"
