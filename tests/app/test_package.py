@@ -148,3 +148,11 @@ def test_the_app_imports_with_only_requirements_txt_installed(requirements_venv,
                             capture_output=True, text=True, cwd=code)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["heavy"] == []
+
+
+def test_state_changing_routes_need_iam_on_dev(packaged):
+    paths = _template(packaged)["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    secured = sorted(f"{method.upper()} {path}" for path, methods in paths.items()
+                     for method, operation in methods.items() if operation.get("security") == [{"sigv4": []}])
+    assert secured == ["POST /runs", "POST /uploads"]
+    assert len([m for methods in paths.values() for m in methods]) == 8
