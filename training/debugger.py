@@ -40,6 +40,7 @@ RELU_INPUT_REGEX = ".*relu_input"
 # no Debugger never imports smdebug.
 CONFIG_FILE_ENV = "SMDEBUG_CONFIG_FILE_PATH"
 DEFAULT_CONFIG_FILE = "/opt/ml/input/config/debughookconfig.json"
+LOSS_INTERVAL = 10
 
 
 class _ArrayWithToString(np.ndarray):
@@ -105,10 +106,12 @@ def _local_hook(out_dir: Path, save_interval: int):
         save_config=SaveConfig(mode_save_configs={ModeKeys.TRAIN: every, ModeKeys.EVAL: every}),
         include_collections=list(RULE_COLLECTIONS),
     )
-    # Validation losses are scalars: keep every one, so Overfit/Overtraining see each
-    # validation pass. Big tensors are kept for training steps only.
+    # Losses are scalars: keep every validation one, so Overfit/Overtraining see each
+    # pass, and a training one at least every LOSS_INTERVAL steps for LossNotDecreasing.
+    # Weights and gradients (~90 MB a step for a ResNet-18) follow the save interval.
     hook.get_collection("losses").save_config = {
-        ModeKeys.TRAIN: every, ModeKeys.EVAL: SaveConfigMode(save_interval=1)}
+        ModeKeys.TRAIN: SaveConfigMode(save_interval=min(save_interval, LOSS_INTERVAL)),
+        ModeKeys.EVAL: SaveConfigMode(save_interval=1)}
     for name in ("weights", "biases", "relu_input"):
         hook.get_collection(name).save_config = {ModeKeys.TRAIN: every, ModeKeys.EVAL: never}
     return hook

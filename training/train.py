@@ -99,7 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--data-prefix", default="training-data/", help="S3 prefix of the manifest's keys inside the training channel")
     add("--min-images-per-class", type=int, default=5)
     add("--debug-out", type=Path, default=None, help="local run: write smdebug tensors here")
-    add("--debug-save-interval", type=int, default=10)
+    add("--debug-save-interval", type=int, default=100,
+        help="local run: save weights and gradients every N training steps (losses every 10)")
     # Local stand-ins for SageMaker's environment.
     add("--data-dir", type=Path, default=None, help="local run: the 'training' channel")
     add("--weights-dir", type=Path, default=None, help="local run: the 'weights' channel")
