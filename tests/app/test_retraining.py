@@ -234,3 +234,20 @@ def test_a_start_interrupted_by_a_transient_error_is_resumed_by_the_schedule(wor
     tick(world)
     assert tuning_jobs(world) == [f"ip-test-{run['run_id']}"]
     assert runs(world)[0]["status"] == "TUNING"
+
+
+def test_handlers_log_with_correlation_ids_and_emit_metrics(world, capsys, caplog):
+    from chalice_app.observability import logger
+
+    world.upload_training(3)
+    deliver_training_uploads(world)
+    world.advance(61)
+    capsys.readouterr()
+    tick(world)
+    [record] = [r for r in caplog.records if r.getMessage() == "run refused"]
+    refusal = json.loads(logger.registered_formatter.format(record))  # as the Lambda writes it
+    assert refusal["correlation_id"] == "7bf73129-1428-4cd3-a780-95db273d1602"  # the EventBridge event's id
+    assert refusal["function_name"] == SCHEDULE_FN and refusal["level"] == "WARNING"
+    assert "too few images" in refusal["reason"]
+    [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert emf["RunsRefused"] == [1.0] and emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ImagePipeline"
