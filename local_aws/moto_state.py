@@ -22,6 +22,7 @@ and renamed, so an interrupted snapshot leaves the previous one readable.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -99,6 +100,28 @@ def restore_s3(s3: Any, directory: Path) -> int:
 
 # ---------------------------------------------------------------------------- DynamoDB
 
+def _binary(value: dict[str, Any], convert) -> dict[str, Any]:
+    """A typed DynamoDB value with its binaries converted (bytes <-> base64 text for JSON)."""
+    (kind, inner), = value.items()
+    if kind == "B":
+        return {kind: convert(inner)}
+    if kind == "BS":
+        return {kind: [convert(v) for v in inner]}
+    if kind == "M":
+        return {kind: {k: _binary(v, convert) for k, v in inner.items()}}
+    if kind == "L":
+        return {kind: [_binary(v, convert) for v in inner]}
+    return value
+
+
+def _item_to_json(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _binary(v, lambda b: base64.b64encode(b).decode("ascii")) for k, v in item.items()}
+
+
+def _item_from_json(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _binary(v, base64.b64decode) for k, v in item.items()}
+
+
 def _table_request(description: dict[str, Any]) -> dict[str, Any]:
     request = {"TableName": description["TableName"], "KeySchema": description["KeySchema"],
                "AttributeDefinitions": description["AttributeDefinitions"], "BillingMode": "PAY_PER_REQUEST"}
@@ -116,7 +139,7 @@ def save_dynamodb(dynamodb: Any, directory: Path) -> int:
         for name in page["TableNames"]:
             description = dynamodb.describe_table(TableName=name)["Table"]
             ttl = dynamodb.describe_time_to_live(TableName=name).get("TimeToLiveDescription", {})
-            items = [item for scan in dynamodb.get_paginator("scan").paginate(TableName=name)
+            items = [_item_to_json(item) for scan in dynamodb.get_paginator("scan").paginate(TableName=name)
                      for item in scan.get("Items", [])]
             _write_json(directory / f"{name}.json", {"request": _table_request(description), "ttl": ttl,
                                                      "items": items})
@@ -137,7 +160,7 @@ def restore_dynamodb(dynamodb: Any, directory: Path) -> int:
         if table["ttl"].get("TimeToLiveStatus") == "ENABLED":
             dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification={
                 "AttributeName": table["ttl"]["AttributeName"], "Enabled": True})
-        items = table["items"]
+        items = [_item_from_json(item) for item in table["items"]]
         for start in range(0, len(items), 25):
             pending = {name: [{"PutRequest": {"Item": item}} for item in items[start:start + 25]]}
             while pending:

@@ -1,0 +1,82 @@
+"""End to end on one machine: labelled data in, a model LIVE by itself, predictions through
+the API, and a restart of the stack that loses nothing. Nothing is called by hand but S3
+uploads and the HTTP API, as a user would."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+
+import pytest
+from PIL import Image
+
+from local_aws.launcher import StackProcess
+
+from .conftest import SCHEDULE_SECONDS, SMALL_BUDGET, upload_all, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _group_gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_upload_train_serve_restart(tmp_path, digits_by_label):
+    files = sorted(digits_by_label.rglob("*.png"))
+    training = {f"training-data/{p.parent.name}/{p.name}": p for p in files[::3]}
+    queries = {f"incoming/{p.parent.name}-{p.name}": p for p in files[1::60][:8]}
+    state = tmp_path / "state"
+
+    with StackProcess(state, overrides=SMALL_BUDGET, schedule_seconds=SCHEDULE_SECONDS) as stack:
+        s3 = stack.client("s3")
+        upload_all(s3, stack.bucket, training)
+
+        def live():
+            status, body = stack.api("/models/live")
+            return body if status == 200 else None
+
+        model = wait_until(live, 900, f"a LIVE model (log: {stack.log_path})", every=5)
+        status, runs = stack.api("/runs")
+        assert status == 200 and runs["items"][0]["status"] == "DEPLOYED"
+
+        upload_all(s3, stack.bucket, queries)
+
+        def predicted():
+            answers = {key: stack.api("/predictions/" + key.split("/", 1)[1]) for key in queries}
+            ok = all(code == 200 and body.get("status") == "OK" for code, body in answers.values())
+            return answers if ok else None
+
+        answers = wait_until(predicted, 120, "predictions for every uploaded image")
+        for key, (_, body) in answers.items():
+            assert body["labels"], body
+            assert {"label", "probability"} <= set(body["labels"][0]), body
+        objects_before = s3.list_objects_v2(Bucket=stack.bucket)["KeyCount"]
+        pid = stack.process.pid
+        assert stack.stop() == 0, stack.log_tail()
+    assert _group_gone(pid), "the stack left processes behind"
+
+    with StackProcess(state, overrides=SMALL_BUDGET, schedule_seconds=SCHEDULE_SECONDS) as again:
+        s3 = again.client("s3")
+        assert s3.list_objects_v2(Bucket=again.bucket)["KeyCount"] == objects_before
+        status, body = again.api("/models/live")
+        assert status == 200 and body == model
+        for key, (_, before) in answers.items():
+            status, after = again.api("/predictions/" + key.split("/", 1)[1])
+            assert status == 200 and after == before
+
+        # The endpoint is hosted again: a new image gets a prediction from the same model.
+        buffer = io.BytesIO()
+        Image.open(files[5]).save(buffer, format="PNG")
+        s3.put_object(Bucket=again.bucket, Key="incoming/after-restart.png", Body=buffer.getvalue())
+
+        def answered():
+            code, item = again.api("/predictions/after-restart.png")
+            return item if code == 200 and item.get("status") == "OK" else None
+
+        item = wait_until(answered, 180, "a prediction after the restart")
+        assert item["model_version"] == answers[next(iter(answers))][1]["model_version"]
