@@ -107,6 +107,7 @@ def on_endpoint_change(event: EndpointStateChange) -> None:
         # Settled on the live config while another deployment waits: the update rolled back.
         reason = endpoint.get("FailureReason") or "the endpoint update rolled back to the live model"
         _fail_deployments(reason, keep=model["model_version"])
+        redrive_pending()  # also finishes a re-drive that a failed earlier delivery left undone
 
 
 def _promote(model: dict[str, Any]) -> None:

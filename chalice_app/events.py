@@ -27,6 +27,7 @@ class S3Object(_Lenient):
     key: str
     size: int = 0
     etag: str = Field(default="", alias="eTag")
+    sequencer: str = ""  # orders events for one key; a redelivered event repeats it
 
     @field_validator("key")
     @classmethod
@@ -46,6 +47,7 @@ class S3Entity(_Lenient):
 
 class S3Record(_Lenient):
     event_name: str = Field(alias="eventName")
+    event_time: str = Field(default="", alias="eventTime")
     s3: S3Entity
 
     @property
@@ -63,6 +65,10 @@ class S3Record(_Lenient):
     @property
     def size(self) -> int:
         return self.s3.object.size
+
+    @property
+    def sequencer(self) -> str:
+        return self.s3.object.sequencer
 
 
 class S3Notification(_Lenient):

@@ -49,7 +49,10 @@ def record_arrivals(records: list[S3Record]) -> int:
         if not record.key.startswith(config.training_prefix):
             continue
         commit = manifest.is_commit_marker(record.key, config.training_prefix)
-        if store.arrivals.add(record.key, record.etag, clock.now(), commit=commit):
+        # An image is new when its content is (key, eTag). Every _COMMIT is empty (one eTag),
+        # so a marker is told apart by its event's time and sequencer, which a redelivery repeats.
+        version = f"{record.etag}:{record.event_time}:{record.sequencer}" if commit else record.etag
+        if store.arrivals.add(record.key, version, clock.now(), commit=commit):
             new += 0 if commit else 1
         else:
             logger.debug("duplicate arrival", extra={"key": record.key, "etag": record.etag})

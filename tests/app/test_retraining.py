@@ -121,8 +121,15 @@ def test_every_event_delivered_twice_starts_one_job(world):
 def test_a_commit_marker_ends_the_burst_without_waiting(world):
     world.upload_training(20)
     world.upload("training-data/_COMMIT", b"")
+    deliver_training_uploads(world, duplicate=True)
+    [run] = runs(world)
+    assert run["trigger"] == "data" and len(tuning_jobs(world)) == 1
+    tuning_done(world, run, "Failed")
+    world.upload_training(4)
+    world.advance(1)
+    world.upload("training-data/_COMMIT", b"")  # the same empty marker again: a new commit
     deliver_training_uploads(world)
-    assert len(tuning_jobs(world)) == 1
+    assert len(tuning_jobs(world)) == 2 and runs(world)[0]["images"] == 24
 
 
 def test_uploads_during_an_active_run_make_a_pending_run_after_it(world):
