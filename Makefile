@@ -18,7 +18,7 @@ test: install
 	$(PY) -m pytest
 
 demo: install
-	$(PY) -m training.demo
+	$(PY) -m local_aws demo
 
 bench: install
 	$(PY) bench/train_throughput.py

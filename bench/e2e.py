@@ -1,0 +1,156 @@
+"""End-to-end benchmark: images dropped into incoming/ until every prediction is stored.
+
+    python bench/e2e.py [--images 1000] [--state-dir DIR] [--concurrency 4]
+
+Starts the stack (`python -m local_aws up`) on free ports. With a fresh state dir the
+pipeline first trains and deploys a model by itself on a small budget (a few minutes);
+with `--state-dir` of a stack that already has a LIVE model (after `make demo`:
+.local-aws/demo) that step is skipped. Then, measured in the same run:
+
+- the endpoint's own throughput: InvokeEndpoint on the same images from as many
+  concurrent clients as the dispatcher runs batches (the ceiling for the pipeline);
+- the pipeline: N images uploaded to incoming/ by 8 threads; each one's latency is
+  from the start of its upload to the `created_at` of its stored prediction (the
+  stack runs on this machine, so the clocks are the same); throughput is N over the
+  time from the first upload to the last stored prediction.
+
+Prints JSON, with the ratio of the pipeline's throughput to the endpoint's (goal >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from local_aws.launcher import StackProcess  # noqa: E402
+from training.demo_data import write_digits  # noqa: E402
+
+SMALL_BUDGET = {
+    "MAX_TRAINING_JOBS": "1", "MAX_PARALLEL_JOBS": "1", "QUIET_WINDOW_SECONDS": "3",
+    "STATIC_HYPERPARAMETERS": json.dumps({
+        "arch": "resnet18", "optimizer": "adam", "freeze": "none", "pretrained": "none", "image-size": "32",
+        "epochs": "2", "patience": "2", "hflip-prob": "0", "workers": "0", "batch-size": "16"}),
+    "TUNING_RANGES": json.dumps({"lr": {"type": "continuous", "min": 0.0015, "max": 0.0025,
+                                        "scaling": "Logarithmic"}}),
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def ensure_live_model(stack: StackProcess, images: list[Path], timeout: float = 1800) -> dict:
+    status, live = stack.api("/models/live")
+    if status == 200:
+        return live
+    s3 = stack.client("s3")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda p: s3.upload_file(str(p), stack.bucket, f"training-data/{p.parent.name}/{p.name}"),
+                      images[::3]))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, live = stack.api("/models/live")
+        if status == 200:
+            return live
+        time.sleep(5)
+    raise TimeoutError(f"no model went live within {timeout} s; see {stack.log_path}")
+
+
+def endpoint_throughput(stack: StackProcess, payloads: list[bytes], clients: int, requests: int) -> float:
+    runtime = stack.client("sagemaker-runtime")
+    endpoint = stack.client("sagemaker").list_endpoints()["Endpoints"][0]["EndpointName"]
+
+    def invoke(index: int) -> None:
+        runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/x-image", Accept="application/json",
+                                Body=payloads[index % len(payloads)])["Body"].read()
+
+    for index in range(clients):  # warm up
+        invoke(index)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(invoke, range(requests)))
+    return requests / (time.perf_counter() - started)
+
+
+def pipeline(stack: StackProcess, files: list[Path], count: int, timeout: float) -> dict:
+    s3, dynamodb = stack.client("s3"), stack.client("dynamodb")
+    table = next(t for t in dynamodb.list_tables()["TableNames"] if t.endswith("-predictions"))
+    prefix = f"incoming/bench-{int(time.time())}-"
+    started_at: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def upload(index: int) -> None:
+        key = f"{prefix}{index:05d}.png"
+        with lock:
+            started_at[key] = time.time()
+        s3.upload_file(str(files[index % len(files)]), stack.bucket, key)
+
+    first = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(upload, range(count)))
+    uploaded = time.time()
+    stored: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while len(stored) < count and time.monotonic() < deadline:
+        time.sleep(2)
+        for page in dynamodb.get_paginator("scan").paginate(
+                TableName=table, FilterExpression="begins_with(image_key, :p)",
+                ExpressionAttributeValues={":p": {"S": prefix}}):
+            for item in page["Items"]:
+                if item["status"]["S"] in ("OK", "FAILED"):
+                    stored[item["image_key"]["S"]] = item
+    latencies = [float(item["created_at"]["N"]) - started_at[key] for key, item in stored.items()]
+    last = max(float(item["created_at"]["N"]) for item in stored.values()) if stored else time.time()
+    statuses: dict[str, int] = {}
+    for item in stored.values():
+        statuses[item["status"]["S"]] = statuses.get(item["status"]["S"], 0) + 1
+    return {
+        "images": count, "stored": len(stored), "statuses": statuses,
+        "upload_seconds": round(uploaded - first, 2), "wall_seconds": round(last - first, 2),
+        "throughput_img_s": round(len(stored) / (last - first), 2) if stored else 0.0,
+        "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--concurrency", type=int, default=4, help="batches of the incoming queue at once")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    try:
+        write_digits(work / "digits", "labels")
+        files = sorted((work / "digits").rglob("*.png"))
+        state = args.state_dir or work / "state"
+        with StackProcess(state, overrides=SMALL_BUDGET, schedule_seconds=3, concurrency=args.concurrency,
+                          log_path=work / "stack.log") as stack:
+            live = ensure_live_model(stack, files)
+            payloads = [p.read_bytes() for p in files[:50]]
+            own = endpoint_throughput(stack, payloads, clients=args.concurrency, requests=300)
+            result = pipeline(stack, files, args.images, args.timeout)
+        result.update({"model_version": live.get("model_version"), "dispatcher_concurrency": args.concurrency,
+                       "endpoint_img_s": round(own, 2),
+                       "ratio_to_endpoint": round(result["throughput_img_s"] / own, 3) if own else None,
+                       "goal_ratio": 0.8})
+        print(json.dumps(result, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
