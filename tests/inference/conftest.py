@@ -4,12 +4,18 @@ Preferred: the shared `trained_model_tar` fixture (tests/conftest.py: the traini
 run on the digits). Until that exists: run the training job here for one epoch on the
 digits; if the training job cannot run yet, pack a randomly initialised ResNet-18 with
 training's own artefact writer (the same files, only untrained weights).
+
+The artefact made here is kept in pytest's cache, keyed by a hash of every source file
+that goes into it (training/, inference/): an unchanged tree does not train again on a
+busy machine, and any change to those files trains afresh (`--cache-clear` forces it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -65,14 +71,30 @@ def _stand_in(work: Path) -> Path:
     return artifact.pack_model_dir(model_dir, work / "model.tar.gz")
 
 
+def _sources_key() -> str:
+    digest = hashlib.sha256(f"{IMAGE_SIZE}".encode())
+    for path in sorted([*REPO_ROOT.glob("training/*.py"), *REPO_ROOT.glob("inference/*")]):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
 @pytest.fixture(scope="session")
 def model_tar(request, tmp_path_factory, digits_dir) -> Path:
     try:
         return Path(request.getfixturevalue("trained_model_tar"))
     except pytest.FixtureLookupError:
         pass
+    cached = request.config.cache.mkdir("inference-artefact") / _sources_key() / "model.tar.gz"
+    if cached.exists():
+        return cached
     work = tmp_path_factory.mktemp("artefact")
-    return _train_one_epoch(digits_dir, work) or _stand_in(work)
+    trained = _train_one_epoch(digits_dir, work)
+    if trained is None:
+        return _stand_in(work)  # not cached: the training job should be tried again next time
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(trained, cached)
+    return cached
 
 
 @pytest.fixture(scope="session")

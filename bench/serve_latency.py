@@ -1,0 +1,251 @@
+"""Serving benchmark: the local endpoint host against bare in-process inference, side by side.
+
+    python bench/serve_latency.py [--model model.tar.gz] [--requests 100] [--seconds 6]
+
+Workload: one 224-pixel JPEG through decode, resize 256, crop 224, normalise, a
+ResNet-18 forward pass, softmax and top-5 (a random-init ResNet-18 with 1000 classes
+unless --model names an artefact). Everything is measured in this one run, because
+absolute times drift between runs and machines:
+
+- bare: the same handler functions in a process of their own (batch 1, all cores as
+  torch threads): p50/p99 latency and sequential images/s;
+- the in-process ceilings for 8 clients: cores processes x 1 thread, and batches of 8
+  with all cores as threads;
+- the host, per configuration: p50/p99 of one client's sequential requests, and
+  images/s with 8 concurrent clients (keep-alive connections).
+
+Prints JSON with the ratios the goals are stated in (p50 host / bare, 8-client
+throughput / ceiling and / the host's own sequential rate) and the reference
+TorchServe figure from the project's BENCHMARKS file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from local_aws.endpoint_host import EndpointHost, safe_extract  # noqa: E402
+from local_aws.endpoint_host.server import cpu_count  # noqa: E402
+
+TORCHSERVE_BEST_IMG_S = 50.9  # BENCHMARKS: TorchServe 0.12, 2 workers x 1 thread, batch 4, 10 ms
+CLIENTS = 8
+
+
+def make_artefact(work: Path) -> Path:
+    import torch
+
+    from training import artifact
+    from training.model import ModelSpec, build_model
+    from training.presets import ClassificationPresetEval
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="resnet18", num_classes=1000)
+    buffer = io.BytesIO()
+    torch.save(build_model(spec).state_dict(), buffer)
+    artifact.write_model_dir(work / "model", state_dict_bytes=buffer.getvalue(),
+                             classes=[f"class-{i}" for i in range(spec.num_classes)], spec=spec.to_dict(),
+                             preprocessing=ClassificationPresetEval().to_dict(), metadata={"version": "bench"})
+    return artifact.pack_model_dir(work / "model", work / "model.tar.gz")
+
+
+def make_jpeg() -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:224, 0:224]
+    rgb = np.stack([(x * 255 // 223), (y * 255 // 223), ((x + y) * 255 // 446)], axis=2).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2)}
+
+
+# --- in-process work, each in a fresh process so that no torch pool of this one spins ---
+
+
+def _in_process(model_dir: str, threads: int, batch: int, requests: int, seconds: float, start, results) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    from inference import inference as handler
+
+    model = handler.model_fn(model_dir)
+    body = make_jpeg()
+
+    def once() -> None:
+        request = handler.merge_requests([handler.input_fn(body, "image/jpeg") for _ in range(batch)])
+        handler.output_fn(handler.predict_fn(request, model), "application/json")
+
+    for _ in range(5):
+        once()
+    start.wait()
+    if requests:
+        latencies = []
+        for _ in range(requests):
+            began = time.perf_counter()
+            once()
+            latencies.append(time.perf_counter() - began)
+        results.put(latencies)
+    else:
+        done, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            once()
+            done += batch
+        results.put(done / (time.perf_counter() - began))
+
+
+def in_process(model_dir: Path, *, processes: int, threads: int, batch: int = 1, requests: int = 0,
+               seconds: float = 0.0) -> list:
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes + 1), context.Queue()
+    children = [context.Process(target=_in_process, args=(str(model_dir), threads, batch, requests, seconds,
+                                                          start, results)) for _ in range(processes)]
+    for child in children:
+        child.start()
+    start.wait()
+    answers = [results.get() for _ in children]
+    for child in children:
+        child.join()
+    return answers
+
+
+# --- the host, over HTTP ---------------------------------------------------------------
+
+
+def _post(connection: http.client.HTTPConnection, body: bytes) -> None:
+    connection.request("POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg"})
+    answer = connection.getresponse()
+    payload = answer.read()
+    if answer.status != 200:
+        raise RuntimeError(f"host answered {answer.status}: {payload[:200]!r}")
+
+
+def host_latency(port: int, body: bytes, requests: int) -> tuple[list[float], float]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(5):
+        _post(connection, body)
+    latencies, began = [], time.perf_counter()
+    for _ in range(requests):
+        sent = time.perf_counter()
+        _post(connection, body)
+        latencies.append(time.perf_counter() - sent)
+    rate = requests / (time.perf_counter() - began)
+    connection.close()
+    return latencies, rate
+
+
+def host_throughput(port: int, body: bytes, seconds: float, clients: int = CLIENTS) -> float:
+    counts = [0] * clients
+    start, stop_at = threading.Barrier(clients + 1), [0.0]
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        _post(connection, body)
+        start.wait()
+        while time.perf_counter() < stop_at[0]:
+            _post(connection, body)
+            counts[index] += 1
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.perf_counter() + 1e9
+    start.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def host_configs(cores: int) -> list[dict]:
+    return [
+        {"name": "default: 1 worker x all threads, no batching", "workers": 1},
+        {"name": f"{cores} workers x 1 thread, no batching", "workers": cores},
+        {"name": "1 worker x all threads, batch 8, wait 0 ms", "workers": 1, "max_batch_size": 8},
+        {"name": "1 worker x all threads, batch 8, wait 5 ms", "workers": 1, "max_batch_size": 8,
+         "max_batch_wait_ms": 5.0},
+        {"name": f"{cores} workers x 1 thread, batch {CLIENTS // cores}, wait 0 ms", "workers": cores,
+         "max_batch_size": max(1, CLIENTS // cores)},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="a model.tar.gz; default: a random-init ResNet-18, 224 px")
+    parser.add_argument("--requests", type=int, default=100, help="sequential requests per latency figure")
+    parser.add_argument("--seconds", type=float, default=6.0, help="duration of each throughput figure")
+    parser.add_argument("--only", type=int, nargs="*", help="indices of the host configurations to run")
+    args = parser.parse_args()
+    cores = cpu_count()
+    body = make_jpeg()
+
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
+        work = Path(scratch)
+        model_tar = args.model or make_artefact(work)
+        model_dir = safe_extract(model_tar, work / "unpacked")
+
+        bare_latencies = in_process(model_dir, processes=1, threads=cores, requests=args.requests)[0]
+        bare = {**percentiles(bare_latencies), "sequential_img_s": round(len(bare_latencies) / sum(bare_latencies), 1)}
+        ceilings = {
+            f"{cores} processes x 1 thread": round(sum(in_process(model_dir, processes=cores, threads=1,
+                                                                  seconds=args.seconds)), 1),
+            f"batch {CLIENTS}, {cores} threads": round(in_process(model_dir, processes=1, threads=cores,
+                                                                   batch=CLIENTS, seconds=args.seconds)[0], 1),
+        }
+        ceiling = max(ceilings.values())
+
+        hosts = []
+        configs = host_configs(cores)
+        for index, config in enumerate(configs):
+            if args.only is not None and index not in args.only:
+                continue
+            options = {k: v for k, v in config.items() if k != "name"}
+            with EndpointHost(model_tar, **options) as host:
+                latencies, sequential = host_latency(host.port, body, args.requests)
+                throughput = host_throughput(host.port, body, args.seconds)
+            figures = percentiles(latencies)
+            hosts.append({
+                "config": config["name"], **figures, "sequential_img_s": round(sequential, 1),
+                f"{CLIENTS}_clients_img_s": round(throughput, 1),
+                "p50_over_bare": round(figures["p50_ms"] / bare["p50_ms"], 3),
+                f"{CLIENTS}_clients_over_ceiling": round(throughput / ceiling, 3),
+                f"{CLIENTS}_clients_over_sequential": round(throughput / sequential, 3),
+                f"{CLIENTS}_clients_over_torchserve_best": round(throughput / TORCHSERVE_BEST_IMG_S, 3),
+            })
+        bare_again = percentiles(in_process(model_dir, processes=1, threads=cores, requests=args.requests)[0])
+
+    print(json.dumps({
+        "workload": "224 px JPEG: decode, resize 256, crop 224, normalise, forward, softmax, top-5",
+        "model": str(args.model) if args.model else "resnet18 (random init, 1000 classes)",
+        "cores": cores, "clients": CLIENTS, "load_average_1m": round(os.getloadavg()[0], 2),
+        "bare_in_process": bare, "bare_in_process_again_at_end": bare_again,
+        "in_process_ceiling_img_s": ceilings, "torchserve_best_img_s_reference": TORCHSERVE_BEST_IMG_S,
+        "goals": {"p50_over_bare": "<= 1.1", f"{CLIENTS}_clients_over_ceiling": ">= 0.95",
+                  f"{CLIENTS}_clients_over_torchserve_best": "> 1.0"},
+        "hosts": hosts,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Dynamic batching: concurrent requests of one worker share a forward pass.
+
+One thread runs the model; request threads hand it work and wait. It takes the oldest
+request, then whatever else is already waiting, up to `max_batch_size` images, waiting
+at most `max_wait_ms` for more. With `max_wait_ms=0` nothing is ever delayed: a lone
+request runs at once, and under load the batch is whatever queued up during the
+previous forward pass. `max_batch_size=1` turns batching off but keeps one model
+thread, so a worker never runs two forward passes at once (its torch threads would
+fight for the same cores).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass
+class _Job(Generic[Item, Result]):
+    item: Item
+    size: int
+    future: Future = field(default_factory=Future)
+
+
+class DynamicBatcher(Generic[Item, Result]):
+    """Runs `run_batch(items) -> results` (same order) on one thread, for many callers."""
+
+    def __init__(self, run_batch: Callable[[Sequence[Item]], Sequence[Result]], *, max_batch_size: int = 1,
+                 max_wait_ms: float = 0.0, size_of: Callable[[Item], int] = lambda item: 1):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms must not be negative")
+        self._run_batch = run_batch
+        self._max_size = max_batch_size
+        self._max_wait = max_wait_ms / 1000.0
+        self._size_of = size_of
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._held: _Job | None = None  # took it from the queue, but it did not fit the last batch
+        self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> Result:
+        """Run `item` in the next batch that has room; returns its result or raises its error."""
+        job: _Job = _Job(item, max(1, self._size_of(item)))
+        self._queue.put(job)
+        return job.future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _next(self, timeout: float | None) -> _Job | None:
+        if self._held is not None:
+            job, self._held = self._held, None
+            return job
+        if timeout is None:
+            return self._queue.get()
+        if timeout <= 0:
+            return self._queue.get_nowait()
+        return self._queue.get(timeout=timeout)
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs, size = [first], first.size
+        deadline = time.monotonic() + self._max_wait
+        while size < self._max_size:
+            try:
+                job = self._next(deadline - time.monotonic())
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            if size + job.size > self._max_size:
+                self._held = job
+                break
+            jobs.append(job)
+            size += job.size
+        return jobs, False
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is None:
+                return
+            jobs, closing = self._collect(first)
+            try:
+                results = self._run_batch([job.item for job in jobs])
+                for job, result in zip(jobs, results, strict=True):
+                    job.future.set_result(result)
+            except BaseException as error:  # every caller learns why; the loop lives on
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+            if closing:
+                return
