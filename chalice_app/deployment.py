@@ -22,6 +22,8 @@ from .retraining import end_run, run_for_job
 from .sagemaker_calls import Refused, create_or_refuse, delete_quietly, describe_endpoint
 
 FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
+# The endpoint can settle before the gate's Lambda has marked its run DEPLOYING.
+DEPLOYING_STATES = ("TRAINING", "DEPLOYING")
 
 
 @tracer.capture_method
@@ -81,7 +83,7 @@ def _fail_deployments(reason: str, keep: str | None = None) -> None:
     for model in store.registry.all():
         if model["status"] == "DEPLOYING" and model["model_version"] != keep:
             store.registry.set_status(model["model_version"], "FAILED", reason=reason)
-            end_run(model["run_id"], ("DEPLOYING",), "FAILED", reason)
+            end_run(model["run_id"], DEPLOYING_STATES, "FAILED", reason)
 
 
 @tracer.capture_method
@@ -118,5 +120,5 @@ def _promote(model: dict[str, Any]) -> None:
         delete_quietly("delete_model", ModelName=previous["endpoint_config"])
     logger.info("model live", extra={"model_version": model["model_version"], "run_id": model["run_id"]})
     metrics.add_metric(name="ModelsDeployed", unit=MetricUnit.Count, value=1)
-    end_run(model["run_id"], ("DEPLOYING",), "DEPLOYED", f"model {model['model_version']} is live")
+    end_run(model["run_id"], DEPLOYING_STATES, "DEPLOYED", f"model {model['model_version']} is live")
     redrive_pending()
