@@ -166,3 +166,25 @@ def wait_for(describe: Callable[[], dict], key: str, done: tuple[str, ...], time
         if time.monotonic() > deadline:
             raise AssertionError(f"still {answer[key]} after {timeout} s: {answer}")
         time.sleep(0.3)
+
+
+@pytest.fixture(scope="package")
+def serving_model_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model.tar.gz in the artefact's layout, with random-init weights: what the
+    endpoint tests need is a model the host really loads and runs, not a good one, and
+    this one costs seconds rather than a training run on a busy machine."""
+    import torch
+
+    from training.artifact import pack_model_dir, write_model_dir
+    from training.model import ModelSpec, build_model
+    from training.presets import ClassificationPresetEval
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="resnet18", num_classes=10)
+    buffer = io.BytesIO()
+    torch.save(build_model(spec).state_dict(), buffer)
+    root = tmp_path_factory.mktemp("serving-model")
+    write_model_dir(root / "model", state_dict_bytes=buffer.getvalue(), classes=[str(i) for i in range(10)],
+                    spec=spec.to_dict(), preprocessing=ClassificationPresetEval.for_image_size(32).to_dict(),
+                    metadata={"version": "random-init", "training_job": None})
+    return pack_model_dir(root / "model", root / "model.tar.gz")

@@ -57,8 +57,8 @@ def deployable(sm, s3, bucket, body: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def live_endpoint(sm, s3, bucket, trained_model_tar):
-    config = deployable(sm, s3, bucket, trained_model_tar.read_bytes())
+def live_endpoint(sm, s3, bucket, serving_model_tar):
+    config = deployable(sm, s3, bucket, serving_model_tar.read_bytes())
     name = unique("ep")
     sm.create_endpoint(EndpointName=name, EndpointConfigName=config, Tags=[{"Key": "pipeline-role", "Value": "serving"}])
     assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
@@ -107,9 +107,9 @@ class Hammer:
 
 
 def test_an_update_to_a_broken_model_rolls_back_and_the_old_model_keeps_answering(
-        sm, s3, bucket, runtime, live_endpoint, trained_model_tar):
+        sm, s3, bucket, runtime, live_endpoint, serving_model_tar):
     before = sm.describe_endpoint(EndpointName=live_endpoint)
-    broken = deployable(sm, s3, bucket, broken_copy(trained_model_tar))
+    broken = deployable(sm, s3, bucket, broken_copy(serving_model_tar))
     with Hammer(runtime, live_endpoint) as hammer:
         sm.update_endpoint(EndpointName=live_endpoint, EndpointConfigName=broken)
         assert sm.describe_endpoint(EndpointName=live_endpoint)["EndpointStatus"] == "Updating"
@@ -122,8 +122,8 @@ def test_an_update_to_a_broken_model_rolls_back_and_the_old_model_keeps_answerin
 
 
 def test_a_good_update_moves_traffic_without_failing_a_request(sm, s3, bucket, runtime, live_endpoint,
-                                                               trained_model_tar):
-    config = deployable(sm, s3, bucket, trained_model_tar.read_bytes())
+                                                               serving_model_tar):
+    config = deployable(sm, s3, bucket, serving_model_tar.read_bytes())
     with Hammer(runtime, live_endpoint) as hammer:
         sm.update_endpoint(EndpointName=live_endpoint, EndpointConfigName=config)
         after = wait_for(lambda: sm.describe_endpoint(EndpointName=live_endpoint), "EndpointStatus", ENDPOINT_DONE)
@@ -133,8 +133,8 @@ def test_a_good_update_moves_traffic_without_failing_a_request(sm, s3, bucket, r
     assert hammer.failures == [] and hammer.ok > 0
 
 
-def test_creating_from_a_broken_model_fails_with_the_reason(sm, s3, bucket, trained_model_tar):
-    config = deployable(sm, s3, bucket, broken_copy(trained_model_tar))
+def test_creating_from_a_broken_model_fails_with_the_reason(sm, s3, bucket, serving_model_tar):
+    config = deployable(sm, s3, bucket, broken_copy(serving_model_tar))
     name = unique("ep-broken")
     sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
     endpoint = wait_for(lambda: sm.describe_endpoint(EndpointName=name), "EndpointStatus", ENDPOINT_DONE)
