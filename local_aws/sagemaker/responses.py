@@ -1,7 +1,7 @@
 """The wire: SageMaker's JSON 1.1 control plane and the runtime's InvokeEndpoint.
 
 Requests are checked against botocore's own service model (types, required members,
-lengths, ranges, and the name patterns), so what AWS would reject is rejected here with
+lengths, ranges and patterns), so what AWS would reject is rejected here with
 the same error code; answers are JSON with timestamps as epoch seconds, as botocore
 parses them.
 """
@@ -39,15 +39,21 @@ def operation_method(operation: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
 
 
-def pattern_errors(params: dict[str, Any], shape: StructureShape) -> list[str]:
-    """Top-level string members against their pattern (botocore's validator skips patterns)."""
+def constraint_errors(params: dict[str, Any], shape: StructureShape) -> list[str]:
+    """Top-level members against the constraints botocore's validator leaves out: string
+    patterns and maximum values (it checks minimums only)."""
     errors = []
     for name, member in shape.members.items():
         value = params.get(name)
+        label = name[0].lower() + name[1:]
         pattern = member.metadata.get("pattern")
         if isinstance(value, str) and pattern and not re.fullmatch(pattern.removeprefix("^").removesuffix("$"), value):
-            errors.append(f"Value '{value}' at '{name[0].lower() + name[1:]}' failed to satisfy constraint: "
+            errors.append(f"Value '{value}' at '{label}' failed to satisfy constraint: "
                           f"Member must satisfy regular expression pattern: {pattern}")
+        maximum = member.metadata.get("max")
+        if isinstance(value, int) and maximum is not None and value > maximum:
+            errors.append(f"Value '{value}' at '{label}' failed to satisfy constraint: "
+                          f"Member must have value less than or equal to {maximum}")
     return errors
 
 
@@ -82,7 +88,7 @@ class SageMakerResponses:
             raise ValidationException("The request body must be a JSON object")
         report = self.validator.validate(params, shape)
         problems = [report.generate_report()] if report.has_errors() else []
-        problems += pattern_errors(params, shape)  # type: ignore[arg-type]
+        problems += constraint_errors(params, shape)  # type: ignore[arg-type]
         if problems:
             raise ValidationException("; ".join(problems))
 

@@ -1,0 +1,95 @@
+"""The wire (validation against botocore's model, AWS's error codes) and state across restarts."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+
+from local_aws.sagemaker.config import Settings
+from local_aws.sagemaker.models import RESTART_REASON
+from local_aws.sagemaker.server import LocalSageMaker
+
+from .conftest import REGION, job_definition, sdk_hyperparameters, unique, wait_for
+
+
+@pytest.fixture(scope="module")
+def unchecked(service):
+    """A client that skips botocore's own checks, so the server's validation is what answers."""
+    return boto3.client("sagemaker", region_name=REGION, endpoint_url=service.url,
+                        config=Config(parameter_validation=False))
+
+
+def test_requests_are_validated_against_botocores_model(unchecked, bucket, tiny_source):
+    with pytest.raises(unchecked.exceptions.ClientError, match=r"ValidationException.*RoleArn"):
+        definition = job_definition(bucket, tiny_source)
+        del definition["RoleArn"]
+        unchecked.create_training_job(TrainingJobName=unique("bad"), **definition)
+    with pytest.raises(unchecked.exceptions.ClientError, match=r"ValidationException.*pattern"):
+        unchecked.create_training_job(TrainingJobName="not_a_valid_name!", **job_definition(bucket, tiny_source))
+    with pytest.raises(unchecked.exceptions.ClientError, match=r"ValidationException.*maxResults.*less than or equal to 100"):
+        unchecked.list_training_jobs(MaxResults=1000)
+
+
+def test_script_mode_needs_its_program(sm, bucket, tiny_source):
+    with pytest.raises(sm.exceptions.ClientError, match="sagemaker_program"):
+        sm.create_training_job(TrainingJobName=unique("noprog"), HyperParameters={"lr": "0.1"},
+                               **job_definition(bucket, tiny_source))
+
+
+def test_unknown_and_unimplemented_operations(service):
+    for target in ("SageMaker.NoSuchThing", "SageMaker.CreateNotebookInstance"):
+        answer = requests.post(service.url, data="{}", timeout=5, headers={
+            "X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"})
+        assert answer.status_code == 400
+        assert answer.json()["__type"] == "UnknownOperationException"
+
+
+def test_lists_page_and_filter(sm, bucket, tiny_source):
+    prefix = unique("page")
+    for index in range(3):
+        sm.create_training_job(TrainingJobName=f"{prefix}-{index}", HyperParameters=sdk_hyperparameters(
+            "train.py", tiny_source), **job_definition(bucket, tiny_source))
+        wait_for(lambda: sm.describe_training_job(TrainingJobName=f"{prefix}-{index}"), "TrainingJobStatus",
+                 ("Completed", "Failed"))
+    first = sm.list_training_jobs(NameContains=prefix, MaxResults=2, SortBy="Name", SortOrder="Ascending")
+    second = sm.list_training_jobs(NameContains=prefix, MaxResults=2, SortBy="Name", SortOrder="Ascending",
+                                   NextToken=first["NextToken"])
+    names = [j["TrainingJobName"] for j in first["TrainingJobSummaries"] + second["TrainingJobSummaries"]]
+    assert names == [f"{prefix}-0", f"{prefix}-1", f"{prefix}-2"] and "NextToken" not in second
+    paginated = sm.get_paginator("list_training_jobs").paginate(NameContains=prefix, PaginationConfig={"PageSize": 1})
+    assert sum(len(page["TrainingJobSummaries"]) for page in paginated) == 3
+
+
+def test_state_survives_a_restart_and_running_jobs_come_back_failed(aws_env, tmp_path, s3, bucket, tiny_source):
+    settings = Settings(state_dir=tmp_path / "state", region=REGION)
+    published: list = []
+    with LocalSageMaker(settings, publish=published.append) as first:
+        client = boto3.client("sagemaker", region_name=REGION, endpoint_url=first.url)
+        client.create_training_job(TrainingJobName="done", HyperParameters=sdk_hyperparameters("train.py", tiny_source),
+                                   **job_definition(bucket, tiny_source))
+        wait_for(lambda: client.describe_training_job(TrainingJobName="done"), "TrainingJobStatus", ("Completed",))
+        client.create_model(ModelName="kept", ExecutionRoleArn="arn:aws:iam::123456789012:role/r", PrimaryContainer={
+            "Image": "img", "ModelDataUrl": f"s3://{bucket}/whatever/model.tar.gz"})
+        client.create_training_job(TrainingJobName="running", HyperParameters=sdk_hyperparameters(
+            "train.py", tiny_source, epochs=1000, sleep=0.2), **job_definition(bucket, tiny_source))
+        wait_for(lambda: client.describe_training_job(TrainingJobName="running"), "SecondaryStatus", ("Training",))
+        # The service dies without stopping its work: only its state file is left.
+        first._server.shutdown()
+        first._server.server_close()
+        first.backend.runner.stop("running")
+        first.stop = lambda: None  # type: ignore[method-assign]
+        state = json.loads((settings.state_dir / "state.json").read_text())
+        first.backend.runner.wait("running", timeout=30)
+        (settings.state_dir / "state.json").write_text(json.dumps(state))
+
+    with LocalSageMaker(settings, publish=published.append) as second:
+        client = boto3.client("sagemaker", region_name=REGION, endpoint_url=second.url)
+        done = client.describe_training_job(TrainingJobName="done")
+        assert done["TrainingJobStatus"] == "Completed" and done["FinalMetricDataList"]
+        running = client.describe_training_job(TrainingJobName="running")
+        assert running["TrainingJobStatus"] == "Failed" and running["FailureReason"] == RESTART_REASON
+        assert client.describe_model(ModelName="kept")["PrimaryContainer"]["Image"] == "img"
