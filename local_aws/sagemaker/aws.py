@@ -6,6 +6,10 @@ calls reach moto in server mode.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,27 +32,43 @@ def s3_client(region: str):
     return boto3.client("s3", region_name=region)
 
 
-def download_prefix(s3, uri: str, target: Path) -> int:
+def download_prefix(s3, uri: str, target: Path, cache: Path | None = None) -> int:
     """Download every object under an S3 prefix as File mode does; returns the count.
 
     Local paths are relative to the prefix's last '/', so both `s3://b/data/` and an
-    exact object key `s3://b/manifests/run.jsonl` land where SageMaker puts them.
+    exact object key `s3://b/manifests/run.jsonl` land where SageMaker puts them. With a
+    cache directory, an object already fetched with the same ETag is copied from there
+    instead of fetched again: a tuning job's trials all read the same channel.
     """
     bucket, prefix = split_s3_uri(uri)
     if not prefix or prefix.endswith("/"):
         base = prefix
     else:
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-    jobs: list[tuple[str, Path]] = []
+    jobs: list[tuple[str, str, Path]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):
-                jobs.append((item["Key"], target / item["Key"][len(base):]))
-    for _, local in jobs:
+                jobs.append((item["Key"], item.get("ETag", ""), target / item["Key"][len(base):]))
+    for _, _, local in jobs:
         local.parent.mkdir(parents=True, exist_ok=True)
+
+    def fetch(job: tuple[str, str, Path]) -> None:
+        key, etag, local = job
+        if cache is None or not etag:
+            s3.download_file(bucket, key, str(local))
+            return
+        cached = cache / hashlib.sha256(f"{bucket}\0{key}\0{etag}".encode()).hexdigest()
+        if not cached.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{threading.get_ident()}.part")
+            s3.download_file(bucket, key, str(partial))
+            os.replace(partial, cached)
+        shutil.copyfile(cached, local)  # a copy: a script that edits its input must not edit the cache
+
     # Many small objects (images): the round trips, not the bytes, are the cost.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda job: s3.download_file(bucket, job[0], str(job[1])), jobs))
+        list(pool.map(fetch, jobs))
     return len(jobs)
 
 

@@ -245,7 +245,7 @@ class TrainingRunner:
             target = workdir / "input" / "data" / channel["ChannelName"]
             target.mkdir(parents=True, exist_ok=True)
             uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-            if aws.download_prefix(s3, uri, target) == 0:
+            if aws.download_prefix(s3, uri, target, cache=self.settings.state_dir / "cache" / "s3") == 0:
                 raise RuntimeError(f"Data download failed: no objects under {uri} for channel {channel['ChannelName']}")
         hyperparameters = decode_hyperparameters(job.request.get("HyperParameters", {}))
         submit = str(hyperparameters["sagemaker_submit_directory"])
