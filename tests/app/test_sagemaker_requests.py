@@ -129,3 +129,23 @@ def test_bad_configuration_is_a_clear_error():
     del env["BUCKET"]
     with pytest.raises(ConfigError, match="BUCKET is not set"):
         settings_from_env(env)
+
+
+@pytest.mark.parametrize("stage", ["local", "dev", "prod"])
+def test_the_local_sagemaker_accepts_every_stages_tuning_request(stage):
+    """The project's local SageMaker plans the search from our request as AWS would (no job is run)."""
+    tuning = pytest.importorskip("local_aws.sagemaker.tuning")
+    training = pytest.importorskip("local_aws.sagemaker.training")
+    from infra.policies import stage_env
+
+    from .test_config import CONFIG
+
+    env = {k: v.replace("${AWS::AccountId}", "123456789012") for k, v in stage_env(CONFIG, stage).items()}
+    settings = settings_from_env(env)
+    plan = tuning.make_plan(requests.tuning_job_request(settings, RUN))
+    assert plan.metric_name == "valid:accuracy" and plan.maximize and plan.max_jobs == settings.max_training_jobs
+    assert set(plan.distributions) == set(settings.tuning_ranges)
+    hyperparameters = training.decode_hyperparameters(
+        requests.final_training_job_request(settings, RUN, {"lr": "0.05"})["HyperParameters"])
+    assert hyperparameters["sagemaker_program"] == "training/train.py"
+    assert hyperparameters["sagemaker_submit_directory"] == settings.source_dir_uri
