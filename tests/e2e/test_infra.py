@@ -1,0 +1,35 @@
+"""The local stage's wiring, rendered from the one template and the one config."""
+
+from __future__ import annotations
+
+import json
+
+from local_aws.infra import queue_arn, render
+from local_aws.stage import load_stage, parse_overrides
+
+
+def test_the_template_gives_the_stage_its_queues_dead_letters_and_notifications():
+    stage = load_stage("local")
+    env = stage.environment
+    infra = render(stage)
+    assert infra.bucket == env["BUCKET"]
+    by_prefix = {n.prefix: n.queue_arn for n in infra.notifications}
+    assert by_prefix == {env["TRAINING_PREFIX"]: queue_arn(stage.region, env["TRAINING_QUEUE"]),
+                         env["INCOMING_PREFIX"]: queue_arn(stage.region, env["INCOMING_QUEUE"])}
+    for name in (env["TRAINING_QUEUE"], env["INCOMING_QUEUE"]):
+        spec = infra.queue(name)
+        redrive = json.loads(spec.attributes["RedrivePolicy"])
+        assert int(redrive["maxReceiveCount"]) >= 1
+        assert infra.queue(redrive["deadLetterTargetArn"].rsplit(":", 1)[1]).dead_letter_arn is None
+        assert int(spec.attributes["VisibilityTimeout"]) >= stage.lambda_timeout
+    names = [q.name for q in infra.queues]
+    assert all(names.index(q.dead_letter_arn.rsplit(":", 1)[1]) < names.index(q.name)
+               for q in infra.queues if q.dead_letter_arn)  # dead-letter queues are created first
+    assert {t["TableName"] for t in infra.tables} == {env["PIPELINE_TABLE"], env["PREDICTIONS_TABLE"]}
+
+
+def test_overrides_replace_stage_variables_only_where_asked():
+    stage = load_stage("local", parse_overrides(["MAX_TRAINING_JOBS=1"]))
+    assert stage.environment["MAX_TRAINING_JOBS"] == "1"
+    assert stage.environment["BUCKET"] == load_stage("local").environment["BUCKET"]
+    assert stage.function_name("on_incoming_image") == "image-pipeline-local-on_incoming_image"
