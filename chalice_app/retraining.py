@@ -22,6 +22,7 @@ from .events import S3Record, TuningJobStateChange
 from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .sagemaker_calls import Refused, create_or_refuse
+from .store.arrivals import Burst
 
 # A run that took the lock but never reached TUNING (its Lambda died mid-start)
 # is resumed by the schedule after this long.
@@ -61,17 +62,26 @@ def record_arrivals(records: list[S3Record]) -> int:
     return new
 
 
+def wait_reason(burst: Burst | None, now: float, quiet_window: float, *, manual: bool) -> str | None:
+    """Why no run should start from this burst yet; None when one should (a person may always start one)."""
+    if manual:
+        return None
+    if burst is None or not burst.pending:
+        return "no new training data"
+    if not burst.is_quiet(now, quiet_window):
+        return "the upload burst is still going on"
+    return None
+
+
 @tracer.capture_method
 def maybe_start_run(*, manual: bool = False) -> StartOutcome:
     """Start a run when a quiet or committed burst waits and no run is active (or by hand)."""
     config, store = settings(), stores()
     now = clock.now()
     burst = store.arrivals.current()
-    if not manual:
-        if burst is None or not burst.pending:
-            return StartOutcome(False, None, "no new training data")
-        if not burst.is_quiet(now, config.quiet_window_seconds):
-            return StartOutcome(False, None, "the upload burst is still going on")
+    reason = wait_reason(burst, now, config.quiet_window_seconds, manual=manual)
+    if reason:
+        return StartOutcome(False, None, reason)
     holder = store.runs.lock_holder()
     if holder:
         # The burst stays pending: it becomes the next run when this one ends.

@@ -117,3 +117,18 @@ def test_images_are_recognised_by_their_bytes():
     assert images.image_format(b"\xff\xd8\xff\xe0rest") == "jpeg"
     assert images.image_format(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
     assert "not a JPEG" in images.check_image(b"%PDF-1.7", 10_000)
+
+
+def test_a_burst_waits_until_it_is_quiet_or_committed():
+    from chalice_app.retraining import wait_reason
+    from chalice_app.store.arrivals import Burst
+
+    def burst(last: float, pending: bool = True, committed: bool = False) -> Burst:
+        return Burst(pending=pending, last_arrival=last, arrivals=5, committed=committed, version=3)
+
+    assert wait_reason(None, 100, 60, manual=False) == "no new training data"
+    assert wait_reason(burst(0, pending=False), 100, 60, manual=False) == "no new training data"
+    assert wait_reason(burst(50), 100, 60, manual=False) == "the upload burst is still going on"
+    assert wait_reason(burst(40), 100, 60, manual=False) is None
+    assert wait_reason(burst(99, committed=True), 100, 60, manual=False) is None
+    assert wait_reason(None, 100, 60, manual=True) is None
