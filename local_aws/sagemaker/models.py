@@ -91,7 +91,7 @@ class TrainingJob:
             "TrainingJobName": self.name,
             "TrainingJobArn": self.arn,
             "TuningJobArn": self.tuning_job_arn,
-            "ModelArtifacts": {"S3ModelArtifacts": self.model_artifacts or ""},
+            "ModelArtifacts": {"S3ModelArtifacts": self.model_artifacts} if self.model_artifacts else None,
             "TrainingJobStatus": self.status,
             "SecondaryStatus": self.secondary_status,
             "FailureReason": self.failure_reason,

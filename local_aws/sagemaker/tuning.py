@@ -220,7 +220,7 @@ class Tuner:
         tuning = self.backend.tuning_jobs[name]
         for child in self.backend.children(tuning):
             if child.status == "InProgress":
-                self.backend.stop_training_job({"TrainingJobName": child.name})
+                _stop_quietly(self.backend, child.name)
 
     def wait(self, name: str, timeout: float | None = None) -> None:
         thread = self._threads.get(name)
@@ -274,8 +274,8 @@ class Tuner:
         self._conclude(name)
 
     def _early_stop(self, job_name: str) -> None:
-        threading.Thread(target=self.backend.stop_training_job, args=({"TrainingJobName": job_name},),
-                         daemon=True).start()
+        # Not on the job's own log thread: stopping waits for the process that feeds that thread.
+        threading.Thread(target=_stop_quietly, args=(self.backend, job_name), daemon=True).start()
 
     def _score(self, name: str, plan: TuningPlan, study: optuna.Study, trial: Trial, reporter: MetricReporter,
                job: "TrainingJob") -> None:
@@ -322,6 +322,14 @@ class Tuner:
         def mark(tuning: "TuningJob") -> None:
             tuning.status, tuning.failure_reason, tuning.end_time = status, reason, now()
         self.backend.change_tuning_job(name, mark)
+
+
+def _stop_quietly(backend: "SageMakerBackend", job_name: str) -> None:
+    """Stop a child that may have ended meanwhile (then there is nothing to stop)."""
+    try:
+        backend.stop_training_job({"TrainingJobName": job_name})
+    except ValidationException:
+        pass
 
 
 class _RequestView:

@@ -1,0 +1,189 @@
+"""Tuning benchmark: hyperparameter tuning jobs on the digits through the local SageMaker.
+
+    python bench/tuning.py [--trials 8] [--epochs 4] [--parallel 2] [--runs naive,random,bayesian,hyperband]
+
+Each run is a real CreateHyperParameterTuningJob (boto3 against the local SageMaker, S3
+and EventBridge played by moto in server mode), tuning lr, optimizer and weight-decay of
+a random-init ResNet-18 with a frozen trunk on scikit-learn's digits at 32 pixels:
+
+- naive:      the seed projects' way: one trial at a time, the frozen trunk's features
+              recomputed every epoch (`--cache-features off`), Random search;
+- random, bayesian, hyperband: MaxParallelTrainingJobs trials at once, the trunk's
+              features computed once per trial and cached; Hyperband stops poor trials
+              early from their per-epoch lines;
+- random-recomputed (optional): like random, without the feature cache, to isolate it.
+
+For each run: wall time of the tuning job, best validation accuracy, and time to best
+(from the tuning job's creation to the end of the first trial that reached the run's
+best accuracy). `speedup_to_best` compares each run's time to best with the naive run's,
+and `reached_naive_best` says whether the run got there (within 0.01). Goal: 10x.
+Figures are from one run on a shared machine: noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+RUNS = {
+    "naive": {"strategy": "Random", "parallel": 1, "cache": "off"},
+    "random": {"strategy": "Random", "parallel": None, "cache": "auto"},
+    "random-recomputed": {"strategy": "Random", "parallel": None, "cache": "off"},
+    "bayesian": {"strategy": "Bayesian", "parallel": None, "cache": "auto"},
+    "hyperband": {"strategy": "Hyperband", "parallel": None, "cache": "auto"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tuning_request(name: str, run: dict, args: argparse.Namespace, bucket: str) -> dict:
+    from local_aws.sagemaker.sourcedir import PROGRAM
+    from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+
+    config: dict = {
+        "Strategy": run["strategy"],
+        "HyperParameterTuningJobObjective": OBJECTIVE_METRIC,
+        "ResourceLimits": {"MaxNumberOfTrainingJobs": args.trials,
+                           "MaxParallelTrainingJobs": run["parallel"] or args.parallel},
+        "ParameterRanges": {
+            "ContinuousParameterRanges": [
+                {"Name": "lr", "MinValue": "0.0003", "MaxValue": "0.3", "ScalingType": "Logarithmic"},
+                {"Name": "weight-decay", "MinValue": "0.00001", "MaxValue": "0.01", "ScalingType": "Logarithmic"}],
+            "CategoricalParameterRanges": [{"Name": "optimizer", "Values": ["sgd", "adam", "adamw"]}],
+        },
+        "RandomSeed": args.seed,
+    }
+    if run["strategy"] == "Hyperband":
+        config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": args.epochs}}
+    static = {
+        "sagemaker_program": json.dumps(PROGRAM),
+        "sagemaker_submit_directory": json.dumps(f"s3://{bucket}/code/sourcedir.tar.gz"),
+        "arch": "resnet18", "pretrained": "none", "image-size": "32", "freeze": "backbone",
+        "epochs": str(args.epochs), "batch-size": "64", "hflip-prob": "0", "workers": "0",
+        "cache-features": run["cache"],
+    }
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": {
+            "StaticHyperParameters": static,
+            "AlgorithmSpecification": {"TrainingImage": "local", "TrainingInputMode": "File",
+                                       "MetricDefinitions": METRIC_DEFINITIONS},
+            "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
+            "InputDataConfig": [{"ChannelName": "training", "DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/training-data/"}}}],
+            "OutputDataConfig": {"S3OutputPath": f"s3://{bucket}/jobs"},
+            "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 5},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 1800},
+        },
+    }
+
+
+def measure(sm, name: str) -> dict:
+    while True:
+        tuning = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        if tuning["HyperParameterTuningJobStatus"] in ("Completed", "Failed", "Stopped"):
+            break
+        time.sleep(1)
+    children = sm.list_training_jobs_for_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name, MaxResults=100)["TrainingJobSummaries"]
+    start = tuning["CreationTime"].timestamp()
+    end = tuning["HyperParameterTuningEndTime"].timestamp()
+    scored = [(c["FinalHyperParameterTuningJobObjectiveMetric"]["Value"], c["TrainingEndTime"].timestamp() - start)
+              for c in children if c.get("FinalHyperParameterTuningJobObjectiveMetric")]
+    best = max((value for value, _ in scored), default=None)
+    return {
+        "status": tuning["HyperParameterTuningJobStatus"],
+        "wall_s": round(end - start, 1),
+        "best_valid_accuracy": best,
+        "time_to_best_s": round(min(t for v, t in scored if v == best), 1) if scored else None,
+        "scored": scored,
+        "trials": tuning["TrainingJobStatusCounters"],
+        "best_hyperparameters": tuning.get("BestTrainingJob", {}).get("TunedHyperParameters"),
+    }
+
+
+def time_to_reach(scored: list[tuple[float, float]], target: float) -> float | None:
+    times = [t for v, t in scored if v >= target]
+    return round(min(times), 1) if times else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--runs", default="naive,random,bayesian,hyperband")
+    args = parser.parse_args()
+    chosen = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = sorted(set(chosen) - set(RUNS))
+    if unknown:
+        parser.error(f"unknown runs {unknown}; choose from {sorted(RUNS)}")
+
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    import boto3
+
+    from local_aws.sagemaker import aws
+    from local_aws.sagemaker.config import Settings
+    from local_aws.sagemaker.server import LocalSageMaker
+    from local_aws.sagemaker.sourcedir import build_sourcedir
+    from training.demo_data import write_digits
+
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
+        s3 = boto3.client("s3")
+        bucket = "bench-tuning"
+        s3.create_bucket(Bucket=bucket)
+        write_digits(Path(tmp) / "digits", "splits")
+        aws.upload_tree(s3, Path(tmp) / "digits", f"s3://{bucket}/training-data/")
+        s3.put_object(Bucket=bucket, Key="code/sourcedir.tar.gz", Body=build_sourcedir())
+        settings = Settings(state_dir=Path(tmp) / "state", max_running_jobs=args.parallel)
+        with LocalSageMaker(settings, publish=lambda event: None) as service:
+            sm = boto3.client("sagemaker", endpoint_url=service.url)
+            for index, run_name in enumerate(chosen):
+                name = f"bench-{run_name}-{index}"[:32]
+                sm.create_hyper_parameter_tuning_job(**tuning_request(name, RUNS[run_name], args, bucket))
+                results[run_name] = measure(sm, name)
+                print(json.dumps({run_name: {k: v for k, v in results[run_name].items() if k != "scored"}}),
+                      file=sys.stderr, flush=True)
+    moto.stop()
+
+    naive = results.get("naive")
+    for run_name, result in results.items():
+        if naive and naive["best_valid_accuracy"] is not None and run_name != "naive":
+            reached = time_to_reach(result["scored"], naive["best_valid_accuracy"] - 0.01)
+            result["reached_naive_best"] = reached is not None
+            result["time_to_naive_best_s"] = reached
+            result["speedup_to_best"] = round(naive["time_to_best_s"] / reached, 2) if reached else None
+        del result["scored"]
+    speedups = [r.get("speedup_to_best") or 0 for r in results.values()]
+    print(json.dumps({
+        "benchmark": "tuning", "trials": args.trials, "epochs": args.epochs, "parallel": args.parallel,
+        "cpus": os.cpu_count(), "note": "one run on a shared machine: noisy",
+        "runs": results, "goal_speedup": 10, "best_speedup": max(speedups, default=0),
+        "goal_met": max(speedups, default=0) >= 10,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
