@@ -1,0 +1,52 @@
+"""The pure parts: hyperparameter decoding, failure reasons, event shapes, the source archive."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+from local_aws.sagemaker.events import endpoint_status_for_event, tag_map, to_event_times, training_job_event
+from local_aws.sagemaker.sourcedir import PROGRAM, build_sourcedir
+from local_aws.sagemaker.training import decode_hyperparameters, failure_reason, final_metrics, script_arguments
+from training.metrics import METRIC_DEFINITIONS, epoch_line
+from training.metrics import test_line as format_test_line
+
+
+def test_sdk_encoded_hyperparameters_become_script_arguments():
+    decoded = decode_hyperparameters({"sagemaker_program": '"training/train.py"', "lr": "0.01", "arch": "resnet18",
+                                      "epochs": "3", "_tuning_objective_metric": "valid:accuracy"})
+    assert decoded["sagemaker_program"] == "training/train.py" and decoded["arch"] == "resnet18"
+    assert script_arguments(decoded) == ["--lr", "0.01", "--arch", "resnet18", "--epochs", "3"]
+
+
+def test_the_failure_reason_carries_the_scripts_last_error():
+    log = "epoch=1 ...\nTraceback (most recent call last):\n  File x\nRuntimeError: CUDA out of memory\n"
+    reason = failure_reason(log, 1, ["python", "train.py", "--lr", "0.1"])
+    assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 1\n")
+    assert 'ErrorMessage "RuntimeError: CUDA out of memory"' in reason and len(reason) <= 1024
+
+
+def test_final_metrics_are_the_last_values_of_the_projects_metric_lines():
+    log = "\n".join([epoch_line(1, 2.0, 1.5, 0.4), epoch_line(2, 1.0, 0.9, 0.7), format_test_line(0.8, 0.69)])
+    metrics = {m["MetricName"]: m["Value"] for m in final_metrics(log, METRIC_DEFINITIONS)}
+    assert metrics == {"train:loss": 1.0, "valid:loss": 0.9, "valid:accuracy": 0.7, "test:loss": 0.8,
+                       "test:accuracy": 0.69}
+
+
+def test_events_use_milliseconds_tag_maps_and_the_endpoint_status_spelling():
+    assert to_event_times({"CreationTime": 1.5, "Nested": [{"StartTime": 2.0, "Count": 3}]}) == {
+        "CreationTime": 1500, "Nested": [{"StartTime": 2000, "Count": 3}]}
+    assert tag_map([{"Key": "a", "Value": "b"}]) == {"a": "b"}
+    assert [endpoint_status_for_event(s) for s in ("InService", "Creating", "OutOfService")] == [
+        "IN_SERVICE", "CREATING", "OUT_OF_SERVICE"]
+    event = training_job_event({"TrainingJobArn": "arn:x", "TrainingJobName": "j", "CreationTime": 1.0}, None)
+    assert event.entry("bus")["Source"] == "aws.sagemaker" and event.detail["Tags"] == {}
+
+
+def test_the_source_archive_is_deterministic_and_holds_the_program():
+    first, second = build_sourcedir(), build_sourcedir()
+    assert first == second
+    names = tarfile.open(fileobj=io.BytesIO(first)).getnames()
+    assert PROGRAM in names and "inference/inference.py" in names
+    assert not any("__pycache__" in name or Path(name).is_absolute() for name in names)
