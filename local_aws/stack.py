@@ -106,10 +106,9 @@ class Stack:
         return self
 
     def _start_moto(self) -> None:
-        from moto.server import ThreadedMotoServer
+        from .moto_server import MotoServer
 
-        self._moto = ThreadedMotoServer(ip_address=self.options.host, port=self.ports["moto"], verbose=False)
-        self._moto.start()
+        self._moto = MotoServer(self.options.host, self.ports["moto"]).start()
         session = self.session()
         self.restored = moto_state.restore(session, self.state_dir / "moto")
         infra.apply(infra.render(self.stage), session)

@@ -65,7 +65,10 @@ class QueuePoller:
             messages = self._receive(self.batch_size - len(batch), wait)
             if messages and not batch:
                 closes_at = time.monotonic() + self.batching_window
-            batch.extend(messages)
+            # A message whose visibility timeout ran out while the batch gathered comes back:
+            # keep it once, with its newest receipt handle.
+            fresh = {m["MessageId"]: m for m in messages}
+            batch = [m for m in batch if m["MessageId"] not in fresh] + list(fresh.values())
             if not messages and batch and wait == 0:
                 time.sleep(min(0.05, max(0.0, remaining)))  # under a second left: poll briefly
         return batch

@@ -61,14 +61,10 @@ def moto_url(monkeypatch):
     """moto in server mode on a free port, fresh, with boto3 pointed at it for this test."""
     import urllib.request
 
-    from moto.server import ThreadedMotoServer
+    from local_aws.moto_server import MotoServer
 
-    from local_aws.stack import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    server = MotoServer().start()
+    url = server.url
     urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
     for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():

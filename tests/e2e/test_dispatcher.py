@@ -47,7 +47,7 @@ def running(moto_url):
     session = boto3.session.Session(region_name=REGION)
     sqs = session.client("sqs")
     ensure_queue(sqs, "probe-work-dlq", {})
-    ensure_queue(sqs, "probe-work", {"VisibilityTimeout": "1", "RedrivePolicy": json.dumps(
+    ensure_queue(sqs, "probe-work", {"VisibilityTimeout": "2", "RedrivePolicy": json.dumps(
         {"deadLetterTargetArn": queue_arn(REGION, "probe-work-dlq"), "maxReceiveCount": "2"})})
     app = make_app(seen)
     stage = Stage(name="local", app_name="probe", environment={}, lambda_timeout=30, lambda_memory_size=128)
