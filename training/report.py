@@ -17,6 +17,7 @@ import base64
 import html
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -635,9 +636,10 @@ def write_report(
             figures += _figure(plot_steps(steps, out_dir / STEPS_PNG), "Where each training step's time went")
         trace = ""
         if profile.trace_path and Path(profile.trace_path).is_file():
-            name = Path(profile.trace_path).name
+            # The profiler may write to its own folder: link the trace relative to the report.
+            link = Path(os.path.relpath(Path(profile.trace_path).resolve(), out_dir.resolve())).as_posix()
             trace = (
-                f'<p>A torch.profiler trace of a few training steps: <a href="{_esc(name)}">{_esc(name)}</a> '
+                f'<p>A torch.profiler trace of a few training steps: <a href="{_esc(link)}">{_esc(link)}</a> '
                 f"(open it in chrome://tracing or Perfetto).</p>"
             )
         sections.append(f"<h2>Profile</h2>{_table(['figure', 'value'], _profile_rows(profile))}{trace}{figures}")

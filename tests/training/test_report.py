@@ -89,6 +89,18 @@ def test_report_has_curves_confusion_matrix_profile_and_findings(tmp_path, slow_
     assert "0.7330" in document and "IssuesFound" in document
 
 
+def test_trace_is_linked_relative_to_the_report(tmp_path):
+    prof = Profiler(tmp_path / "profiler", trace_steps=(0, 1)).start()
+    for _ in prof.iterate(range(3)):
+        with prof.compute(1):
+            pass
+    summary = prof.stop()
+    document = write_report(
+        tmp_path / "report", history=HEALTHY, test={}, confusion=CONFUSION, classes=CLASSES, profile=summary
+    ).read_text()
+    assert '<a href="../profiler/trace.json">' in document
+
+
 def test_report_without_profile_or_issues_says_so(tmp_path):
     path = write_report(
         tmp_path,
