@@ -234,8 +234,9 @@ def _max_rss_bytes() -> int:
 class ProfileSummary:
     """The figures the report and its findings are built from.
 
-    Step figures cover the training steps outside the torch.profiler window (tracing
-    slows the steps it watches); every phase is counted in `phase_steps`."""
+    Step figures cover the training steps after the first one (it pays for lazy
+    initialisation: imports, allocator, kernel selection) and outside the torch.profiler
+    window (tracing slows the steps it watches); every phase is counted in `phase_steps`."""
 
     steps: int  # training steps summarised
     phase_steps: dict[str, int]
@@ -313,8 +314,8 @@ def summarize(
     for step in steps:
         phase_steps[step["phase"]] = phase_steps.get(step["phase"], 0) + 1
     chosen = [s for s in steps if s["phase"] == TRAIN] or steps
-    # Traced steps run under torch.profiler and are slower; keep them only if nothing else is left.
-    chosen = [s for s in chosen if not s["traced"]] or chosen
+    # Warm-up and traced steps are slower than the rest; keep them only if nothing else is left.
+    chosen = [s for s in chosen if not s["traced"] and not s.get("warmup")] or chosen
     n = len(chosen)
     wait = sum(s["data_wait_s"] for s in chosen)
     compute = sum(s["compute_s"] for s in chosen)
@@ -486,6 +487,7 @@ class Profiler:
                     "compute_s": 0.0,
                     "batch_size": _batch_size(batch),
                     "traced": self._tracing,
+                    "warmup": phase == TRAIN and self._train_step == 0,
                     "_t_fetch": t_fetch,
                 }
                 if phase == TRAIN:

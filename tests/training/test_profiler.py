@@ -94,7 +94,8 @@ def test_step_time_splits_into_data_wait_compute_and_the_rest(tmp_path):
     assert all(s["compute_s"] >= 0.005 and s["other_s"] >= 0.003 for s in train_steps)
     assert all(s["compute_s"] == 0 for s in steps if s["phase"] == "valid")  # no compute() there
     assert summary.phase_steps == {"train": 12, "valid": 12}
-    assert summary.steps == 12 and summary.mean_batch_size == 4
+    assert [s["warmup"] for s in train_steps] == [True] + [False] * 11
+    assert summary.steps == 11 and summary.mean_batch_size == 4  # the warm-up step is left out
     assert summary.data_wait_fraction + summary.compute_fraction + summary.other_fraction == pytest.approx(1)
     assert summary.images_per_s == pytest.approx(4 / (summary.mean_step_ms / 1000))
 
@@ -137,7 +138,7 @@ def test_trace_is_valid_chrome_trace_json_of_the_chosen_steps(tmp_path):
     assert {"compute", "data_wait"} <= names and any(n.startswith("aten::") for n in names)
     assert summary.trace_path == str(tmp_path / "trace.json")
     assert [s["traced"] for s in read_jsonl(tmp_path / "step_times.jsonl")] == [False, True, True, False, False, False]
-    assert summary.steps == 4  # traced steps run slower: left out of the means
+    assert summary.steps == 3  # the warm-up step and traced steps run slower: left out of the means
 
 
 def test_no_trace_when_the_run_is_shorter_than_the_window(tmp_path):
@@ -146,7 +147,7 @@ def test_no_trace_when_the_run_is_shorter_than_the_window(tmp_path):
     train(prof, DataLoader(data, batch_size=8), mlp())
     summary = prof.stop()
     assert summary.trace_path is None and not (tmp_path / "trace.json").exists()
-    assert summary.steps == 2
+    assert summary.steps == 1
 
 
 def test_gpu_metrics_come_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeypatch):
