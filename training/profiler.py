@@ -163,11 +163,11 @@ class _SystemSampler(threading.Thread):
         self._process = psutil.Process() if psutil else None
         self._t0 = time.perf_counter()
         self.samples: list[dict[str, Any]] = []
-        if psutil:  # cpu_percent measures since its previous call: prime it now
-            psutil.cpu_percent(percpu=True)
-            self._process.cpu_percent()
 
     def run(self) -> None:
+        if psutil:  # cpu_percent measures since its previous call in the same thread: prime it here
+            psutil.cpu_percent(percpu=True)
+            self._process.cpu_percent()
         with self._path.open("a", encoding="utf-8") as sink:
             ticks = 1
             # Wake on a fixed grid so the time spent sampling does not stretch the interval.

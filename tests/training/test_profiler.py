@@ -69,6 +69,16 @@ def test_sampler_writes_a_sample_every_half_second(tmp_path):
     assert summary.gpu_util_mean is None and not summary.gpu_present
 
 
+def test_first_cpu_sample_is_measured_not_a_placeholder(tmp_path):
+    prof = Profiler(tmp_path, interval_s=0.3, trace_steps=None).start()
+    deadline = time.perf_counter() + 0.5
+    while time.perf_counter() < deadline:  # keep one core busy
+        pass
+    prof.stop()
+    first = read_jsonl(tmp_path / "system_metrics.jsonl")[0]
+    assert first["cpu_percent"] > 20 and first["process_cpu_percent"] > 20
+
+
 def test_step_time_splits_into_data_wait_compute_and_the_rest(tmp_path):
     loader = DataLoader(SleepyDataset(24, delay_s=0.002), batch_size=4)  # >= 8 ms wait per batch
     prof = Profiler(tmp_path, trace_steps=None).start()
