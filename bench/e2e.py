@@ -38,7 +38,7 @@ from local_aws.launcher import StackProcess  # noqa: E402
 from training.demo_data import write_digits  # noqa: E402
 
 SMALL_BUDGET = {
-    "MAX_TRAINING_JOBS": "1", "MAX_PARALLEL_JOBS": "1", "QUIET_WINDOW_SECONDS": "3",
+    "MAX_TRAINING_JOBS": "1", "MAX_PARALLEL_JOBS": "1", "QUIET_WINDOW_SECONDS": "30",
     "STATIC_HYPERPARAMETERS": json.dumps({
         "arch": "resnet18", "optimizer": "adam", "freeze": "none", "pretrained": "none", "image-size": "32",
         "epochs": "2", "patience": "2", "hflip-prob": "0", "workers": "0", "batch-size": "16"}),
@@ -61,6 +61,7 @@ def ensure_live_model(stack: StackProcess, images: list[Path], timeout: float = 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda p: s3.upload_file(str(p), stack.bucket, f"training-data/{p.parent.name}/{p.name}"),
                       images[::3]))
+    s3.put_object(Bucket=stack.bucket, Key="training-data/_COMMIT", Body=b"")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, live = stack.api("/models/live")

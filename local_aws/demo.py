@@ -46,7 +46,9 @@ def demo_budget(trials: int, parallel: int, epochs: int) -> dict[str, str]:
     """The local stage's knobs for a demo that fits in minutes on 2 cores."""
     return {
         "MAX_TRAINING_JOBS": str(trials), "MAX_PARALLEL_JOBS": str(parallel), "TUNING_STRATEGY": "Random",
-        "QUIET_WINDOW_SECONDS": "5", "MIN_IMAGES": "50",
+        # A burst ends with the _COMMIT marker the demo uploads last; the quiet window (longer
+        # than the training queue's 20 s batching window) is only the fallback.
+        "QUIET_WINDOW_SECONDS": "30", "MIN_IMAGES": "50",
         "STATIC_HYPERPARAMETERS": json.dumps({
             "arch": "resnet18", "optimizer": "adam", "freeze": "none", "pretrained": "none", "image-size": "32",
             "epochs": str(epochs), "patience": "2", "hflip-prob": "0", "workers": "0"}),
@@ -83,6 +85,11 @@ class Demo:
     def upload(self, files: list[Path], key_of) -> None:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda f: self.s3.upload_file(str(f), self.stack.bucket, key_of(f)), files))
+
+    def upload_training(self, files: list[Path]) -> None:
+        """Labelled images, then the _COMMIT marker that tells the pipeline the upload is complete."""
+        self.upload(files, self.training_key)
+        self.s3.put_object(Bucket=self.stack.bucket, Key="training-data/_COMMIT", Body=b"")
 
     @staticmethod
     def training_key(path: Path) -> str:
@@ -210,7 +217,7 @@ class Demo:
         summary: dict[str, Any] = {"images": {"training": len(first), "more_training": len(more),
                                               "held_out": len(held_out)}}
         self.say(f"uploading {len(first)} labelled digits to s3://{self.stack.bucket}/training-data/")
-        self.upload(first, self.training_key)
+        self.upload_training(first)
         self.mark("uploaded")
         run = self.follow_run(set(), timeout=3600)
         self.mark("first_run_ended")
@@ -233,7 +240,7 @@ class Demo:
         known = {r["run_id"] for r in self.runs()}
         stream = Stream(self, held_out)
         stream.start()
-        self.upload(more, self.training_key)
+        self.upload_training(more)
         second = self.follow_run(known, timeout=3600)
         stream.stop()
         self.mark("second_run_ended")
