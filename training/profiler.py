@@ -547,6 +547,8 @@ class Profiler:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
+        else:  # kineto logs a spurious "gpuGetDeviceCount failed" ERROR line on a CPU-only machine
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")
         try:
             self._trace = torch.profiler.profile(activities=activities)
             self._trace.start()
