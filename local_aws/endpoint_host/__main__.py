@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     scratch: Path | None = None
+    owner = os.getpid()  # gunicorn's forked workers unwind through this frame too
     try:
         if args.model.is_dir():
             model_dir = args.model
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"endpoint host: {error}", file=sys.stderr)
         return 2
     finally:
-        if scratch is not None:
+        if scratch is not None and os.getpid() == owner:
             shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

@@ -44,6 +44,11 @@ class EndpointHost:
         self._log_file = None
 
     @property
+    def pid(self) -> int | None:
+        """The server's master process (its workers are its children)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 

@@ -140,3 +140,21 @@ def test_a_model_that_cannot_load_fails_the_start_with_its_reason(model_dir, tmp
         with host:
             pass
     assert not host.ping(timeout=1)
+
+
+def test_a_worker_that_dies_is_replaced_and_the_model_is_still_there(host):
+    import time
+
+    import psutil
+
+    master = psutil.Process(host.pid)
+    (worker,) = master.children()
+    worker.kill()  # a crash, say the kernel's OOM killer
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        replacements = [child for child in master.children() if child.pid != worker.pid]
+        if replacements and host.ping(timeout=2):
+            break
+        time.sleep(0.5)
+    answer = invoke(host, images.png(), "image/png")
+    assert answer.status_code == 200, answer.text
