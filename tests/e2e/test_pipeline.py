@@ -39,7 +39,12 @@ def test_upload_train_serve_restart(tmp_path, digits_by_label):
 
         def live():
             status, body = stack.api("/models/live")
-            return body if status == 200 else None
+            if status == 200:
+                return body
+            _, runs = stack.api("/runs")
+            ended = [r for r in runs.get("items", []) if r["status"] in ("FAILED", "REJECTED")]
+            assert not ended, f"a run ended {ended[0]['status']}: {ended[0].get('reason')} (log: {stack.log_path})"
+            return None
 
         model = wait_until(live, 900, f"a LIVE model (log: {stack.log_path})", every=5)
         status, runs = stack.api("/runs")
