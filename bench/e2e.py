@@ -33,7 +33,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from local_aws.demo import SHORT_RUN_RULES  # noqa: E402
 from local_aws.launcher import StackProcess  # noqa: E402
 from training.demo_data import write_digits  # noqa: E402
 
@@ -44,7 +43,6 @@ SMALL_BUDGET = {
         "epochs": "2", "patience": "2", "hflip-prob": "0", "workers": "0", "batch-size": "16"}),
     "TUNING_RANGES": json.dumps({"lr": {"type": "continuous", "min": 0.0015, "max": 0.0025,
                                         "scaling": "Logarithmic"}}),
-    **SHORT_RUN_RULES,
 }
 
 

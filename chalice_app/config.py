@@ -50,6 +50,19 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     return default if raw is None or raw == "" else raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _debugger_rules(env: dict[str, str]) -> tuple[str, ...]:
+    """The rules the final job runs, and so the gate's vetoes (AWS's defaults fire readily
+    on short runs from random weights: a stage may run fewer)."""
+    raw = env.get("DEBUGGER_RULES")
+    if raw is None or not raw.strip():
+        return DEBUGGER_RULES
+    rules = tuple(name.strip() for name in raw.split(",") if name.strip())
+    unknown = sorted(set(rules) - set(DEBUGGER_RULES))
+    if unknown:
+        raise ConfigError(f"DEBUGGER_RULES names unknown rules {unknown}; known: {', '.join(DEBUGGER_RULES)}")
+    return rules
+
+
 @dataclass(frozen=True)
 class Settings:
     region: str
@@ -87,6 +100,9 @@ class Settings:
     max_image_bytes: int = 6 * 1024 * 1024
     top_k: int = 5
     upload_url_seconds: int = 900
+    debugger_rules: tuple[str, ...] = DEBUGGER_RULES
+    debugger_rule_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
+    debug_save_interval: int = 100
 
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -142,6 +158,10 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         max_image_bytes=int(env.get("MAX_IMAGE_BYTES", str(6 * 1024 * 1024))),
         top_k=int(env.get("TOP_K", "5")),
         upload_url_seconds=int(env.get("UPLOAD_URL_SECONDS", "900")),
+        debugger_rules=_debugger_rules(env),
+        debugger_rule_parameters={rule: {k: str(v) for k, v in params.items()}
+                                  for rule, params in _json(env, "DEBUGGER_RULE_PARAMETERS", {}).items()},
+        debug_save_interval=int(env.get("DEBUG_SAVE_INTERVAL", "100")),
     )
 
 

@@ -109,6 +109,12 @@ class EndpointDetail(_Lenient):
     failure_reason: str | None = Field(default=None, alias="FailureReason")
     tags: dict[str, str] = Field(default_factory=dict, alias="Tags")
 
+    @field_validator("status")
+    @classmethod
+    def _api_spelling(cls, value: str) -> str:
+        # The event spells states IN_SERVICE, UPDATE_ROLLBACK_FAILED; the API InService.
+        return "".join(part.capitalize() for part in value.split("_")) if value.isupper() else value
+
 
 class TuningJobStateChange(EventBridgeModel):
     detail: TuningJobDetail

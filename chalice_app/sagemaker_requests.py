@@ -13,7 +13,7 @@ from typing import Any
 
 from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
-from .config import DEBUGGER_RULES, Settings
+from .config import Settings
 
 FINAL_ROLE = "final"
 TUNING_ROLE = "tuning"
@@ -140,8 +140,8 @@ def tuning_job_request(settings: Settings, run_id: str) -> dict[str, Any]:
 
 def _rule(settings: Settings, name: str) -> dict[str, Any]:
     # The rule container runs the rule named by rule_to_invoke (as the SDK's Rule.sagemaker does).
-    return {"RuleConfigurationName": name, "RuleEvaluatorImage": settings.rules_image,
-            "RuleParameters": {"rule_to_invoke": name}}
+    parameters = {**settings.debugger_rule_parameters.get(name, {}), "rule_to_invoke": name}
+    return {"RuleConfigurationName": name, "RuleEvaluatorImage": settings.rules_image, "RuleParameters": parameters}
 
 
 def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str, str]) -> dict[str, Any]:
@@ -155,8 +155,15 @@ def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str,
         "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
                                    "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
         **_job_resources(settings, run_id, "final"),
-        "DebugHookConfig": {"S3OutputPath": f"{debug_root}tensors/"},
-        "DebugRuleConfigurations": [_rule(settings, name) for name in DEBUGGER_RULES],
+        # Weights and gradients every N steps (they are large); losses, which the rules
+        # compare step to step, ten times as often.
+        "DebugHookConfig": {
+            "S3OutputPath": f"{debug_root}tensors/",
+            "HookParameters": {"save_interval": str(settings.debug_save_interval)},
+            "CollectionConfigurations": [{"CollectionName": "losses", "CollectionParameters": {
+                "save_interval": str(max(1, settings.debug_save_interval // 10))}}],
+        },
+        "DebugRuleConfigurations": [_rule(settings, name) for name in settings.debugger_rules],
         "ProfilerConfig": {"S3OutputPath": f"{debug_root}profiler/", "ProfilingIntervalInMilliseconds": 500},
         "ProfilerRuleConfigurations": [_rule(settings, "ProfilerReport")],
         "Tags": _tags(run_id, FINAL_ROLE),

@@ -35,11 +35,6 @@ from .sagemaker.aws import split_s3_uri
 from .stage import REPO_ROOT
 
 TERMINAL = ("DEPLOYED", "REJECTED", "FAILED")
-# Overfit and Overtraining with AWS's default parameters (patience 1, ratio 0.1) fire on any
-# run of a few epochs from random weights: the first epoch's validation loss (BatchNorm's
-# running statistics still settling) is far above the training loss. Short local runs keep
-# the rules that mean something at that length. DEBUGGER_RULES is the app's knob for it.
-SHORT_RUN_RULES = {"DEBUGGER_RULES": "VanishingGradient,PoorWeightInitialization,LossNotDecreasing"}
 
 
 def demo_budget(trials: int, parallel: int, epochs: int) -> dict[str, str]:
@@ -55,7 +50,6 @@ def demo_budget(trials: int, parallel: int, epochs: int) -> dict[str, str]:
         "TUNING_RANGES": json.dumps({
             "lr": {"type": "continuous", "min": 0.0005, "max": 0.004, "scaling": "Logarithmic"},
             "batch-size": {"type": "categorical", "values": ["16", "32"]}}),
-        **SHORT_RUN_RULES,
     }
 
 

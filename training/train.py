@@ -110,9 +110,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    # SageMaker passes its own hyperparameters (sagemaker_program, ...) too: ignore them.
+    # SageMaker passes its own hyperparameters (sagemaker_program, ...) too: ignore them;
     args, unknown = get_args_parser().parse_known_args(argv)
-    ignored = [a for a in unknown if a.startswith("--sagemaker_") or a.startswith("--sagemaker-")]
+    # _tuning_objective_metric is what a tuning job adds to its trials.
+    ignored = [a for a in unknown if a.startswith(("--sagemaker_", "--sagemaker-", "--_"))]
     rest = [a for a in unknown if a.startswith("--") and a not in ignored]
     if rest:
         get_args_parser().error(f"unknown hyperparameters: {' '.join(rest)}")

@@ -251,16 +251,23 @@ class SageMakerBackend:
             for data in state.get(key, []):
                 record = record_type(**data)
                 table[record.name] = record
+        # Jobs cut off by the restart fail, and say so as AWS would: whoever waits for
+        # their state change (the pipeline's run lock) must hear of it.
+        failed: list[events.Event] = []
         for job in self.training_jobs.values():
             if job.status in ACTIVE_JOB:
                 job.failure_reason = RESTART_REASON
                 job.move_to("Failed", RESTART_REASON, status="Failed")
                 if job.tuning_job_arn:
                     job.objective_status = "Failed"
+                failed.append(events.training_job_event(job.describe(), job.tags))
         for tuning in self.tuning_jobs.values():
             if tuning.status in ACTIVE_JOB:
                 tuning.status, tuning.failure_reason, tuning.end_time = "Failed", RESTART_REASON, now()
+                failed.append(events.tuning_job_event(self._describe_tuning(tuning), tuning.tags))
         self._save()
+        for event in failed:
+            self.publish(event)
         for endpoint in list(self.endpoints.values()):
             if endpoint.status in ("Creating", "Updating", "InService"):
                 self.fleet.resume(endpoint)

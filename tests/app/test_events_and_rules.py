@@ -132,3 +132,12 @@ def test_a_burst_waits_until_it_is_quiet_or_committed():
     assert wait_reason(burst(40), 100, 60, manual=False) is None
     assert wait_reason(burst(99, committed=True), 100, 60, manual=False) is None
     assert wait_reason(None, 100, 60, manual=True) is None
+
+
+def test_endpoint_states_in_the_events_spelling_read_as_the_apis():
+    from chalice_app.events import EndpointDetail
+
+    for event_status, api_status in [("IN_SERVICE", "InService"), ("UPDATE_ROLLBACK_FAILED", "UpdateRollbackFailed"),
+                                     ("FAILED", "Failed"), ("InService", "InService")]:
+        detail = EndpointDetail.model_validate({"EndpointName": "e", "EndpointStatus": event_status})
+        assert detail.status == api_status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from botocore.exceptions import ClientError
@@ -59,8 +60,11 @@ def training_done(world, job: str, run_id: str, status: str = "Completed", role:
 
 
 def endpoint_event(world, status: str, config: str | None = None) -> None:
+    """An endpoint state change as EventBridge delivers it: states spelt IN_SERVICE, FAILED."""
+    event_status = re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
     world.sagemaker_event(ENDPOINT_FN, ENDPOINT_TYPE, {
-        "EndpointName": ENV["ENDPOINT_NAME"], "EndpointStatus": status, "EndpointConfigName": config, "Tags": {}})
+        "EndpointName": ENV["ENDPOINT_NAME"], "EndpointStatus": event_status, "EndpointConfigName": config,
+        "Tags": {}})
 
 
 def deploy_model(world, accuracy: float = 0.9) -> dict:

@@ -99,6 +99,21 @@ def test_the_final_job_has_rules_profiler_and_the_final_tag():
     assert {"Key": "pipeline-run", "Value": RUN} in request["Tags"]
 
 
+def test_a_stage_chooses_its_rules_their_parameters_and_the_save_interval():
+    settings = config(DEBUGGER_RULES="VanishingGradient, Overfit", DEBUG_SAVE_INTERVAL="50",
+                      DEBUGGER_RULE_PARAMETERS='{"Overfit": {"patience": 3, "ratio_threshold": "0.5"}}')
+    request = requests.final_training_job_request(settings, RUN, {})
+    validate("CreateTrainingJob", request)
+    assert [r["RuleParameters"] for r in request["DebugRuleConfigurations"]] == [
+        {"rule_to_invoke": "VanishingGradient"},
+        {"patience": "3", "ratio_threshold": "0.5", "rule_to_invoke": "Overfit"}]
+    hook = request["DebugHookConfig"]
+    assert hook["HookParameters"] == {"save_interval": "50"}
+    assert hook["CollectionConfigurations"] == [{"CollectionName": "losses", "CollectionParameters": {"save_interval": "5"}}]
+    with pytest.raises(ConfigError, match="unknown rules"):
+        config(DEBUGGER_RULES="VanishingGradient,Overfitting")
+
+
 def test_spot_training_checkpoints_and_waits_longer_than_it_runs():
     request = requests.final_training_job_request(config(SPOT_TRAINING="true", MAX_RUNTIME_SECONDS="1800",
                                                          MAX_WAIT_SECONDS="600"), RUN, {})

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from local_aws.demo import SHORT_RUN_RULES
 from training.demo_data import write_digits
 
 # A budget that trains a real ResNet-18 on a third of the digits (>0.9 test accuracy) in well
@@ -30,7 +29,6 @@ SMALL_BUDGET = {
         "epochs": "2", "patience": "2", "hflip-prob": "0", "workers": "0", "batch-size": "16"}),
     "TUNING_RANGES": json.dumps({"lr": {"type": "continuous", "min": 0.0015, "max": 0.0025,
                                         "scaling": "Logarithmic"}}),
-    **SHORT_RUN_RULES,
 }
 SCHEDULE_SECONDS = 3
 

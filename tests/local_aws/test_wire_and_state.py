@@ -86,7 +86,11 @@ def test_state_survives_a_restart_and_running_jobs_come_back_failed(aws_env, tmp
         first.backend.runner.wait("running", timeout=30)
         (settings.state_dir / "state.json").write_text(json.dumps(state))
 
+    published.clear()
     with LocalSageMaker(settings, publish=published.append) as second:
+        # Whoever waits on the cut-off job (the pipeline's run) hears that it failed.
+        assert [(e.detail["TrainingJobName"], e.detail["TrainingJobStatus"]) for e in published
+                if e.detail_type == "SageMaker Training Job State Change"] == [("running", "Failed")]
         client = boto3.client("sagemaker", region_name=REGION, endpoint_url=second.url)
         done = client.describe_training_job(TrainingJobName="done")
         assert done["TrainingJobStatus"] == "Completed" and done["FinalMetricDataList"]

@@ -135,3 +135,8 @@ def test_frozen_backbone_is_cached_and_only_the_head_learns(tmp_path, digits_lab
     assert all(torch.equal(trained[k], original[k]) for k in original if not k.startswith("fc."))
     assert trained["fc.1.weight"].shape == (3, 512)
     assert metadata["weights_source"].endswith("earlier.pth")
+
+
+def test_a_tuning_jobs_own_hyperparameter_is_not_the_scripts():
+    args = train.parse_args(["--epochs", "2", "--_tuning_objective_metric", '"valid:accuracy"'])
+    assert args.epochs == 2
