@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .. import aws
-from .runs import _dynamo, _plain
+from .items import dynamo, plain, query_all
 
 FINAL = ("OK", "FAILED")
 # One partition for the newest-first listing: fine for this product's write rate
@@ -28,7 +28,7 @@ FEED = "all"
 def _encode_cursor(key: dict[str, Any] | None) -> str | None:
     if not key:
         return None
-    return base64.urlsafe_b64encode(json.dumps(_plain(key), sort_keys=True).encode()).decode()
+    return base64.urlsafe_b64encode(json.dumps(plain(key), sort_keys=True).encode()).decode()
 
 
 def decode_cursor(cursor: str) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         raise ValueError("the pagination cursor is not valid") from error
     if not isinstance(key, dict) or set(key) != {"image_key", "feed", "created_at"}:
         raise ValueError("the pagination cursor is not valid")
-    return _dynamo(key)
+    return dynamo(key)
 
 
 class Predictions:
@@ -47,7 +47,7 @@ class Predictions:
 
     def get(self, image_key: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"image_key": image_key}, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
+        return plain(item) if item else None
 
     def is_final(self, image_key: str, etag: str) -> bool:
         item = self.get(image_key)
@@ -56,7 +56,7 @@ class Predictions:
     def save(self, image_key: str, etag: str, status: str, now: float, **fields: Any) -> bool:
         """Write the result; False when a final result for this eTag is already there."""
         item = {"image_key": image_key, "etag": etag, "status": status, "feed": FEED,
-                "created_at": Decimal(str(now)), **_dynamo({k: v for k, v in fields.items() if v is not None})}
+                "created_at": Decimal(str(now)), **dynamo({k: v for k, v in fields.items() if v is not None})}
         try:
             self._table.put_item(
                 Item=item,
@@ -71,16 +71,10 @@ class Predictions:
             raise
 
     def pending(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
         query: dict[str, Any] = {"IndexName": "by_status", "KeyConditionExpression": "#status = :pending",
                                  "ExpressionAttributeNames": {"#status": "status"},
                                  "ExpressionAttributeValues": {":pending": "PENDING"}}
-        while True:
-            page = self._table.query(**query)
-            items.extend(_plain(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return query_all(self._table, **query)
 
     def recent(self, limit: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         query: dict[str, Any] = {"IndexName": "recent", "KeyConditionExpression": "feed = :feed",
@@ -89,5 +83,5 @@ class Predictions:
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(cursor)
         page = self._table.query(**query)
-        items = [{k: v for k, v in _plain(item).items() if k != "feed"} for item in page.get("Items", [])]
+        items = [{k: v for k, v in plain(item).items() if k != "feed"} for item in page.get("Items", [])]
         return items, _encode_cursor(page.get("LastEvaluatedKey"))

@@ -14,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .. import aws
-from .runs import _dynamo, _plain
+from .items import dynamo, plain, query_all
 
 LIVE_KEY = {"pk": "LIVE", "sk": "MODEL"}
 
@@ -26,34 +26,28 @@ class Registry:
 
     def add(self, version: str, now: float, **fields: Any) -> None:
         self._table.put_item(Item={"pk": "MODEL", "sk": version, "model_version": version, "status": "DEPLOYING",
-                                   "created_at": Decimal(str(now)), **_dynamo(fields)})
+                                   "created_at": Decimal(str(now)), **dynamo(fields)})
 
     def get(self, version: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"pk": "MODEL", "sk": version}, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
+        return plain(item) if item else None
 
     def by_endpoint_config(self, config_name: str) -> dict[str, Any] | None:
         return next((m for m in self.all() if m.get("endpoint_config") == config_name), None)
 
     def all(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
         query: dict[str, Any] = {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": "MODEL"},
                                  "ScanIndexForward": False}
-        while True:
-            page = self._table.query(**query)
-            items.extend(_plain(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return query_all(self._table, **query)
 
     def live(self) -> dict[str, Any] | None:
         item = self._table.get_item(Key=LIVE_KEY, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
+        return plain(item) if item else None
 
     def set_status(self, version: str, status: str, **fields: Any) -> None:
         sets = ", ".join(["#status = :status", *(f"#f{i} = :f{i}" for i in range(len(fields)))])
         names = {"#status": "status", **{f"#f{i}": k for i, k in enumerate(fields)}}
-        values = {":status": status, **{f":f{i}": _dynamo(v) for i, v in enumerate(fields.values())}}
+        values = {":status": status, **{f":f{i}": dynamo(v) for i, v in enumerate(fields.values())}}
         self._table.update_item(Key={"pk": "MODEL", "sk": version}, UpdateExpression=f"SET {sets}",
                                 ExpressionAttributeNames=names, ExpressionAttributeValues=values)
 

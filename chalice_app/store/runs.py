@@ -14,34 +14,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .. import aws
+from .items import dynamo, plain
 
 LOCK_KEY = {"pk": "LOCK", "sk": "RUN"}
 ACTIVE = ("STARTING", "TUNING", "TRAINING", "DEPLOYING")
 ENDED = ("DEPLOYED", "REJECTED", "FAILED", "REFUSED")
-
-
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    """DynamoDB's Decimals as ints/floats, keys dropped: a JSON-ready record."""
-    def convert(value: Any) -> Any:
-        if isinstance(value, Decimal):
-            return int(value) if value == value.to_integral_value() else float(value)
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        return value
-
-    return {k: convert(v) for k, v in item.items() if k not in {"pk", "sk"}}
-
-
-def _dynamo(value: Any) -> Any:
-    if isinstance(value, float):
-        return Decimal(str(value))
-    if isinstance(value, dict):
-        return {k: _dynamo(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_dynamo(v) for v in value]
-    return value
 
 
 class Runs:
@@ -75,12 +52,12 @@ class Runs:
     # Runs -----------------------------------------------------------------
     def create(self, run_id: str, now: float, **fields: Any) -> None:
         item = {"pk": "RUN", "sk": run_id, "run_id": run_id, "created_at": Decimal(str(now)),
-                "updated_at": Decimal(str(now)), **_dynamo(fields)}
+                "updated_at": Decimal(str(now)), **dynamo(fields)}
         self._table.put_item(Item=item)
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"pk": "RUN", "sk": run_id}, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
+        return plain(item) if item else None
 
     def transition(self, run_id: str, from_states: tuple[str, ...], to_state: str, now: float,
                    **fields: Any) -> bool:
@@ -90,7 +67,7 @@ class Runs:
         sets = ["#status = :to", "updated_at = :now"]
         for index, (name, value) in enumerate(fields.items()):
             names[f"#f{index}"] = name
-            values[f":f{index}"] = _dynamo(value)
+            values[f":f{index}"] = dynamo(value)
             sets.append(f"#f{index} = :f{index}")
         allowed = []
         for index, state in enumerate(from_states):
@@ -117,4 +94,4 @@ class Runs:
             query["ExclusiveStartKey"] = {"pk": "RUN", "sk": start_after}
         page = self._table.query(**query)
         last = page.get("LastEvaluatedKey")
-        return [_plain(item) for item in page.get("Items", [])], (last["sk"] if last else None)
+        return [plain(item) for item in page.get("Items", [])], (last["sk"] if last else None)
