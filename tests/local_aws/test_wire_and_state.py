@@ -80,9 +80,10 @@ def test_state_survives_a_restart_and_running_jobs_come_back_failed(aws_env, tmp
         # The service dies without stopping its work: only its state file is left.
         first._server.shutdown()
         first._server.server_close()
+        # Its state file as it died, read before the job's process is reaped (which records an end).
+        state = json.loads((settings.state_dir / "state.json").read_text())
         first.backend.runner.stop("running")
         first.stop = lambda: None  # type: ignore[method-assign]
-        state = json.loads((settings.state_dir / "state.json").read_text())
         first.backend.runner.wait("running", timeout=30)
         (settings.state_dir / "state.json").write_text(json.dumps(state))
 
