@@ -141,6 +141,9 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin: bool
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        # Training drops a short last batch: it costs nearly a full step and gives BatchNorm
+        # noisy statistics; reshuffling still shows every image across epochs.
+        drop_last=shuffle and len(dataset) > batch_size,
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=workers > 0,
@@ -173,7 +176,7 @@ def train_one_epoch(network: nn.Module, stage: Stage, criterion, optimizer, sche
                     profiler: Profiler, debug: DebugSession) -> float:
     network.train()
     debug.train()
-    total_loss = 0.0
+    total_loss, seen = 0.0, 0
     for images, targets in profiler.iterate(stage.loader, phase="train"):
         with profiler.compute(len(targets)):
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -183,8 +186,9 @@ def train_one_epoch(network: nn.Module, stage: Stage, criterion, optimizer, sche
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(targets)
+            seen += len(targets)
     scheduler.step()
-    return total_loss / stage.size
+    return total_loss / seen
 
 
 @torch.inference_mode()
