@@ -341,6 +341,9 @@ def plot_losses(history: list[dict[str, Any]], test: dict[str, Any], path: Path)
     if _finite(test.get("test_loss")):
         ax.axhline(test["test_loss"], color="black", linestyle="--", label=f"test {test['test_loss']:.4f}")
     ax.set(xlabel="epoch", ylabel="loss (per-sample mean)", title="Loss")
+    losses = [v for h in history for k in ("train_loss", "valid_loss") if _finite(v := h.get(k)) and v > 0]
+    if losses and max(losses) / min(losses) > 30:  # a first-epoch spike would flatten the rest
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(figure, path)
