@@ -74,7 +74,8 @@ class Demo:
         files = sorted(self.digits.rglob("*.png"))
         held_out = files[::10]
         rest = [f for i, f in enumerate(files) if i % 10]
-        return rest[: len(rest) * 2 // 3], rest[len(rest) * 2 // 3:], held_out
+        # Interleaved, not cut: the files sort by label, and every set needs every label.
+        return [f for i, f in enumerate(rest) if i % 3 != 2], rest[2::3], held_out
 
     def upload(self, files: list[Path], key_of) -> None:
         with ThreadPoolExecutor(8) as pool:
