@@ -8,9 +8,11 @@ unless --model names an artefact). Everything is measured in this one run, becau
 absolute times drift between runs and machines:
 
 - bare: the same handler functions in a process of their own (batch 1, all cores as
-  torch threads): p50/p99 latency and sequential images/s;
+  torch threads, the model loaded on the thread that runs it, as the host does);
+  its latencies are taken in rounds that alternate with the host's (same count each),
+  so a machine whose speed drifts during the run moves both figures alike;
 - the in-process ceilings for 8 clients: cores processes x 1 thread, and batches of 8
-  with all cores as threads;
+  with all cores as threads, measured before and after the hosts (their mean is used);
 - the host, per configuration: p50/p99 of one client's sequential requests, and
   images/s with 8 concurrent clients (keep-alive connections).
 
@@ -153,6 +155,58 @@ def in_process(model_dir: Path, *, processes: int, threads: int, batch: int = 1,
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+
+class BareProcess:
+    """The bare workload in a process (and session) of its own, answering rounds on demand."""
+
+    def __init__(self, model_dir: Path, threads: int):
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, "--bare", json.dumps({"model_dir": str(model_dir), "threads": threads})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        if self._readline() != "ready":
+            raise RuntimeError("the bare process did not start")
+
+    def _readline(self) -> str:
+        assert self._process.stdout is not None
+        return self._process.stdout.readline().strip()
+
+    def latencies(self, requests: int) -> list[float]:
+        assert self._process.stdin is not None
+        self._process.stdin.write(f"{requests}\n")
+        self._process.stdin.flush()
+        return json.loads(self._readline())
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait()
+
+
+def _bare_serve(model_dir: str, threads: int) -> None:
+    """--bare: load on a thread, then time `n` sequential requests per line read from stdin."""
+    def serve() -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
+        from inference import inference as handler
+
+        model, body = handler.model_fn(model_dir), make_jpeg()
+        for _ in range(5):
+            handler.output_fn(handler.predict_fn(handler.input_fn(body, "image/jpeg"), model), "application/json")
+        print("ready", flush=True)
+        for line in sys.stdin:
+            latencies = []
+            for _ in range(int(line)):
+                began = time.perf_counter()
+                handler.output_fn(handler.predict_fn(handler.input_fn(body, "image/jpeg"), model), "application/json")
+                latencies.append(time.perf_counter() - began)
+            print(json.dumps(latencies), flush=True)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    worker.join()
+
+
 # --- the host, over HTTP ---------------------------------------------------------------
 
 
@@ -164,18 +218,24 @@ def _post(connection: http.client.HTTPConnection, body: bytes) -> None:
         raise RuntimeError(f"host answered {answer.status}: {payload[:200]!r}")
 
 
-def host_latency(port: int, body: bytes, requests: int) -> tuple[list[float], float]:
+def paired_latency(port: int, bare: BareProcess, body: bytes, requests: int,
+                   rounds: int = 5) -> tuple[list[float], list[float], float]:
+    """(host latencies, bare latencies, host sequential img/s), in alternating rounds."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for _ in range(5):
         _post(connection, body)
-    latencies, began = [], time.perf_counter()
-    for _ in range(requests):
-        sent = time.perf_counter()
-        _post(connection, body)
-        latencies.append(time.perf_counter() - sent)
-    rate = requests / (time.perf_counter() - began)
+    host, bare_latencies, busy = [], [], 0.0
+    per_round = max(1, requests // rounds)
+    for _ in range(rounds):
+        bare_latencies += bare.latencies(per_round)
+        began = time.perf_counter()
+        for _ in range(per_round):
+            sent = time.perf_counter()
+            _post(connection, body)
+            host.append(time.perf_counter() - sent)
+        busy += time.perf_counter() - began
     connection.close()
-    return latencies, rate
+    return host, bare_latencies, len(host) / busy
 
 
 def host_throughput(port: int, body: bytes, seconds: float, clients: int = CLIENTS) -> float:
@@ -205,11 +265,10 @@ def host_throughput(port: int, body: bytes, seconds: float, clients: int = CLIEN
 
 def host_configs(cores: int) -> list[dict]:
     return [
-        {"name": "default: 1 worker x all threads, no batching", "workers": 1},
-        {"name": f"{cores} workers x 1 thread, no batching", "workers": cores},
-        {"name": "1 worker x all threads, batch 8, wait 0 ms", "workers": 1, "max_batch_size": 8},
-        {"name": "1 worker x all threads, batch 8, wait 5 ms", "workers": 1, "max_batch_size": 8,
-         "max_batch_wait_ms": 5.0},
+        {"name": "default: 1 worker x all threads, batch 8, wait 0 ms"},
+        {"name": "1 worker x all threads, no batching", "max_batch_size": 1},
+        {"name": f"{cores} workers x 1 thread, no batching", "workers": cores, "max_batch_size": 1},
+        {"name": "1 worker x all threads, batch 8, wait 5 ms", "max_batch_wait_ms": 5.0},
         {"name": f"{cores} workers x 1 thread, batch {CLIENTS // cores}, wait 0 ms", "workers": cores,
          "max_batch_size": max(1, CLIENTS // cores)},
     ]
@@ -222,7 +281,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of each throughput figure")
     parser.add_argument("--only", type=int, nargs="*", help="indices of the host configurations to run")
     parser.add_argument("--in-process", help=argparse.SUPPRESS)  # internal: one in-process measurement
+    parser.add_argument("--bare", help=argparse.SUPPRESS)  # internal: the bare latency process
     args = parser.parse_args()
+    if args.bare:
+        _bare_serve(**json.loads(args.bare))
+        return
     if args.in_process:
         spec = json.loads(args.in_process)
         print(json.dumps(_in_process_here(Path(spec.pop("model_dir")), **spec)))
@@ -235,45 +298,55 @@ def main() -> None:
         model_tar = args.model or make_artefact(work)
         model_dir = safe_extract(model_tar, work / "unpacked")
 
-        bare_latencies = in_process(model_dir, processes=1, threads=cores, requests=args.requests)[0]
-        bare = {**percentiles(bare_latencies), "sequential_img_s": round(len(bare_latencies) / sum(bare_latencies), 1)}
-        ceilings = {
-            f"{cores} processes x 1 thread": round(sum(in_process(model_dir, processes=cores, threads=1,
-                                                                  seconds=args.seconds)), 1),
-            f"batch {CLIENTS}, {cores} threads": round(in_process(model_dir, processes=1, threads=cores,
-                                                                   batch=CLIENTS, seconds=args.seconds)[0], 1),
-        }
-        ceiling = max(ceilings.values())
+        def measure_ceilings() -> dict[str, float]:
+            return {
+                f"{cores} processes x 1 thread": sum(in_process(model_dir, processes=cores, threads=1,
+                                                               seconds=args.seconds)),
+                f"batch {CLIENTS}, {cores} threads": in_process(model_dir, processes=1, threads=cores, batch=CLIENTS,
+                                                                 seconds=args.seconds)[0],
+            }
 
-        hosts = []
-        configs = host_configs(cores)
-        for index, config in enumerate(configs):
-            if args.only is not None and index not in args.only:
-                continue
-            options = {k: v for k, v in config.items() if k != "name"}
-            with EndpointHost(model_tar, **options) as host:
-                latencies, sequential = host_latency(host.port, body, args.requests)
-                throughput = host_throughput(host.port, body, args.seconds)
-            figures = percentiles(latencies)
-            hosts.append({
-                "config": config["name"], **figures, "sequential_img_s": round(sequential, 1),
-                f"{CLIENTS}_clients_img_s": round(throughput, 1),
-                "p50_over_bare": round(figures["p50_ms"] / bare["p50_ms"], 3),
+        before = measure_ceilings()
+        bare = BareProcess(model_dir, cores)
+        hosts, all_bare = [], []
+        try:
+            for index, config in enumerate(host_configs(cores)):
+                if args.only is not None and index not in args.only:
+                    continue
+                options = {k: v for k, v in config.items() if k != "name"}
+                with EndpointHost(model_tar, **options) as host:
+                    latencies, bare_latencies, sequential = paired_latency(host.port, bare, body, args.requests)
+                    throughput = host_throughput(host.port, body, args.seconds)
+                all_bare += bare_latencies
+                hosts.append((config["name"], latencies, bare_latencies, sequential, throughput))
+        finally:
+            bare.close()
+        after = measure_ceilings()
+        ceilings = {name: round((before[name] + after[name]) / 2, 1) for name in before}
+        ceiling = max(ceilings.values())
+        results = []
+        for name, latencies, bare_latencies, sequential, throughput in hosts:
+            figures, paired_bare = percentiles(latencies), percentiles(bare_latencies)
+            results.append({
+                "config": name, **figures, "bare_p50_ms_same_rounds": paired_bare["p50_ms"],
+                "sequential_img_s": round(sequential, 1), f"{CLIENTS}_clients_img_s": round(throughput, 1),
+                "p50_over_bare": round(figures["p50_ms"] / paired_bare["p50_ms"], 3),
                 f"{CLIENTS}_clients_over_ceiling": round(throughput / ceiling, 3),
                 f"{CLIENTS}_clients_over_sequential": round(throughput / sequential, 3),
                 f"{CLIENTS}_clients_over_torchserve_best": round(throughput / TORCHSERVE_BEST_IMG_S, 3),
             })
-        bare_again = percentiles(in_process(model_dir, processes=1, threads=cores, requests=args.requests)[0])
+        bare_all = {**percentiles(all_bare), "sequential_img_s": round(len(all_bare) / sum(all_bare), 1)}
 
     print(json.dumps({
         "workload": "224 px JPEG: decode, resize 256, crop 224, normalise, forward, softmax, top-5",
         "model": str(args.model) if args.model else "resnet18 (random init, 1000 classes)",
         "cores": cores, "clients": CLIENTS, "load_average_1m": round(os.getloadavg()[0], 2),
-        "bare_in_process": bare, "bare_in_process_again_at_end": bare_again,
-        "in_process_ceiling_img_s": ceilings, "torchserve_best_img_s_reference": TORCHSERVE_BEST_IMG_S,
+        "bare_in_process": bare_all, "in_process_ceiling_img_s": ceilings,
+        "in_process_ceiling_img_s_before_after": {name: [round(before[name], 1), round(after[name], 1)]
+                                                   for name in before}, "torchserve_best_img_s_reference": TORCHSERVE_BEST_IMG_S,
         "goals": {"p50_over_bare": "<= 1.1", f"{CLIENTS}_clients_over_ceiling": ">= 0.95",
                   f"{CLIENTS}_clients_over_torchserve_best": "> 1.0"},
-        "hosts": hosts,
+        "hosts": results,
     }, indent=2))
 
 

@@ -2,7 +2,7 @@
 
     python -m local_aws.endpoint_host --model PATH --port N
         [--host 127.0.0.1] [--workers 1] [--torch-threads CORES/WORKERS]
-        [--max-batch-size 1] [--max-batch-wait-ms 0] [--request-threads 16]
+        [--max-batch-size 8] [--max-batch-wait-ms 0] [--request-threads 16]
 
 `--model` is a `model.tar.gz` (checked and unpacked into a temporary directory: no
 absolute paths, no `..`, no links or devices) or an unpacked model directory. The
@@ -16,10 +16,11 @@ input_fn, predict_fn, output_fn):
 
 The server is gunicorn with `--workers` processes; each has `--torch-threads` torch
 threads (default: cores / workers, so the cores are not oversubscribed),
-`--request-threads` connection threads, and one model thread. `--max-batch-size N`
-(>1) turns on dynamic batching: requests waiting in one worker share a forward pass
-of up to N images, waiting at most `--max-batch-wait-ms` for more (0: never wait,
-batch only what queued up while the model was busy).
+`--request-threads` connection threads, and one model thread, which loads the model
+and runs every forward pass. Dynamic batching is on by default: requests waiting in
+one worker share a forward pass of up to `--max-batch-size` images (1 turns it off),
+waiting at most `--max-batch-wait-ms` for more (default 0: never wait, batch only
+what queued up while the model was busy, so a lone request is not delayed).
 
 From Python (what the local SageMaker uses):
 

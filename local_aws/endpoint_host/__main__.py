@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=None, help="per worker; default cores / workers")
-    parser.add_argument("--max-batch-size", type=int, default=1, help="images per forward pass; 1 = no batching")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass; 1 = no batching")
     parser.add_argument("--max-batch-wait-ms", type=float, default=0.0)
     parser.add_argument("--request-threads", type=int, default=16)
     return parser.parse_args(argv)

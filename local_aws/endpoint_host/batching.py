@@ -7,6 +7,10 @@ request runs at once, and under load the batch is whatever queued up during the
 previous forward pass. `max_batch_size=1` turns batching off but keeps one model
 thread, so a worker never runs two forward passes at once (its torch threads would
 fight for the same cores).
+
+`on_start` runs on the model thread before the first batch (the host loads and warms
+up the model there): here, a ResNet-18 forward pass on a thread other than the one
+that loaded the model measured 40 ms p50 instead of 31.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ class DynamicBatcher(Generic[Item, Result]):
     """Runs `run_batch(items) -> results` (same order) on one thread, for many callers."""
 
     def __init__(self, run_batch: Callable[[Sequence[Item]], Sequence[Result]], *, max_batch_size: int = 1,
-                 max_wait_ms: float = 0.0, size_of: Callable[[Item], int] = lambda item: 1):
+                 max_wait_ms: float = 0.0, size_of: Callable[[Item], int] = lambda item: 1,
+                 on_start: Callable[[], None] | None = None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if max_wait_ms < 0:
@@ -45,8 +50,10 @@ class DynamicBatcher(Generic[Item, Result]):
         self._size_of = size_of
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._held: _Job | None = None  # took it from the queue, but it did not fit the last batch
-        self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
+        self._started: Future = Future()
+        self._thread = threading.Thread(target=self._loop, args=(on_start,), name="model", daemon=True)
         self._thread.start()
+        self._started.result()  # on_start's error, if any, is raised here
 
     def submit(self, item: Item) -> Result:
         """Run `item` in the next batch that has room; returns its result or raises its error."""
@@ -85,7 +92,14 @@ class DynamicBatcher(Generic[Item, Result]):
             size += job.size
         return jobs, False
 
-    def _loop(self) -> None:
+    def _loop(self, on_start: Callable[[], None] | None) -> None:
+        try:
+            if on_start is not None:
+                on_start()
+        except BaseException as error:
+            self._started.set_exception(error)
+            return
+        self._started.set_result(None)
         while True:
             first = self._next(None)
             if first is None:

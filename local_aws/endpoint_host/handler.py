@@ -58,14 +58,18 @@ class Handler:
 
     def __init__(self, model_dir: Path, *, max_batch_size: int = 1, max_batch_wait_ms: float = 0.0):
         self.module = load_inference_module(model_dir)
-        self.model = self.module.model_fn(str(model_dir))
+        self.model: Any = None
         can_merge = hasattr(self.module, "merge_requests") and hasattr(self.module, "split_prediction")
         self.batcher: DynamicBatcher = DynamicBatcher(
             self._predict_merged if can_merge else self._predict_each,
             max_batch_size=max_batch_size if can_merge else 1,
             max_wait_ms=max_batch_wait_ms,
             size_of=lambda request: len(getattr(request, "images", ())) or 1,
+            on_start=lambda: self._load(model_dir),  # the model lives on the thread that runs it
         )
+
+    def _load(self, model_dir: Path) -> None:
+        self.model = self.module.model_fn(str(model_dir))
 
     def _predict_merged(self, requests: Sequence[Any]) -> list[Any]:
         if len(requests) == 1:

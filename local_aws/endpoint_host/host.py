@@ -30,7 +30,7 @@ class EndpointHost:
     """One endpoint host process serving `model_tar` (a model.tar.gz or a model directory)."""
 
     def __init__(self, model_tar: Path, port: int | None = None, *, host: str = "127.0.0.1", workers: int = 1,
-                 torch_threads: int | None = None, max_batch_size: int = 1, max_batch_wait_ms: float = 0.0,
+                 torch_threads: int | None = None, max_batch_size: int = 8, max_batch_wait_ms: float = 0.0,
                  log_path: Path | None = None):
         self.model_tar = Path(model_tar)
         self.host = host

@@ -28,7 +28,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     workers: int = 1
     torch_threads: int | None = None  # None: cores // workers
-    max_batch_size: int = 1  # 1: no dynamic batching
+    # Batching on by default: with no wait, a lone request runs at once, and under load a worker's
+    # queued requests share one forward pass (BENCHMARKS: the only way to the in-process ceiling).
+    max_batch_size: int = 8  # 1: no dynamic batching
     max_batch_wait_ms: float = 0.0
     request_threads: int = 16  # connections one worker handles at once (decode runs here)
 

@@ -97,3 +97,20 @@ def test_limits_are_validated():
         DynamicBatcher(lambda items: items, max_batch_size=0)
     with pytest.raises(ValueError):
         DynamicBatcher(lambda items: items, max_wait_ms=-1)
+
+
+def test_on_start_runs_on_the_thread_that_runs_every_batch():
+    seen = []
+    batcher = DynamicBatcher(lambda items: [seen.append(threading.get_ident()) or item for item in items],
+                             max_batch_size=2, on_start=lambda: seen.append(threading.get_ident()))
+    assert batcher.submit(1) == 1 and batcher.submit(2) == 2
+    batcher.close()
+    assert len(seen) == 3 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
+
+
+def test_a_failing_on_start_is_raised_by_the_constructor():
+    def broken_model() -> None:
+        raise OSError("model.pth is missing")
+
+    with pytest.raises(OSError, match="model.pth is missing"):
+        DynamicBatcher(lambda items: items, on_start=broken_model)
