@@ -1,0 +1,77 @@
+"""The live model judged on a job's test split: as the endpoint answers, and refusing bad artefacts."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from dataclasses import replace
+
+import pytest
+
+from training import data
+from training.live_model import LiveModelError, live_test_accuracy
+
+
+@pytest.fixture(scope="module")
+def test_split(digits_splits) -> list[data.Sample]:
+    return [s for s in data.discover({"training": digits_splits}) if s.split == "test"]
+
+
+def live_channel(tmp_path, model_tar):
+    channel = tmp_path / "live"
+    channel.mkdir()
+    shutil.copy(model_tar, channel / "model.tar.gz")
+    return channel
+
+
+def test_the_live_model_scores_what_its_own_job_measured_on_the_same_split(tmp_path, trained_run, test_split):
+    measured = json.loads((trained_run.model_dir / "metadata.json").read_text())["metrics"]["test_accuracy"]
+    accuracy = live_test_accuracy(live_channel(tmp_path, trained_run.model_tar), test_split)
+    assert accuracy == pytest.approx(measured, abs=1.5 / len(test_split))  # one image may flip on rounding
+
+
+def test_a_label_the_live_model_never_learned_is_a_miss(tmp_path, trained_model_tar, test_split):
+    renamed = [replace(sample, label=f"new-{sample.label}") for sample in test_split[:20]]
+    assert live_test_accuracy(live_channel(tmp_path, trained_model_tar), renamed) == 0.0
+
+
+def test_in_memory_pixels_are_used_when_given(tmp_path, trained_model_tar, test_split):
+    seen = []
+
+    def pixels(sample):
+        seen.append(sample)
+        from training.presets import decode_rgb
+        return decode_rgb(sample.path.read_bytes())
+
+    live_test_accuracy(live_channel(tmp_path, trained_model_tar), test_split[:10], pixels)
+    assert seen == test_split[:10]
+
+
+def test_an_empty_channel_a_corrupt_archive_and_a_traversal_are_refused(tmp_path, test_split):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LiveModelError, match="holds no model.tar.gz"):
+        live_test_accuracy(empty, test_split)
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.tar.gz").write_bytes(b"not a tar archive")
+    with pytest.raises(LiveModelError, match="cannot unpack"):
+        live_test_accuracy(corrupt, test_split)
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    with tarfile.open(evil / "model.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(LiveModelError, match="cannot unpack"):
+        live_test_accuracy(evil, test_split)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_no_test_images_is_an_error(tmp_path, trained_model_tar):
+    with pytest.raises(LiveModelError, match="no test images"):
+        live_test_accuracy(live_channel(tmp_path, trained_model_tar), [])
