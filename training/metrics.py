@@ -17,11 +17,14 @@ METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": "valid:accuracy", "Regex": rf"\bvalid_accuracy={_NUMBER}"},
     {"Name": "test:loss", "Regex": rf"\btest_loss={_NUMBER}"},
     {"Name": "test:accuracy", "Regex": rf"\btest_accuracy={_NUMBER}"},
+    {"Name": "live:test_accuracy", "Regex": rf"\blive_test_accuracy={_NUMBER}"},
 ]
 
 # The tuning objective: validation accuracy. The test split stays for the quality gate.
 OBJECTIVE_METRIC = {"Type": "Maximize", "MetricName": "valid:accuracy"}
 GATE_METRIC = "test:accuracy"
+# The live model's accuracy on the same test split (a retraining run's final job measures it).
+LIVE_GATE_METRIC = "live:test_accuracy"
 
 EPOCH_RE = re.compile(r"\bepoch=(\d+)\b")
 
@@ -35,6 +38,10 @@ def epoch_line(epoch: int, train_loss: float, valid_loss: float, valid_accuracy:
 
 def test_line(test_loss: float, test_accuracy: float) -> str:
     return f"test_loss={test_loss:.6f} test_accuracy={test_accuracy:.6f}"
+
+
+def live_test_line(accuracy: float) -> str:
+    return f"live_test_accuracy={accuracy:.6f}"
 
 
 def parse_metrics(text: str, definitions: list[dict[str, str]] = METRIC_DEFINITIONS) -> dict[str, list[float]]:

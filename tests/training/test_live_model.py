@@ -75,3 +75,10 @@ def test_an_empty_channel_a_corrupt_archive_and_a_traversal_are_refused(tmp_path
 def test_no_test_images_is_an_error(tmp_path, trained_model_tar):
     with pytest.raises(LiveModelError, match="no test images"):
         live_test_accuracy(live_channel(tmp_path, trained_model_tar), [])
+
+
+def test_the_live_line_is_its_own_metric_and_never_read_as_the_job_s_test_accuracy():
+    from training.metrics import LIVE_GATE_METRIC, GATE_METRIC, live_test_line, parse_metrics, test_line
+
+    found = parse_metrics("\n".join([test_line(0.3, 0.9), live_test_line(0.8)]))
+    assert found[GATE_METRIC] == [0.9] and found[LIVE_GATE_METRIC] == [0.8]
