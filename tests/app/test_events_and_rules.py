@@ -112,6 +112,16 @@ def test_the_gate(accuracy, live, rules, passed):
     assert gate.judge(description, live, margin=0.01).passed is passed
 
 
+@pytest.mark.parametrize("same_split, stored, passed", [(0.85, 0.95, True), (0.95, 0.85, False)])
+def test_the_gate_prefers_the_live_model_scored_on_the_same_test_split(same_split, stored, passed):
+    description = {"FinalMetricDataList": [{"MetricName": "test:accuracy", "Value": 0.9},
+                                           {"MetricName": "live:test_accuracy", "Value": same_split}]}
+    verdict = gate.judge(description, stored, margin=0.01)
+    assert verdict.passed is passed and "on the same test split" in verdict.reason
+    fallback = gate.judge({"FinalMetricDataList": description["FinalMetricDataList"][:1]}, stored, margin=0.01)
+    assert fallback.passed is not passed and "as stored from its own run" in fallback.reason
+
+
 def test_images_are_recognised_by_their_bytes():
     assert images.check_image(png_bytes(1), 10_000) is None
     assert images.image_format(b"\xff\xd8\xff\xe0rest") == "jpeg"
