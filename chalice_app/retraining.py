@@ -172,6 +172,14 @@ def run_for_job(job_name: str, tags: dict[str, str], expected: str) -> str | Non
     return run_id
 
 
+def _live_artifact() -> str | None:
+    """The live model's model.tar.gz: the final job scores it on its own test split for the gate."""
+    registry = stores().registry
+    live = registry.live()
+    model = registry.get(live["model_version"]) if live else None
+    return model.get("artifact") if model else None
+
+
 @tracer.capture_method
 def on_tuning_change(event: TuningJobStateChange) -> None:
     detail = event.detail
@@ -189,7 +197,7 @@ def on_tuning_change(event: TuningJobStateChange) -> None:
         return
     config = settings()
     tuned = best["TunedHyperParameters"]
-    request = requests.final_training_job_request(config, run_id, tuned)
+    request = requests.final_training_job_request(config, run_id, tuned, _live_artifact())
     try:
         create_or_refuse("create_training_job", request)
     except Refused as refusal:

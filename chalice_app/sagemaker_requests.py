@@ -82,17 +82,18 @@ def parameter_ranges(ranges: dict[str, dict[str, Any]]) -> dict[str, list[dict[s
     return out
 
 
-def input_channels(settings: Settings, run_id: str) -> list[dict[str, Any]]:
-    def channel(name: str, uri: str) -> dict[str, Any]:
-        return {
-            "ChannelName": name,
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
-                                            "S3DataDistributionType": "FullyReplicated"}},
-            "InputMode": "File",
-        }
+def _channel(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
+                                        "S3DataDistributionType": "FullyReplicated"}},
+        "InputMode": "File",
+    }
 
-    return [channel("training", settings.s3_uri(settings.training_prefix)),
-            channel("manifest", settings.s3_uri(manifest_key(settings, run_id)))]
+
+def input_channels(settings: Settings, run_id: str) -> list[dict[str, Any]]:
+    return [_channel("training", settings.s3_uri(settings.training_prefix)),
+            _channel("manifest", settings.s3_uri(manifest_key(settings, run_id)))]
 
 
 def _job_resources(settings: Settings, run_id: str, purpose: str) -> dict[str, Any]:
@@ -144,17 +145,25 @@ def _rule(settings: Settings, name: str) -> dict[str, Any]:
     return {"RuleConfigurationName": name, "RuleEvaluatorImage": settings.rules_image, "RuleParameters": parameters}
 
 
-def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str, str]) -> dict[str, Any]:
-    """The final job: static + best tuned hyperparameters, with Debugger rules and the profiler."""
+def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str, str],
+                               live_artifact: str | None = None) -> dict[str, Any]:
+    """The final job: static + best tuned hyperparameters, with Debugger rules and the profiler.
+
+    `live_artifact` (the live model's model.tar.gz) becomes the `live` channel: the job
+    scores it on its own test split, so the gate compares both models on the same images.
+    """
     hyperparameters = {**static_hyperparameters(settings),
                        **{k: str(v) for k, v in tuned.items() if k not in _TUNER_KEYS}}
     debug_root = settings.s3_uri(f"{settings.output_prefix}debug/{run_id}/")
+    resources = _job_resources(settings, run_id, "final")
+    if live_artifact:
+        resources["InputDataConfig"].append(_channel("live", live_artifact))
     return {
         "TrainingJobName": final_job_name(settings, run_id),
         "HyperParameters": hyperparameters,
         "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
                                    "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
-        **_job_resources(settings, run_id, "final"),
+        **resources,
         # Weights and gradients every N steps (they are large); losses, which the rules
         # compare step to step, ten times as often.
         "DebugHookConfig": {

@@ -53,6 +53,30 @@ def test_a_worse_model_is_rejected_and_the_live_model_untouched(world):
     assert len(world.backend.endpoint_configs) == 1
 
 
+def test_the_next_final_job_scores_the_live_model_on_its_own_test_split_and_the_gate_uses_it(world):
+    first = deploy_model(world, accuracy=0.95)  # as measured on the first run's smaller test split
+    model = world.sagemaker.describe_model(ModelName=f"ip-test-{first['run_id']}")
+    run = run_to_training(world)
+    job = world.sagemaker.describe_training_job(TrainingJobName=run["training_job"])
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels["live"] == model["PrimaryContainer"]["ModelDataUrl"]
+    # On this job's test split the live model scores 0.85: 0.93 beats it, though not the stored 0.95.
+    stubber = _stub_update(world, run, 0.93, f"ip-test-{first['run_id']}", live_accuracy=0.85)
+    aws.use_client("sagemaker", stubber.client)
+    with stubber:
+        training_done(world, run["training_job"], run["run_id"])
+    aws.use_client("sagemaker", None)
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYING", run
+    assert "beats the live 0.8500 (on the same test split)" in run["gate"]
+
+
+def test_the_first_final_job_has_no_live_channel(world):
+    run = run_to_training(world)
+    job = world.sagemaker.describe_training_job(TrainingJobName=run["training_job"])
+    assert "live" not in {c["ChannelName"] for c in job["InputDataConfig"]}
+
+
 @pytest.mark.parametrize("metrics, rules, reason", [
     (0.99, {"Overfit": "IssuesFound", "VanishingGradient": "NoIssuesFound"}, "Debugger rules found issues: Overfit"),
     (None, {}, "reported no test:accuracy"),
@@ -67,14 +91,15 @@ def test_the_gate_vetoes_rule_findings_and_missing_metrics(world, metrics, rules
     assert world.backend.endpoints == {}
 
 
-def _stub_update(world, run: dict, accuracy: float, live_config: str) -> Stubber:
+def _stub_update(world, run: dict, accuracy: float, live_config: str, live_accuracy: float | None = None) -> Stubber:
     """Everything the gate calls for an update, answered by a Stubber: moto has no UpdateEndpoint."""
     config = settings()
     client = aws._make("sagemaker")  # a real client of the same model, but stubbed
     stubber = Stubber(client)
     job = world.sagemaker.describe_training_job(TrainingJobName=run["training_job"])
-    job["FinalMetricDataList"] = [{"MetricName": "test:accuracy", "Value": accuracy,
-                                   "Timestamp": datetime.datetime(2027, 1, 1)}]
+    figures = {"test:accuracy": accuracy, "live:test_accuracy": live_accuracy}
+    job["FinalMetricDataList"] = [{"MetricName": name, "Value": value, "Timestamp": datetime.datetime(2027, 1, 1)}
+                                  for name, value in figures.items() if value is not None]
     job.pop("ResponseMetadata")
     stubber.add_response("describe_training_job", job, {"TrainingJobName": run["training_job"]})
     artifact = job["ModelArtifacts"]["S3ModelArtifacts"]

@@ -164,3 +164,13 @@ def test_the_local_sagemaker_accepts_every_stages_tuning_request(stage):
         requests.final_training_job_request(settings, RUN, {"lr": "0.05"})["HyperParameters"])
     assert hyperparameters["sagemaker_program"] == "training/train.py"
     assert hyperparameters["sagemaker_submit_directory"] == settings.source_dir_uri
+
+
+def test_the_live_model_becomes_the_final_job_s_live_channel():
+    artifact = f"s3://{ENV['BUCKET']}/sagemaker/final/ip-test-r1-final/output/model.tar.gz"
+    request = requests.final_training_job_request(config(), RUN, {}, live_artifact=artifact)
+    validate("CreateTrainingJob", request)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
+    assert channels["live"] == artifact and set(channels) == {"training", "manifest", "live"}
+    tuning = requests.tuning_job_request(config(), RUN)["TrainingJobDefinition"]["InputDataConfig"]
+    assert "live" not in {c["ChannelName"] for c in tuning}
