@@ -216,7 +216,7 @@ class Demo:
         self.mark("uploaded")
         run = self.follow_run(set(), timeout=3600)
         self.mark("first_run_ended")
-        summary["first_run"] = {k: run.get(k) for k in ("run_id", "status", "reason", "model_version",
+        summary["first_run"] = {k: run.get(k) for k in ("run_id", "status", "reason", "gate", "model_version",
                                                           "test_accuracy")}
         if run["status"] != "DEPLOYED":
             self.say(f"the first run ended {run['status']}: {run.get('reason')}")
@@ -240,10 +240,12 @@ class Demo:
         stream.stop()
         self.mark("second_run_ended")
         status, live = self.stack.api("/models/live")
-        summary["second_run"] = {k: second.get(k) for k in ("run_id", "status", "reason", "model_version")}
+        summary["second_run"] = {k: second.get(k) for k in ("run_id", "status", "reason", "gate", "model_version",
+                                                            "test_accuracy")}
         summary["live_model"] = live if status == 200 else None
         summary["during_update"] = stream.report()
-        self.say(f"second run {second['status']}; live model {live.get('model_version') if status == 200 else None}; "
+        self.say(f"second run {second['status']}: {second.get('gate') or second.get('reason')}")
+        self.say(f"live model {live.get('model_version') if status == 200 else None}; "
                  f"during the update {stream.report()}")
         return summary
 
