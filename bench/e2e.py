@@ -69,9 +69,21 @@ def ensure_live_model(stack: StackProcess, images: list[Path], timeout: float = 
     raise TimeoutError(f"no model went live within {timeout} s; see {stack.log_path}")
 
 
+def in_service_endpoint(stack: StackProcess, timeout: float = 300) -> str:
+    """The endpoint's name once it serves (a restarted stack hosts it again, Creating → InService)."""
+    sagemaker = stack.client("sagemaker")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        endpoints = sagemaker.list_endpoints()["Endpoints"]
+        if endpoints and endpoints[0]["EndpointStatus"] == "InService":
+            return endpoints[0]["EndpointName"]
+        time.sleep(1)
+    raise TimeoutError(f"the endpoint was not InService within {timeout} s; see {stack.log_path}")
+
+
 def endpoint_throughput(stack: StackProcess, payloads: list[bytes], clients: int, requests: int) -> float:
     runtime = stack.client("sagemaker-runtime")
-    endpoint = stack.client("sagemaker").list_endpoints()["Endpoints"][0]["EndpointName"]
+    endpoint = in_service_endpoint(stack)
 
     def invoke(index: int) -> None:
         runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/x-image", Accept="application/json",
@@ -85,15 +97,40 @@ def endpoint_throughput(stack: StackProcess, payloads: list[bytes], clients: int
     return requests / (time.perf_counter() - started)
 
 
+def wait_for_predictions(dynamodb, table: str, keys: list[str], timeout: float, window: int = 100) -> dict:
+    """The final prediction items of `keys`, read as they appear.
+
+    Reads only the oldest `window` keys still waiting (BatchGetItem), not the whole table:
+    the poll shares moto with the pipeline it measures, and a scan per poll would cost it
+    time in proportion to every item ever stored.
+    """
+    waiting, stored = list(keys), {}
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        request = {table: {"Keys": [{"image_key": {"S": key}} for key in waiting[:window]], "ConsistentRead": True,
+                           "ProjectionExpression": "image_key, #s, created_at",
+                           "ExpressionAttributeNames": {"#s": "status"}}}
+        while request:
+            answer = dynamodb.batch_get_item(RequestItems=request)
+            for item in answer["Responses"].get(table, []):
+                if item["status"]["S"] in ("OK", "FAILED"):
+                    stored[item["image_key"]["S"]] = item
+            request = answer.get("UnprocessedKeys")
+        waiting = [key for key in waiting if key not in stored]
+        time.sleep(1)
+    return stored
+
+
 def pipeline(stack: StackProcess, files: list[Path], count: int, timeout: float) -> dict:
     s3, dynamodb = stack.client("s3"), stack.client("dynamodb")
     table = next(t for t in dynamodb.list_tables()["TableNames"] if t.endswith("-predictions"))
     prefix = f"incoming/bench-{int(time.time())}-"
+    keys = [f"{prefix}{index:05d}.png" for index in range(count)]
     started_at: dict[str, float] = {}
     lock = threading.Lock()
 
     def upload(index: int) -> None:
-        key = f"{prefix}{index:05d}.png"
+        key = keys[index]
         with lock:
             started_at[key] = time.time()
         s3.upload_file(str(files[index % len(files)]), stack.bucket, key)
@@ -102,16 +139,7 @@ def pipeline(stack: StackProcess, files: list[Path], count: int, timeout: float)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(upload, range(count)))
     uploaded = time.time()
-    stored: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout
-    while len(stored) < count and time.monotonic() < deadline:
-        time.sleep(2)
-        for page in dynamodb.get_paginator("scan").paginate(
-                TableName=table, FilterExpression="begins_with(image_key, :p)",
-                ExpressionAttributeValues={":p": {"S": prefix}}):
-            for item in page["Items"]:
-                if item["status"]["S"] in ("OK", "FAILED"):
-                    stored[item["image_key"]["S"]] = item
+    stored = wait_for_predictions(dynamodb, table, keys, timeout)
     latencies = [float(item["created_at"]["N"]) - started_at[key] for key, item in stored.items()]
     last = max(float(item["created_at"]["N"]) for item in stored.values()) if stored else time.time()
     statuses: dict[str, int] = {}

@@ -5,7 +5,8 @@ deep-copies the tables for its rollback while other threads change them
 ("RuntimeError: dictionary changed size during iteration", a 500 to the client). The
 dispatcher runs batches concurrently, as Lambda does, and every batch writes through
 transactions, so DynamoDB requests are serialised here. Everything else (S3, SQS long
-polls, EventBridge) stays concurrent.
+polls, EventBridge) stays concurrent. moto's SQS is made linear in the queue's depth
+first (`local_aws.moto_sqs`): a deep queue otherwise costs quadratic time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from .moto_sqs import make_sqs_linear
 
 
 def serialise_dynamodb(app: Callable) -> Callable:
@@ -34,6 +37,7 @@ class MotoServer:
     """`MotoServer(host, port).start()`; `url`; `stop()`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        make_sqs_linear()
         application = serialise_dynamodb(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(host, port, application, threaded=True,
                                                    request_handler=MotoRequestHandler)
