@@ -148,12 +148,16 @@ def decode_all(samples: list[Sample], workers: int = 0, keep_bytes: int = 2 << 3
             pixels = None if kept > keep_bytes else pixels
             if pixels is not None:
                 pixels[sample.path] = decoded
+    warn_rejected(rejected)
+    return DecodedImages(good, rejected, pixels)
+
+
+def warn_rejected(rejected: list[tuple[str, str]]) -> None:
     if rejected:
         logger.warning(
             f"skipped {len(rejected)} unreadable image(s)",
             extra={"rejected": len(rejected), "examples": rejected[:5]},
         )
-    return DecodedImages(good, rejected, pixels)
 
 
 def summarise(samples: list[Sample], rejected: list[tuple[str, str]], min_per_class: int = 5) -> DataSummary:

@@ -8,6 +8,7 @@ model this pipeline trained before).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -73,3 +74,14 @@ def load_pretrained(model: models.ResNet, source: str, arch: str, weights_channe
     except ValueError as error:
         raise PretrainedWeightsError(f"weights from {origin} do not fit {arch}: {error}") from error
     return origin
+
+
+def weights_identity(source: str, arch: str, weights_channel: Path | None, seed: int) -> str:
+    """Which starting weights `load_pretrained` gives, as a string: the same string, the same
+    tensors. It names cached trunk features (training.feature_cache)."""
+    if source == "none":
+        return f"random init, seed {seed}"  # train.py seeds torch right before building the model
+    if source == "imagenet" and weights_channel is None:
+        return f"torchvision {arch} IMAGENET1K_V1"
+    path = _state_dict_file(weights_channel if source == "imagenet" else Path(source))
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import io
 import json
 import math
@@ -31,13 +32,12 @@ from aws_lambda_powertools import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from training import artifact, data, metrics
+from training import artifact, data, feature_cache, metrics
 from training.debugger import DebugSession
 from training.model import ARCHS, FREEZE_MODES, FrozenTrunk, ModelSpec, build_model, split_frozen
-from training.pretrained import PretrainedWeightsError, load_pretrained
+from training.pretrained import PretrainedWeightsError, load_pretrained, weights_identity
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
 from training.profiler import Profiler
-from training.report import write_report
 
 logger = Logger(service="training")
 
@@ -93,6 +93,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--min-scale", type=float, default=0.5, help="smallest area fraction of the random resized crop")
     add("--cache-features", default="auto", choices=("auto", "off"),
         help="auto: with a frozen trunk, compute its features once per run and reuse them every epoch")
+    add("--feature-cache", default="", help="share the frozen trunk's features between jobs (the trials of a "
+        "tuning job): s3://bucket/prefix/ or a directory; default: a managed warm pool's cache when the job has one")
+    add("--report", default="on", choices=("on", "off"),
+        help="write the HTML report (curves, confusion matrix, profiler findings); off for tuning trials")
     add("--workers", type=int, default=None, help="DataLoader worker processes (default: 0 when the decoded "
         "images fit in memory, else up to 8)")
     add("--seed", type=int, default=0)
@@ -224,21 +228,36 @@ def main(args: argparse.Namespace) -> dict:
         k: str(v) for k, v in vars(args).items() if isinstance(v, Path)}})
 
     # Data: find, check (corrupt images are skipped and counted), refuse what cannot train.
-    decoded = data.decode_all(data.discover(env.channels, args.data_prefix), workers=min(2, args.workers or 0))
-    samples, rejected = decoded.samples, decoded.rejected
+    # A frozen trunk's features may come from another job (the trials of a tuning job share them):
+    # then no image needs decoding at all.
+    discovered = data.discover(env.channels, args.data_prefix)
+    cache = args.freeze != "none" and args.cache_features == "auto"
+    shared = shared_features(args, env, amp, discovered) if cache else None
+    entry = feature_cache.load(*shared) if shared else None
+    accepted = entry.partition(discovered) if entry else None
+    if accepted:
+        (samples, rejected), pixels = accepted, None
+        data.warn_rejected(rejected)
+    else:
+        if entry:
+            logger.warning("feature cache entry does not fit these samples, computing it again")
+        entry = None
+        decoded = data.decode_all(discovered, workers=min(2, args.workers or 0))
+        samples, rejected, pixels = decoded.samples, decoded.rejected, decoded.pixels
     summary = data.summarise(samples, rejected, args.min_images_per_class)
     # Pixels in memory leave the loader only the transforms: worker processes would cost more than they save.
-    workers = 0 if decoded.pixels is not None else (args.workers if args.workers is not None else min(8, os.cpu_count() or 1))
+    workers = 0 if pixels is not None else (args.workers if args.workers is not None else min(8, os.cpu_count() or 1))
     classes = summary.classes
     logger.info("data", extra={"classes": len(classes), "images": {s: sum(c.values()) for s, c in summary.counts.items()},
                                "rejected": len(rejected)})
 
     # Model: a ResNet with a new head; a frozen trunk is run once and cached when it can be.
     spec = ModelSpec(args.arch, len(classes), args.hidden_units, args.dropout)
+    # Seeded right here: a random-init trunk then depends on the seed alone (cached features are named by it).
+    torch.manual_seed(args.seed)
     model = build_model(spec)
     weights_source = load_pretrained(model, args.pretrained, args.arch, env.channels.get("weights"))
     trunk, tail = split_frozen(model, args.freeze)
-    cache = trunk is not None and args.cache_features == "auto"
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -249,18 +268,27 @@ def main(args: argparse.Namespace) -> dict:
     by_split = {split: [s for s in samples if s.split == split] for split in ("train", "valid", "test")}
 
     def image_stage(split: str, transform, shuffle: bool) -> Stage:
-        dataset = data.ImageDataset(by_split[split], classes, transform, decoded.pixels)
+        dataset = data.ImageDataset(by_split[split], classes, transform, pixels)
         return Stage(make_loader(dataset, args.batch_size, shuffle, workers, pin, args.seed), len(dataset))
 
     if cache:
         # The cached features come from the eval transform: augmentation would defeat the cache.
-        t0 = time.perf_counter()
-        stages = {}
-        for split in ("train", "valid", "test"):
-            features = compute_features(trunk, image_stage(split, eval_preset, False).loader, device, amp)
-            stages[split] = Stage(make_loader(features, args.batch_size, split == "train", 0, False, args.seed), len(features))
+        if entry is None:
+            t0 = time.perf_counter()
+            computed = {split: compute_features(trunk, image_stage(split, eval_preset, False).loader, device, amp)
+                        for split in feature_cache.SPLITS}
+            index = {str(sample.path): i for i, sample in enumerate(discovered)}
+            entry = feature_cache.Entry(
+                features={split: dataset.tensors[0] for split, dataset in computed.items()},
+                targets={split: dataset.tensors[1] for split, dataset in computed.items()},
+                rejected={index[path]: reason for path, reason in rejected})
+            logger.info("cached frozen-trunk features", extra={"seconds": round(time.perf_counter() - t0, 2)})
+            if shared:
+                feature_cache.save(*shared, entry)
+        stages = {split: Stage(make_loader(TensorDataset(entry.features[split], entry.targets[split]), args.batch_size,
+                                           split == "train", 0, False, args.seed), len(entry.targets[split]))
+                  for split in feature_cache.SPLITS}
         network: nn.Module = tail
-        logger.info("cached frozen-trunk features", extra={"seconds": round(time.perf_counter() - t0, 2)})
     else:
         stages = {
             "train": image_stage("train", train_preset, True),
@@ -277,9 +305,9 @@ def main(args: argparse.Namespace) -> dict:
     profiler = Profiler(env.output_dir / "profiler")
     profiler.start()
 
-    # Train; keep the weights of the epoch with the best validation loss.
+    # Train; keep the weights of the epoch with the best validation loss (the tail's: a frozen trunk never changes).
     history: list[dict] = []
-    best = {"loss": math.inf, "state": copy.deepcopy(model.state_dict()), "epoch": 0}
+    best = {"loss": math.inf, "state": copy.deepcopy(tail.state_dict()), "epoch": 0}
     for epoch in range(1, args.epochs + 1):
         train_loss = train_one_epoch(network, stages["train"], criterion, optimizer, scheduler, device, amp, profiler, debug)
         debug.eval()
@@ -287,14 +315,14 @@ def main(args: argparse.Namespace) -> dict:
         print(metrics.epoch_line(epoch, train_loss, valid.loss, valid.accuracy), flush=True)
         history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid.loss, "valid_accuracy": valid.accuracy})
         if valid.loss < best["loss"]:
-            best = {"loss": valid.loss, "state": copy.deepcopy(model.state_dict()), "epoch": epoch}
+            best = {"loss": valid.loss, "state": copy.deepcopy(tail.state_dict()), "epoch": epoch}
         elif args.patience and epoch - best["epoch"] >= args.patience:
             logger.info("early stop", extra={"epoch": epoch, "best_epoch": best["epoch"]})
             break
     profile = profiler.stop()
     debug.close()
 
-    model.load_state_dict(best["state"])
+    tail.load_state_dict(best["state"])
     test = evaluate(network, stages["test"], criterion, device, amp)
     print(metrics.test_line(test.loss, test.accuracy), flush=True)
     seconds = time.perf_counter() - started
@@ -319,11 +347,30 @@ def main(args: argparse.Namespace) -> dict:
     confusion = confusion_matrix(test, len(classes))
     env.output_dir.mkdir(parents=True, exist_ok=True)
     (env.output_dir / "metrics.json").write_text(json.dumps({**metadata, "confusion_matrix": confusion}, indent=2))
-    report = write_report(env.output_dir / "report", history=history, test=test_metrics, confusion=confusion,
-                          classes=classes, profile=profile, hyperparameters=metadata["hyperparameters"])
+    report = None
+    if args.report == "on":
+        from training.report import write_report  # matplotlib: imported only by a job that draws
+
+        report = write_report(env.output_dir / "report", history=history, test=test_metrics, confusion=confusion,
+                              classes=classes, profile=profile, hyperparameters=metadata["hyperparameters"])
     logger.info("done", extra={"seconds": round(seconds, 1), "test_accuracy": test.accuracy,
-                               "model_dir": str(env.model_dir), "report": str(report)})
+                               "model_dir": str(env.model_dir), "report": str(report) if report else None})
     return metadata
+
+
+def shared_features(args: argparse.Namespace, env: SageMakerEnv, amp: bool,
+                    discovered: list[data.Sample]) -> tuple[feature_cache.Store, str] | None:
+    """Where this run's frozen-trunk features are shared, and their entry's name; None when not shared."""
+    try:
+        store = feature_cache.open_store(args.feature_cache)
+    except Exception as error:  # noqa: BLE001 - without its cache, a job still trains
+        logger.warning("feature cache unavailable", extra={"uri": args.feature_cache, "error": str(error)})
+        return None
+    if store is None:
+        return None
+    weights = weights_identity(args.pretrained, args.arch, env.channels.get("weights"), args.seed)
+    trunk = feature_cache.Trunk(args.arch, args.freeze, weights, args.image_size, "cuda-bf16" if amp else "cpu")
+    return store, feature_cache.entry_name(trunk, discovered)
 
 
 def write_failure(reason: str) -> None:
@@ -347,4 +394,8 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    code = run()
+    # Python's last collection walks every object torch and its compiler stack created (~0.6 s
+    # of a tuning trial's few seconds) only to free memory the ending process gives back anyway.
+    gc.freeze()
+    sys.exit(code)
