@@ -237,6 +237,9 @@ class SageMakerBackend:
         self.models: dict[str, Model] = {}
         self.endpoint_configs: dict[str, EndpointConfig] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        # Bumped on every job state change, so a waiting tuner wakes when a trial ends rather than on a timer.
+        self._changes = threading.Condition()
+        self._version = 0
         self.runner = TrainingRunner(self)
         self.tuner = Tuner(self)
         self.fleet = EndpointFleet(self)
@@ -284,6 +287,20 @@ class SageMakerBackend:
 
     # ----- state changes reported by the runners ----------------------------------------
 
+    def changes_seen(self) -> int:
+        with self._changes:
+            return self._version
+
+    def wait_for_change(self, seen: int, timeout: float) -> None:
+        """Return once a job changed after `changes_seen()` said `seen`, or after `timeout` seconds."""
+        with self._changes:
+            self._changes.wait_for(lambda: self._version != seen, timeout)
+
+    def _announce_change(self) -> None:
+        with self._changes:
+            self._version += 1
+            self._changes.notify_all()
+
     def change_training_job(self, name: str, mutate: Callable[[TrainingJob], None]) -> TrainingJob:
         with self.lock:
             job = self.training_jobs[name]
@@ -293,6 +310,7 @@ class SageMakerBackend:
             self._save()
             changed = (job.status, job.secondary_status) != before
             event = events.training_job_event(job.describe(), job.tags) if changed else None
+        self._announce_change()
         if event:
             self.publish(event)
         return job
@@ -307,6 +325,7 @@ class SageMakerBackend:
             event = None
             if tuning.status != before:
                 event = events.tuning_job_event(self._describe_tuning(tuning), tuning.tags)
+        self._announce_change()
         if event:
             self.publish(event)
         return tuning

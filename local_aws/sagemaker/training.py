@@ -6,7 +6,8 @@ Per job, a directory mirrors the container's /opt/ml:
     input/config/           hyperparameters.json, inputdataconfig.json, resourceconfig.json,
                             debughookconfig.json (when DebugHookConfig is set)
     code/                   the unpacked sagemaker_submit_directory (the process's cwd)
-    model/                  SM_MODEL_DIR, tarred to <S3OutputPath>/<job>/output/model.tar.gz
+    model/                  SM_MODEL_DIR, tarred to <S3OutputPath>/<job>/output/model.tar.gz, or with
+                            OutputDataConfig.CompressionType NONE uploaded as it is under .../output/model/
     output/data/            SM_OUTPUT_DATA_DIR, tarred to .../output/output.tar.gz
     output/tensors/         smdebug's tensors, uploaded to DebugHookConfig.S3OutputPath
 
@@ -352,8 +353,13 @@ class TrainingRunner:
     def _upload(self, job: "TrainingJob", workdir: Path, log_path: Path) -> None:
         s3 = aws.s3_client(self.settings.region)
         prefix = output_prefix(job.request, job.name)
-        model_uri = aws.upload_file(s3, _tar_directory(workdir / "model", workdir / "model.tar.gz"),
-                                    aws.join_s3(prefix, "model.tar.gz"))
+        if job.request["OutputDataConfig"].get("CompressionType") == "NONE":
+            # AWS's choice for large models: no time spent compressing weights that barely compress.
+            model_uri = aws.join_s3(prefix, "model") + "/"
+            aws.upload_tree(s3, workdir / "model", model_uri)
+        else:
+            model_uri = aws.upload_file(s3, _tar_directory(workdir / "model", workdir / "model.tar.gz"),
+                                        aws.join_s3(prefix, "model.tar.gz"))
         self.backend.change_training_job(job.name, lambda j: setattr(j, "model_artifacts", model_uri))
         output_data = workdir / "output" / "data"
         if any(output_data.iterdir()):

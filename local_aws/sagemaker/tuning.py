@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 EPOCH = re.compile(r"\bepoch[=:\s]+(\d+)", re.IGNORECASE)
 TERMINAL = ("Completed", "Failed", "Stopped")
-POLL_SECONDS = 0.5
+# The search loop wakes when any job changes; this is only its longest sleep.
+POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +250,7 @@ class Tuner:
         launched = 0
         parallel = min(plan.max_parallel, self.backend.settings.max_running_jobs)
         while True:
+            seen = self.backend.changes_seen()
             tuning = self.backend.tuning_jobs[name]
             while (not tuning.stop_requested and launched < plan.max_jobs and len(running) < parallel
                    and self.backend.running_training_jobs() < self.backend.settings.max_running_jobs):
@@ -270,7 +271,7 @@ class Tuner:
                 self._score(name, plan, study, trial, reporter, self.backend.training_jobs[job_name])
             if not running and (tuning.stop_requested or launched >= plan.max_jobs):
                 break
-            time.sleep(POLL_SECONDS)
+            self.backend.wait_for_change(seen, POLL_SECONDS)
         self._conclude(name)
 
     def _early_stop(self, job_name: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from local_aws.sagemaker import aws
 from local_aws.sagemaker.sourcedir import PROGRAM, build_sourcedir
@@ -49,8 +50,11 @@ def source_hyperparameters(sourcedir_uri: str) -> dict[str, str]:
     return {"sagemaker_program": json.dumps(PROGRAM), "sagemaker_submit_directory": json.dumps(sourcedir_uri)}
 
 
-def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, digits_uri, sourcedir_uri):
+def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, digits_uri, sourcedir_uri, service):
     name = unique("digits-hpo")
+    # The trials share the frozen trunk's features through S3: the first two (started together)
+    # compute them, the later ones load them.
+    shared = {"feature-cache": f"s3://{bucket}/cache/{name}/", "report": "off"}
     sm.create_hyper_parameter_tuning_job(
         HyperParameterTuningJobName=name,
         HyperParameterTuningJobConfig={
@@ -60,7 +64,7 @@ def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, di
                 {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}]},
             "RandomSeed": 7,
         },
-        TrainingJobDefinition={"StaticHyperParameters": {**source_hyperparameters(sourcedir_uri), **STATIC},
+        TrainingJobDefinition={"StaticHyperParameters": {**source_hyperparameters(sourcedir_uri), **STATIC, **shared},
                                **definition(bucket, digits_uri)},
     )
     tuning = wait_for(lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
@@ -83,6 +87,12 @@ def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, di
     assert final["valid:accuracy"] == max(values) and "test:accuracy" in final
     bucket_name, key = aws.split_s3_uri(described["ModelArtifacts"]["S3ModelArtifacts"])
     assert s3.head_object(Bucket=bucket_name, Key=key)["ContentLength"] > 1000
+
+    logs = {c["TrainingJobName"]: requests.get(f"{service.url}/_local/training-jobs/{c['TrainingJobName']}/log",
+                                               timeout=10).text for c in children}
+    hits = [job for job, log in logs.items() if "feature cache hit" in log]
+    assert len(hits) >= 2, {job: log[-1500:] for job, log in logs.items()}
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix=f"cache/{name}/")["Contents"]) == 1
 
 
 def test_a_final_job_runs_its_debugger_rules_and_writes_the_profiler_report(sm, s3, bucket, digits_uri,

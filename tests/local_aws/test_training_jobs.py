@@ -43,6 +43,22 @@ def test_a_job_runs_the_script_and_uploads_its_model(sm, s3, bucket, tiny_source
     assert '"lr": 0.1' in log and "sagemaker_program" not in log.split("hps", 1)[1].splitlines()[0]
 
 
+def test_compression_none_uploads_the_model_directory_as_it_is(sm, s3, bucket, tiny_source):
+    name = unique("uncompressed")
+    definition = job_definition(bucket, tiny_source)
+    definition["OutputDataConfig"]["CompressionType"] = "NONE"
+    sm.create_training_job(TrainingJobName=name, HyperParameters=sdk_hyperparameters("train.py", tiny_source, lr=0.1),
+                           **definition)
+    job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE)
+
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert job["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/output/{name}/output/model/"
+    model = s3.get_object(Bucket=bucket, Key=f"output/{name}/output/model/model.json")["Body"].read()
+    assert json.loads(model) == {"lr": 0.1}
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"output/{name}/output/")["Contents"]
+    assert "model.tar.gz" not in {item["Key"].rsplit("/", 1)[-1] for item in listed}
+
+
 def test_a_failing_script_fails_the_job_with_its_error(sm, bucket, tiny_source):
     job = create_job(sm, bucket, tiny_source, unique("fails"), fail="yes")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -142,3 +143,13 @@ def test_stop_stops_the_running_trials(sm, bucket, tiny_source):
     assert tuning["HyperParameterTuningJobStatus"] == "Stopped"
     assert tuning["TrainingJobStatusCounters"]["InProgress"] == 0
     assert sum(tuning["TrainingJobStatusCounters"].values()) < 6
+
+
+def test_a_waiting_tuner_wakes_when_a_job_changes_not_on_its_timer(sm, bucket, tiny_source, service):
+    seen = service.backend.changes_seen()
+    waiter = threading.Thread(target=service.backend.wait_for_change, args=(seen, 300), daemon=True)
+    waiter.start()
+    request = tuning_request(bucket, tiny_source, "Random", max_jobs=1, parallel=1)
+    run(sm, request)
+    waiter.join(60)
+    assert not waiter.is_alive()  # woken by the jobs' changes, long before its 300 s
