@@ -62,8 +62,16 @@ def sdk_hyperparameters(settings: Settings) -> dict[str, str]:
     }
 
 
+def feature_cache_uri(settings: Settings) -> str:
+    """Where jobs share a frozen trunk's features (training/feature_cache.py). A tuning job's
+    trials cannot share a managed warm pool's cache (tuning jobs keep no warm pool), so they
+    share an S3 prefix, under the one the SageMaker role may write."""
+    return settings.s3_uri(f"{settings.output_prefix}trunk-features/")
+
+
 def static_hyperparameters(settings: Settings) -> dict[str, str]:
-    return {**settings.static_hyperparameters, **sdk_hyperparameters(settings)}
+    return {"feature-cache": feature_cache_uri(settings), **settings.static_hyperparameters,
+            **sdk_hyperparameters(settings)}
 
 
 def parameter_ranges(ranges: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

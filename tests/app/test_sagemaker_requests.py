@@ -80,6 +80,8 @@ def test_tuning_uses_the_seed_ranges_the_objective_and_the_metric_regexes():
     static = definition["StaticHyperParameters"]
     assert static["sagemaker_program"] == '"training/train.py"'
     assert static["sagemaker_submit_directory"] == json.dumps(ENV["SOURCE_DIR_URI"])
+    # The trials share the frozen trunk's features under the prefix the SageMaker role writes.
+    assert static["feature-cache"] == f"s3://{ENV['BUCKET']}/sagemaker/trunk-features/"
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
     assert channels == {"training": f"s3://{ENV['BUCKET']}/training-data/",
                         "manifest": f"s3://{ENV['BUCKET']}/manifests/{RUN}.jsonl"}
@@ -88,6 +90,7 @@ def test_tuning_uses_the_seed_ranges_the_objective_and_the_metric_regexes():
 def test_the_final_job_has_rules_profiler_and_the_final_tag():
     request = requests.final_training_job_request(config(), RUN, {"lr": "0.05", "_tuning_objective_metric": "x"})
     assert request["HyperParameters"]["lr"] == "0.05" and "_tuning_objective_metric" not in request["HyperParameters"]
+    assert request["HyperParameters"]["feature-cache"] == f"s3://{ENV['BUCKET']}/sagemaker/trunk-features/"
     rules = request["DebugRuleConfigurations"]
     assert [r["RuleParameters"]["rule_to_invoke"] for r in rules] == [
         "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"]
