@@ -34,9 +34,17 @@ def _arrival(record: SQSRecord) -> None:
     retraining.record_arrivals(_with_prefix(record, settings().training_prefix))
 
 
-def _image(record: SQSRecord) -> None:
-    for s3_record in _with_prefix(record, settings().incoming_prefix):
-        predictions.classify(s3_record)
+def _uploads(records: list[dict[str, Any]]) -> tuple[dict[str, list[predictions.Upload]], list[str]]:
+    """message id → its uploads under incoming/, and the ids of messages that are not S3 notifications."""
+    batch, unreadable = {}, []
+    for record in map(SQSRecord, records):
+        try:
+            batch[record.message_id] = [predictions.Upload.of(r)
+                                        for r in _with_prefix(record, settings().incoming_prefix)]
+        except Exception:  # noqa: BLE001 - delivered again, then dead-lettered by the queue's redrive policy
+            logger.exception("message is not an S3 notification", extra={"message_id": record.message_id})
+            unreadable.append(record.message_id)
+    return batch, unreadable
 
 
 @tracer.capture_lambda_handler
@@ -55,9 +63,11 @@ def training_data(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path=_SQS_CORRELATION, clear_state=True)
 @metrics.log_metrics
 def incoming_images(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """A batch of S3 notifications for incoming/: one prediction item per image."""
-    return process_partial_response(event=event, record_handler=_image,
-                                    processor=_processor(), context=context)
+    """A batch of S3 notifications for incoming/, classified together: one prediction item per image.
+    The answer is the SQS partial batch response (`batchItemFailures`), as BatchProcessor gives."""
+    batch, unreadable = _uploads(event["Records"])
+    failed = unreadable + predictions.classify_messages(batch)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
 @tracer.capture_lambda_handler

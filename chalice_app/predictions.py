@@ -1,36 +1,68 @@
-"""Predictions: an image under incoming/ → the endpoint → one item in the predictions table.
+"""Predictions: images under incoming/ → the endpoint → one item each in the predictions table.
+
+A batch of SQS messages is classified together: one read finds the images already
+final (redeliveries), one registry read and one InvokeEndpoint per group of images
+serve the rest (the endpoint runs one batched forward pass), and each image's item
+is written on its own. Each image still succeeds or fails alone.
 
 Nothing is dropped: an image before any endpoint is PENDING (re-driven when a
 model goes live), a bad image is FAILED with the reason, and anything transient
-(throttling, a 5xx) raises so the SQS batch reports that record as failed and
-SQS delivers it again.
+(throttling, a 5xx) is that record's failure in the batch response, so SQS
+delivers it again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
 from urllib.parse import quote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
-from . import aws, clock, images
+from . import aws, clock, images, invocations
 from .config import settings
 from .events import S3Record
 from .observability import logger, metrics, tracer
 from .pipeline import stores
 
-CONTENT_TYPE = "application/x-image"
 _NO_ENDPOINT = ("not found", "Could not find", "not in service", "InService")
 
 
-def top_labels(body: bytes, k: int) -> tuple[list[dict[str, Any]], str]:
-    """The endpoint's answer for one image: its k most probable labels and the model version."""
-    payload = json.loads(body)
-    ranked = sorted(payload["predictions"][0], key=lambda p: p["probability"], reverse=True)
-    return [{"label": p["label"], "probability": float(p["probability"])} for p in ranked[:k]], payload["model_version"]
+@dataclass(frozen=True)
+class Upload:
+    """One S3 notification for incoming/: the object's key and the eTag it announced."""
+
+    key: str
+    etag: str
+
+    @classmethod
+    def of(cls, record: S3Record) -> "Upload":
+        return cls(record.key, record.etag.strip('"'))
+
+
+@dataclass(frozen=True)
+class Image:
+    """An upload's bytes, with the eTag of the object as read (a newer upload may have replaced it)."""
+
+    upload: Upload
+    etag: str
+    data: bytes
+
+
+# The status stored for an upload ("DUPLICATE" when a redelivery found it final), or the
+# error that sends its SQS message back for another delivery.
+Outcome = Union[str, Exception]
+
+
+def _attempt(step: Callable[..., Outcome], *args: Any, **kwargs: Any) -> Outcome:
+    try:
+        return step(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - this record alone is retried by SQS
+        return error
 
 
 def _is_bad_input(error: ClientError) -> bool:
@@ -41,48 +73,117 @@ def _is_bad_input(error: ClientError) -> bool:
     return code in {"ValidationError", "ValidationException"}
 
 
-@tracer.capture_method
-def classify(record: S3Record) -> str:
-    """Classify one uploaded image and store the result; returns the stored status."""
-    config, store = settings(), stores()
-    key = record.key
-    etag = record.etag.strip('"')
-    if store.predictions.is_final(key, etag):
-        return "DUPLICATE"
-    now = clock.now()
+def _endpoint_missing(error: ClientError) -> bool:
+    return (aws.error_code(error) in {"ValidationError", "ValidationException"}
+            and any(s in aws.error_message(error) for s in _NO_ENDPOINT))
+
+
+def classify_messages(batch: Mapping[str, Sequence[Upload]]) -> list[str]:
+    """Classify the uploads of a batch of SQS messages (message id → its uploads); returns the
+    ids of the messages to deliver again: those with an upload that failed transiently."""
+    uploads = [upload for its in batch.values() for upload in its]
     try:
-        obj = aws.client("s3").get_object(Bucket=config.bucket, Key=key)
+        outcomes = classify_batch(uploads)
+    except Exception as error:  # noqa: BLE001 - a batch-wide step failed: every record is retried
+        logger.exception("batch failed; SQS delivers every record again", extra={"size": len(uploads)})
+        outcomes = {upload: error for upload in uploads}
+    failed = []
+    for message_id, its in batch.items():
+        errors = [outcomes[upload] for upload in its if isinstance(outcomes[upload], Exception)]
+        if errors:
+            logger.warning("record failed; SQS delivers it again", exc_info=errors[0],
+                           extra={"message_id": message_id, "keys": [upload.key for upload in its]})
+            failed.append(message_id)
+    return failed
+
+
+@tracer.capture_method
+def classify_batch(uploads: Sequence[Upload]) -> dict[Upload, Outcome]:
+    """Classify these uploads together; each one's outcome."""
+    unique = list(dict.fromkeys(uploads))
+    final = stores().predictions.final_etags(upload.key for upload in unique)
+    outcomes: dict[Upload, Outcome] = {u: "DUPLICATE" for u in unique if final.get(u.key) == u.etag}
+    readable: list[Image] = []
+    for upload in unique:
+        if upload not in outcomes:
+            read = _attempt(_read, upload)
+            if isinstance(read, Image):
+                readable.append(read)
+            else:
+                outcomes[upload] = read
+    if readable:
+        outcomes.update(_classify(readable))
+    return outcomes
+
+
+def _read(upload: Upload) -> Image | str:
+    """The object's bytes, or the status stored for an object that cannot be classified."""
+    config = settings()
+    try:
+        obj = aws.client("s3").get_object(Bucket=config.bucket, Key=upload.key)
     except ClientError as error:
         if aws.error_code(error) in {"NoSuchKey", "404"}:
-            store.predictions.save(key, etag, "FAILED", now, error="the object no longer exists")
-            return "FAILED"
+            return _save(upload.key, upload.etag, "FAILED", error="the object no longer exists")
         raise
-    etag = obj.get("ETag", etag).strip('"')
+    etag = obj.get("ETag", upload.etag).strip('"')
     if obj["ContentLength"] > config.max_image_bytes:
         obj["Body"].close()
         reason = f"the object is {obj['ContentLength']} bytes, over the {config.max_image_bytes}-byte limit"
-        return _save(key, etag, "FAILED", error=reason)
+        return _save(upload.key, etag, "FAILED", error=reason)
     data = obj["Body"].read()
     reason = images.check_image(data, config.max_image_bytes)
     if reason:
-        return _save(key, etag, "FAILED", error=reason)
-    if store.registry.live() is None:
-        return _save(key, etag, "PENDING", error="no model is live yet")
+        return _save(upload.key, etag, "FAILED", error=reason)
+    return Image(upload, etag, data)
+
+
+def _store_each(group: Sequence[Image], status: str, **fields: Any) -> dict[Upload, Outcome]:
+    return {image.upload: _attempt(_save, image.upload.key, image.etag, status, **fields) for image in group}
+
+
+def _classify(readable: Sequence[Image]) -> dict[Upload, Outcome]:
+    if stores().registry.live() is None:
+        return _store_each(readable, "PENDING", error="no model is live yet")
+    outcomes: dict[Upload, Outcome] = {}
+    for indices in invocations.groups([len(image.data) for image in readable]):
+        group = [readable[index] for index in indices]
+        try:
+            outcomes.update(_invoke(group))
+        except Exception as error:  # noqa: BLE001 - transient (throttled, 5xx, timeout): SQS delivers them again
+            outcomes.update({image.upload: error for image in group})
+    return outcomes
+
+
+def _invoke(group: Sequence[Image]) -> dict[Upload, Outcome]:
+    """One InvokeEndpoint for the group; transient errors raise."""
+    config = settings()
     started = time.perf_counter()
     try:
         response = aws.client("sagemaker-runtime").invoke_endpoint(
-            EndpointName=config.endpoint_name, ContentType=CONTENT_TYPE, Accept="application/json", Body=data)
+            **invocations.invoke_request(config.endpoint_name, [image.data for image in group]))
     except ClientError as error:
-        message = aws.error_message(error)
-        if aws.error_code(error) in {"ValidationError", "ValidationException"} and any(s in message for s in _NO_ENDPOINT):
-            return _save(key, etag, "PENDING", error=message)
-        if _is_bad_input(error):
-            return _save(key, etag, "FAILED", error=message)
-        raise
+        if _endpoint_missing(error):
+            return _store_each(group, "PENDING", error=aws.error_message(error))
+        if not _is_bad_input(error):
+            raise
+        if len(group) == 1:
+            return _store_each(group, "FAILED", error=aws.error_message(error))
+        # The endpoint refuses a request when one of its images is bad: ask for each alone,
+        # so the bad one is FAILED with its own reason and the others are classified.
+        return {upload: outcome for image in group for upload, outcome in _invoke_alone(image).items()}
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
-    labels, version = top_labels(response["Body"].read(), config.top_k)
+    labels, version = invocations.labels_per_image(response["Body"].read(), len(group), config.top_k)
     metrics.add_metric(name="InvocationLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
-    return _save(key, etag, "OK", labels=labels, model_version=version, latency_ms=latency_ms)
+    return {image.upload: _attempt(_save, image.upload.key, image.etag, "OK", labels=labels_of_image,
+                                   model_version=version, latency_ms=latency_ms)
+            for image, labels_of_image in zip(group, labels)}
+
+
+def _invoke_alone(image: Image) -> dict[Upload, Outcome]:
+    try:
+        return _invoke([image])
+    except Exception as error:  # noqa: BLE001 - transient: this record alone is retried
+        return {image.upload: error}
 
 
 def _save(key: str, etag: str, status: str, **fields: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +21,7 @@ from .. import aws
 from .items import dynamo, plain, query_all
 
 FINAL = ("OK", "FAILED")
+_BATCH_GET_KEYS = 100  # BatchGetItem's limit
 # One partition for the newest-first listing: fine for this product's write rate
 # (one item per image); shard the feed key if uploads ever exceed ~1000/s.
 FEED = "all"
@@ -49,9 +51,19 @@ class Predictions:
         item = self._table.get_item(Key={"image_key": image_key}, ConsistentRead=True).get("Item")
         return plain(item) if item else None
 
-    def is_final(self, image_key: str, etag: str) -> bool:
-        item = self.get(image_key)
-        return bool(item and item.get("etag") == etag and item.get("status") in FINAL)
+    def final_etags(self, image_keys: Iterable[str]) -> dict[str, str]:
+        """image key -> the eTag of its final (OK/FAILED) result, for the keys that have one."""
+        keys, found = sorted(set(image_keys)), {}
+        for start in range(0, len(keys), _BATCH_GET_KEYS):
+            request: dict[str, Any] | None = {self._table.name: {
+                "Keys": [{"image_key": key} for key in keys[start:start + _BATCH_GET_KEYS]], "ConsistentRead": True,
+                "ProjectionExpression": "image_key, etag, #status", "ExpressionAttributeNames": {"#status": "status"}}}
+            while request:
+                answer = self._table.meta.client.batch_get_item(RequestItems=request)
+                found.update({item["image_key"]: item["etag"] for item in answer["Responses"].get(self._table.name, [])
+                              if item.get("status") in FINAL})
+                request = answer.get("UnprocessedKeys") or None
+        return found
 
     def save(self, image_key: str, etag: str, status: str, now: float, **fields: Any) -> bool:
         """Write the result; False when a final result for this eTag is already there."""

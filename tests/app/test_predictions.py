@@ -1,33 +1,107 @@
-"""Prediction scenarios: incoming/ → SQS → Lambda → endpoint → predictions table."""
+"""Prediction scenarios: incoming/ → SQS → Lambda → endpoint → predictions table.
+
+A batch of SQS messages is classified together (one InvokeEndpoint for several images);
+each record still succeeds or fails on its own. moto's runtime cannot take an image
+body, so the endpoint is played by botocore's Stubber, which checks every request.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+
+from chalice_app import invocations
 
 from .conftest import ENV, png_bytes
 from .test_retraining import deploy_model
 
 FN, QUEUE = "on_incoming_image", ENV["INCOMING_QUEUE"]
+LABELS = (("3", 0.7), ("8", 0.2), ("5", 0.06), ("1", 0.04))
 
 
-def answer(version: str = "m1", labels=(("3", 0.7), ("8", 0.2), ("5", 0.06), ("1", 0.04))) -> dict:
-    """The endpoint's output contract for one image."""
-    return {"model_version": version, "num_classes": 10,
-            "predictions": [[{"label": label, "probability": p} for label, p in reversed(labels)]]}
+def answer(version: str = "m1", images: int = 1, labels=LABELS) -> dict:
+    """The endpoint's output contract: one row of labels per image (here least probable first)."""
+    row = [{"label": label, "probability": p} for label, p in reversed(labels)]
+    return {"model_version": version, "num_classes": 10, "predictions": [row] * images}
+
+
+class Images:
+    """Matches the body of an InvokeEndpoint request that carries these images: raw for one,
+    the JSON batch for several."""
+
+    def __init__(self, *images: bytes) -> None:
+        self.images = list(images)
+
+    def __eq__(self, body: object) -> bool:
+        if len(self.images) == 1:
+            return body == self.images[0]
+        return [base64.b64decode(text) for text in json.loads(body)["images"]] == self.images
+
+    def __repr__(self) -> str:
+        return f"Images({len(self.images)} images)"
+
+
+@contextmanager
+def endpoint(*calls: tuple[Images, Any]):
+    """The runtime expects these requests, in order, and answers each: the endpoint's JSON, or
+    an error (code, message, HTTP status)."""
+    from chalice_app import aws
+
+    stubber = Stubber(aws._make("sagemaker-runtime"))
+    for images, reply in calls:
+        content_type = invocations.IMAGE_TYPE if len(images.images) == 1 else invocations.JSON_TYPE
+        expected = {"EndpointName": ENV["ENDPOINT_NAME"], "ContentType": content_type,
+                    "Accept": invocations.JSON_TYPE, "Body": images}
+        if isinstance(reply, tuple):
+            code, message, status = reply
+            stubber.add_client_error("invoke_endpoint", service_error_code=code, service_message=message,
+                                     http_status_code=status, expected_params=expected)
+        else:
+            body = json.dumps(reply).encode()
+            stubber.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)),
+                                                     "ContentType": invocations.JSON_TYPE}, expected)
+    aws.use_client("sagemaker-runtime", stubber.client)
+    try:
+        with stubber:
+            yield stubber
+            stubber.assert_no_pending_responses()
+    finally:
+        aws.use_client("sagemaker-runtime", None)
 
 
 def prediction(world, name: str) -> dict:
     return world.client.http.get(f"/predictions/{name}").json_body
 
 
+def deliver_once(world, *calls) -> dict:
+    """One Lambda invocation for what is queued, as Lambda's poller does it: delete what
+    succeeded, leave the reported failures to SQS. Returns the response and the messages."""
+    messages = world.receive(QUEUE)
+    with endpoint(*calls):
+        payload = world.client.lambda_.invoke(FN, world.lambda_event(QUEUE, messages)).payload
+    failed = {item["itemIdentifier"] for item in payload["batchItemFailures"]}
+    for message in messages:
+        if message["MessageId"] not in failed:
+            world.sqs.delete_message(QueueUrl=world.queue_url(QUEUE), ReceiptHandle=message["ReceiptHandle"])
+    return {"payload": payload, "messages": messages, "failed": failed}
+
+
 def test_predictions_before_any_endpoint_are_pending_then_ok_after_in_service(world):
-    for index in range(3):
-        world.upload(f"incoming/early-{index}.png", png_bytes(index))
+    pictures = [png_bytes(index) for index in range(3)]
+    for index, picture in enumerate(pictures):
+        world.upload(f"incoming/early-{index}.png", picture)
     world.drain(FN, QUEUE)
     assert [prediction(world, f"early-{i}.png")["status"] for i in range(3)] == ["PENDING"] * 3
     run = deploy_model(world)  # InService re-drives the pending images onto the queue
     assert run["status"] == "DEPLOYED"
-    with world.endpoint(*[answer("v-live")] * 3):
+    with endpoint((Images(*pictures), answer("v-live", images=3))):  # one request for the batch
         world.drain(FN, QUEUE)
     for index in range(3):
         item = prediction(world, f"early-{index}.png")
@@ -52,46 +126,91 @@ def test_bad_images_fail_with_a_reason_and_nothing_is_dropped(world):
 
 def test_every_event_delivered_twice_makes_one_prediction(world):
     deploy_model(world)
-    world.upload("incoming/a.png", png_bytes(5))
-    world.upload("incoming/b.png", png_bytes(6))
-    with world.endpoint(answer("v1"), answer("v1")):  # two answers: a third call would fail the stub
+    a, b = png_bytes(5), png_bytes(6)
+    world.upload("incoming/a.png", a)
+    world.upload("incoming/b.png", b)
+    with endpoint((Images(a, b), answer("v1", images=2))):  # the second delivery calls nothing
         world.drain(FN, QUEUE, duplicate=True)
     items = world.client.http.get("/predictions").json_body["items"]
     assert sorted(item["image_key"] for item in items) == ["incoming/a.png", "incoming/b.png"]
     assert {item["status"] for item in items} == {"OK"}
 
 
-def deliver_once(world, *answers) -> dict:
-    """One Lambda invocation for what is queued; returns its response and the messages."""
-    messages = world.receive(QUEUE)
-    with world.endpoint(*answers):
-        payload = world.client.lambda_.invoke(FN, world.lambda_event(QUEUE, messages)).payload
-    failed = {item["itemIdentifier"] for item in payload["batchItemFailures"]}
-    for message in messages:  # as Lambda does: delete what succeeded, leave the failures to SQS
-        if message["MessageId"] not in failed:
-            world.sqs.delete_message(QueueUrl=world.queue_url(QUEUE), ReceiptHandle=message["ReceiptHandle"])
-    return {"payload": payload, "messages": messages}
-
-
-def test_the_endpoint_rejecting_an_image_fails_it_and_a_transient_error_retries_only_that_record(world):
+def test_a_notification_delivered_twice_in_one_batch_is_classified_once(world):
     deploy_model(world)
-    world.upload("incoming/odd.png", png_bytes(7))
-    result = deliver_once(world, ("ModelError", "cannot identify image file", 400))
+    picture = png_bytes(4)
+    world.upload("incoming/twice.png", picture)
+    [message] = world.receive(QUEUE)
+    world.sqs.send_message(QueueUrl=world.queue_url(QUEUE), MessageBody=message["Body"])  # SQS's at-least-once
+    result = deliver_once(world, (Images(picture), answer("v1")))
+    assert len(result["messages"]) == 2 and result["failed"] == set()
+    assert prediction(world, "twice.png")["status"] == "OK"
+
+
+def test_one_bad_image_in_a_batch_fails_alone_and_the_others_are_classified(world):
+    deploy_model(world)
+    good, bad, other = png_bytes(1), png_bytes(2)[:40], png_bytes(3)  # a truncated PNG passes the magic bytes
+    for name, picture in (("good", good), ("bad", bad), ("other", other)):
+        world.upload(f"incoming/{name}.png", picture)
+    result = deliver_once(
+        world,
+        (Images(good, bad, other), ("ModelError", "images[1]: image file is truncated", 400)),
+        (Images(good), answer("v1")),  # then each image alone
+        (Images(bad), ("ModelError", "body: image file is truncated", 400)),
+        (Images(other), answer("v1")))
     assert result["payload"] == {"batchItemFailures": []}
+    assert prediction(world, "good.png")["status"] == prediction(world, "other.png")["status"] == "OK"
+    failed = prediction(world, "bad.png")
+    assert failed["status"] == "FAILED" and "image file is truncated" in failed["error"]
+
+
+def test_a_5xx_for_the_batch_retries_every_record_and_the_redelivery_stores_them(world):
+    deploy_model(world)
+    pictures = [png_bytes(index) for index in range(3)]
+    for index, picture in enumerate(pictures):
+        world.upload(f"incoming/later-{index}.png", picture)
+    result = deliver_once(world, (Images(*pictures), ("InternalFailure", "the model server is restarting", 500)))
+    assert result["failed"] == {m["MessageId"] for m in result["messages"]} and len(result["failed"]) == 3
+    assert all(world.client.http.get(f"/predictions/later-{i}.png").status_code == 404 for i in range(3))
+    result = deliver_once(world, (Images(*pictures), answer("v1", images=3)))  # SQS delivers them again
+    assert result["failed"] == set()
+    assert [prediction(world, f"later-{i}.png")["status"] for i in range(3)] == ["OK"] * 3
+
+
+def test_a_transient_error_for_one_image_retries_only_its_record(world):
+    deploy_model(world)
+    odd, later = png_bytes(7), png_bytes(8)
+    world.upload("incoming/odd.png", odd)
+    world.upload("incoming/later.png", later)
+    result = deliver_once(
+        world,
+        (Images(odd, later), ("ModelError", "images[0]: cannot identify image file", 400)),
+        (Images(odd), ("ModelError", "body: cannot identify image file", 400)),
+        (Images(later), ("ThrottlingException", "slow down", 400)))
+    [retried] = [m for m in result["messages"] if m["MessageId"] in result["failed"]]
+    assert "later.png" in retried["Body"] and len(result["failed"]) == 1
     item = prediction(world, "odd.png")
     assert item["status"] == "FAILED" and "cannot identify image file" in item["error"]
-
-    world.upload("incoming/later.png", png_bytes(8))
-    result = deliver_once(world, ("ThrottlingException", "slow down", 400))
-    [failure] = result["payload"]["batchItemFailures"]
-    assert failure["itemIdentifier"] == result["messages"][0]["MessageId"]
     assert world.client.http.get("/predictions/later.png").status_code == 404, "not stored: SQS delivers it again"
+
+
+def test_a_message_that_is_not_an_s3_notification_fails_alone(world):
+    deploy_model(world)
+    picture = png_bytes(9)
+    world.upload("incoming/fine.png", picture)
+    world.sqs.send_message(QueueUrl=world.queue_url(QUEUE), MessageBody="not json")
+    result = deliver_once(world, (Images(picture), answer("v1")))
+    [garbage] = [m for m in result["messages"] if m["Body"] == "not json"]
+    assert result["failed"] == {garbage["MessageId"]}
+    assert prediction(world, "fine.png")["status"] == "OK"
 
 
 def test_an_endpoint_that_is_gone_leaves_the_image_pending(world):
     deploy_model(world)
-    world.upload("incoming/x.png", png_bytes(9))
-    deliver_once(world, ("ValidationError", f"Endpoint {ENV['ENDPOINT_NAME']} of account 1 not found.", 400))
+    picture = png_bytes(9)
+    world.upload("incoming/x.png", picture)
+    deliver_once(world, (Images(picture), ("ValidationError", f"Endpoint {ENV['ENDPOINT_NAME']} of account 1 not found.",
+                                           400)))
     assert prediction(world, "x.png")["status"] == "PENDING"
 
 
@@ -102,3 +221,30 @@ def test_redriven_messages_look_like_s3_notifications(world):
     [record] = s3_records(redrive_message("b", "incoming/a b+c.png", "abc"))
     assert (record.bucket, record.key, record.etag) == ("b", "incoming/a b+c.png", "abc")
     assert json.loads(redrive_message("b", "k", "e"))["Records"][0]["eventName"].startswith("ObjectCreated")
+
+
+# --- the requests, as pure functions ------------------------------------------------------
+
+
+def test_groups_keep_order_and_both_limits():
+    assert invocations.groups([10] * 5, max_images=2) == [[0, 1], [2, 3], [4]]
+    # 3 bytes of image take 4 of base64 plus quotes and a comma: two fit in 13 + 16 bytes, three do not.
+    assert invocations.groups([3, 3, 3], max_bytes=len('{"images": []}') + 16) == [[0, 1], [2]]
+    assert invocations.groups([100, 6 * 1024 * 1024, 100]) == [[0], [1], [2]]  # too large to share a body
+    assert invocations.groups([]) == []
+
+
+def test_requests_carry_one_image_raw_and_several_as_json():
+    one = invocations.invoke_request("ep", [b"\x89PNG1"])
+    assert one == {"EndpointName": "ep", "ContentType": "application/x-image", "Accept": "application/json",
+                   "Body": b"\x89PNG1"}
+    several = invocations.invoke_request("ep", [b"\x89PNG1", b"\xff\xd8\xff2"])
+    assert several["ContentType"] == "application/json"
+    assert [base64.b64decode(t) for t in json.loads(several["Body"])["images"]] == [b"\x89PNG1", b"\xff\xd8\xff2"]
+
+
+def test_an_answer_with_a_row_per_image_or_an_error():
+    labels, version = invocations.labels_per_image(json.dumps(answer("v2", images=2)).encode(), 2, k=2)
+    assert version == "v2" and labels == [[{"label": "3", "probability": 0.7}, {"label": "8", "probability": 0.2}]] * 2
+    with pytest.raises(ValueError, match="1 predictions for 2 images"):
+        invocations.labels_per_image(json.dumps(answer()).encode(), 2, k=2)

@@ -1,0 +1,69 @@
+"""InvokeEndpoint for a batch of images: the groups, the requests and the answers (pure functions).
+
+One image travels as it is (`application/x-image`). Several travel in one
+`application/json` body, `{"images": ["<base64>", ...]}`, which the endpoint's
+`inference.py` decodes into one batched forward pass; its answer holds one row of
+labels per image, in order:
+
+    {"model_version": str, "num_classes": int,
+     "predictions": [[{"label": str, "probability": float}, ...], ...per image]}
+
+Groups keep each request under InvokeEndpoint's payload limit and the endpoint's own
+limit of images per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+IMAGE_TYPE = "application/x-image"
+JSON_TYPE = "application/json"
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's request payload limit
+MAX_IMAGES_PER_REQUEST = 64  # the endpoint's (inference.MAX_IMAGES_PER_REQUEST)
+_JSON_FRAME = len('{"images": []}')
+
+
+def _json_cost(size: int) -> int:
+    """Bytes an image of `size` bytes adds to the JSON body: base64, quotes, separator."""
+    return 4 * ((size + 2) // 3) + 4
+
+
+def groups(sizes: Sequence[int], max_bytes: int = MAX_PAYLOAD_BYTES,
+           max_images: int = MAX_IMAGES_PER_REQUEST) -> list[list[int]]:
+    """The images' indices, in order, packed into requests within the limits. An image too
+    large to share a JSON body goes alone (as raw bytes, which it fits)."""
+    packed: list[list[int]] = []
+    current: list[int] = []
+    used = _JSON_FRAME
+    for index, size in enumerate(sizes):
+        cost = _json_cost(size)
+        if current and (len(current) == max_images or used + cost > max_bytes):
+            packed.append(current)
+            current, used = [], _JSON_FRAME
+        current.append(index)
+        used += cost
+    if current:
+        packed.append(current)
+    return packed
+
+
+def invoke_request(endpoint_name: str, images: Sequence[bytes]) -> dict[str, Any]:
+    """InvokeEndpoint's parameters for these images."""
+    if len(images) == 1:
+        return {"EndpointName": endpoint_name, "ContentType": IMAGE_TYPE, "Accept": JSON_TYPE, "Body": images[0]}
+    body = json.dumps({"images": [base64.b64encode(image).decode("ascii") for image in images]})
+    return {"EndpointName": endpoint_name, "ContentType": JSON_TYPE, "Accept": JSON_TYPE, "Body": body.encode()}
+
+
+def labels_per_image(body: bytes, count: int, k: int) -> tuple[list[list[dict[str, Any]]], str]:
+    """Each image's k most probable labels (most probable first), and the model version."""
+    payload = json.loads(body)
+    rows = payload["predictions"]
+    if len(rows) != count:
+        raise ValueError(f"the endpoint answered {len(rows)} predictions for {count} images")
+    ranked = [sorted(row, key=lambda p: p["probability"], reverse=True)[:k] for row in rows]
+    return ([[{"label": p["label"], "probability": float(p["probability"])} for p in row] for row in ranked],
+            payload["model_version"])
