@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from training import artifact, data, feature_cache, metrics
 from training.debugger import DebugSession
+from training.live_model import LiveModelError, live_test_accuracy
 from training.model import ARCHS, FREEZE_MODES, FrozenTrunk, ModelSpec, build_model, split_frozen
 from training.pretrained import PretrainedWeightsError, load_pretrained, weights_identity
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
@@ -325,12 +326,15 @@ def main(args: argparse.Namespace) -> dict:
     tail.load_state_dict(best["state"])
     test = evaluate(network, stages["test"], criterion, device, amp)
     print(metrics.test_line(test.loss, test.accuracy), flush=True)
+    live_accuracy = score_live_model(env.channels.get("live"), by_split["test"], pixels)
     seconds = time.perf_counter() - started
 
     # The artefact: weights, classes, the exact eval preprocessing, and the serving code.
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
     test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy}
+    if live_accuracy is not None:
+        test_metrics["live_test_accuracy"] = live_accuracy
     metadata = {
         "version": env.job_name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -371,6 +375,24 @@ def shared_features(args: argparse.Namespace, env: SageMakerEnv, amp: bool,
     weights = weights_identity(args.pretrained, args.arch, env.channels.get("weights"), args.seed)
     trunk = feature_cache.Trunk(args.arch, args.freeze, weights, args.image_size, "cuda-bf16" if amp else "cpu")
     return store, feature_cache.entry_name(trunk, discovered)
+
+
+def score_live_model(channel: Path | None, test_samples: list[data.Sample],
+                     pixels: dict[Path, torch.Tensor] | None) -> float | None:
+    """The live model (the `live` channel) on this job's test split, printed for the quality gate.
+
+    A live model that cannot be scored does not fail the job: the gate then falls back
+    to the figure stored from the live model's own run, and says so.
+    """
+    if channel is None:
+        return None
+    try:
+        accuracy = live_test_accuracy(channel, test_samples, (lambda s: pixels[s.path]) if pixels else None)
+    except LiveModelError as error:
+        logger.warning("the live model could not be scored", extra={"error": str(error)})
+        return None
+    print(metrics.live_test_line(accuracy), flush=True)
+    return accuracy
 
 
 def write_failure(reason: str) -> None:

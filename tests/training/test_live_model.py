@@ -82,3 +82,33 @@ def test_the_live_line_is_its_own_metric_and_never_read_as_the_job_s_test_accura
 
     found = parse_metrics("\n".join([test_line(0.3, 0.9), live_test_line(0.8)]))
     assert found[GATE_METRIC] == [0.9] and found[LIVE_GATE_METRIC] == [0.8]
+
+
+def _final_job(tmp_path, digits_splits, live):
+    from tests.conftest import TINY_HYPERPARAMETERS, run_training_job
+
+    return run_training_job(tmp_path / "job", {"training": digits_splits, "live": live},
+                            {**TINY_HYPERPARAMETERS, "epochs": "1", "freeze": "backbone", "report": "off"})
+
+
+def test_a_job_with_a_live_channel_prints_the_live_model_s_accuracy_on_its_test_split(tmp_path, digits_splits,
+                                                                                    trained_run, test_split):
+    from training.metrics import LIVE_GATE_METRIC, parse_metrics
+
+    job = _final_job(tmp_path, digits_splits, live_channel(tmp_path, trained_run.model_tar))
+    assert job.returncode == 0, job.log[-3000:]
+    [live] = parse_metrics(job.log)[LIVE_GATE_METRIC]
+    measured = json.loads((trained_run.model_dir / "metadata.json").read_text())["metrics"]["test_accuracy"]
+    assert live == pytest.approx(measured, abs=1.5 / len(test_split))
+    assert json.loads((job.model_dir / "metadata.json").read_text())["metrics"]["live_test_accuracy"] == live
+
+
+def test_a_live_model_that_cannot_be_scored_is_a_warning_not_a_failed_job(tmp_path, digits_splits):
+    from training.metrics import LIVE_GATE_METRIC, parse_metrics
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.tar.gz").write_bytes(b"truncated")
+    job = _final_job(tmp_path, digits_splits, broken)
+    assert job.returncode == 0, job.log[-3000:]
+    assert LIVE_GATE_METRIC not in parse_metrics(job.log) and "the live model could not be scored" in job.log
