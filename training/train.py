@@ -42,6 +42,8 @@ from training.profiler import Profiler
 
 logger = Logger(service="training")
 
+FEATURE_BATCH_SIZE = 64  # images per forward pass of a frozen trunk (see main)
+
 
 @dataclass(frozen=True)
 class SageMakerEnv:
@@ -268,15 +270,18 @@ def main(args: argparse.Namespace) -> dict:
     pin = device.type == "cuda"
     by_split = {split: [s for s in samples if s.split == split] for split in ("train", "valid", "test")}
 
-    def image_stage(split: str, transform, shuffle: bool) -> Stage:
+    def image_stage(split: str, transform, shuffle: bool, batch_size: int = args.batch_size) -> Stage:
         dataset = data.ImageDataset(by_split[split], classes, transform, pixels)
-        return Stage(make_loader(dataset, args.batch_size, shuffle, workers, pin, args.seed), len(dataset))
+        return Stage(make_loader(dataset, batch_size, shuffle, workers, pin, args.seed), len(dataset))
 
     if cache:
         # The cached features come from the eval transform: augmentation would defeat the cache.
         if entry is None:
             t0 = time.perf_counter()
-            computed = {split: compute_features(trunk, image_stage(split, eval_preset, False).loader, device, amp)
+            # A fixed batch size: batched kernels round differently per batch size, and trials that
+            # tune the batch size share these features.
+            computed = {split: compute_features(trunk, image_stage(split, eval_preset, False, FEATURE_BATCH_SIZE).loader,
+                                                device, amp)
                         for split in feature_cache.SPLITS}
             index = {str(sample.path): i for i, sample in enumerate(discovered)}
             entry = feature_cache.Entry(

@@ -61,6 +61,14 @@ def test_a_second_job_loads_the_features_and_trains_exactly_as_the_first(tmp_pat
     assert not (second.output_dir / "report").exists()  # --report off
 
 
+def test_trials_tuning_the_batch_size_share_one_entry_and_train_as_if_alone(tmp_path, data_dir):
+    job(tmp_path, "writer", data_dir, tmp_path / "shared", **{"batch-size": "64"})
+    reader = job(tmp_path, "reader", data_dir, tmp_path / "shared", **{"batch-size": "16"})
+    alone = job(tmp_path, "alone", data_dir, tmp_path / "own", **{"batch-size": "16"})
+    assert "feature cache hit" in reader.log and "feature cache miss" in alone.log
+    assert metric_lines(reader.log) == metric_lines(alone.log)
+
+
 def test_changed_images_miss_and_get_their_own_entry(tmp_path, data_dir):
     cache = tmp_path / "cache"
     job(tmp_path, "first", data_dir, cache)
