@@ -7,12 +7,26 @@ dispatcher runs batches concurrently, as Lambda does, and every batch writes thr
 transactions, so DynamoDB requests are serialised here. Everything else (S3, SQS long
 polls, EventBridge) stays concurrent. moto's SQS is made linear in the queue's depth
 first (`local_aws.moto_sqs`): a deep queue otherwise costs quadratic time.
+
+`MotoServer` serves from threads of this process (tests); `MotoProcess` runs it in its
+own interpreter, `python -m local_aws.moto_server --port N`, as the stack does: moto's
+request handling is most of the stack's CPU time under load, and in the stack's
+process it would hold the same GIL as the handlers that call it.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -48,8 +62,11 @@ class MotoServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
     def start(self) -> "MotoServer":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, name="moto", daemon=True)
         self._thread.start()
         return self
 
@@ -58,3 +75,69 @@ class MotoServer:
         self._server.server_close()
         if self._thread:
             self._thread.join(10)
+
+
+class MotoProcess:
+    """`MotoProcess(host, port).start()`: moto in a child process; `url`; `stop()` ends it.
+
+    The child ignores Ctrl-C (a terminal sends it to the whole process group): the stack
+    stops moto itself, after taking its snapshot. It exits by itself if the stack dies.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "MotoProcess":
+        root = Path(__file__).resolve().parent.parent
+        self._process = subprocess.Popen([sys.executable, "-m", "local_aws.moto_server", "--host", self.host,
+                                          "--port", str(self.port)], cwd=root)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto exited with code {self._process.returncode} before it listened")
+            try:
+                socket.create_connection((self.host, self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto did not listen on {self.url} within {timeout} s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m local_aws.moto_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request
+    server = MotoServer(args.host, args.port)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

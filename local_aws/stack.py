@@ -9,10 +9,11 @@ local SageMaker starts (it re-hosts endpoints and announces them); the dispatche
 polls only once everything it calls is up. Stop runs the other way and ends with a
 snapshot of moto, so the next start finds everything where it was.
 
-Everything runs in this process (threads) except what the local SageMaker starts
-(training processes, endpoint hosts), which it stops itself. The handlers run
-in-process too, so this process's environment is the Lambda's: the stage's
-variables plus the endpoint URLs.
+Everything runs in this process (threads) except moto, which has its own interpreter
+(its request handling would otherwise share a GIL with the handlers calling it), and
+what the local SageMaker starts (training processes, endpoint hosts), which it stops
+itself. The handlers run in-process, so this process's environment is the Lambda's:
+the stage's variables plus the endpoint URLs.
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ class Stack:
         return self
 
     def _start_moto(self) -> None:
-        from .moto_server import MotoServer
+        from .moto_server import MotoProcess
 
-        self._moto = MotoServer(self.options.host, self.ports["moto"]).start()
+        self._moto = MotoProcess(self.options.host, self.ports["moto"]).start()
         session = self.session()
         self.restored = moto_state.restore(session, self.state_dir / "moto")
         infra.apply(infra.render(self.stage), session)
