@@ -84,8 +84,9 @@ class Handler:
                headers: Mapping[str, str]) -> Answer:
         """Answer one /invocations request; errors with a status become that status."""
         try:
-            request = self.module.input_fn(body, content_type, headers)
-            prediction = self.batcher.submit(request)
+            with self.batcher.arrival() as submit:
+                request = self.module.input_fn(body, content_type, headers)
+                prediction = submit(request)
             result = self.module.output_fn(prediction, accept)
         except Exception as error:  # noqa: BLE001 - every failure becomes an HTTP answer
             status = getattr(error, "status_code", None)

@@ -114,3 +114,47 @@ def test_a_failing_on_start_is_raised_by_the_constructor():
 
     with pytest.raises(OSError, match="model.pth is missing"):
         DynamicBatcher(lambda items: items, on_start=broken_model)
+
+
+def test_a_batch_waits_for_a_request_that_has_arrived_and_is_still_decoding():
+    run = SlowDoubler(0.0)
+    batcher = DynamicBatcher(run, max_batch_size=8, arrival_wait_ms=2000)
+    decoding, answers = threading.Event(), {}
+
+    def slow_client() -> None:
+        with batcher.arrival() as submit:
+            decoding.set()
+            time.sleep(0.05)  # decoding its image
+            answers["slow"] = submit(2)
+
+    client = threading.Thread(target=slow_client)
+    client.start()
+    decoding.wait()
+    answers["fast"] = batcher.submit(1)
+    client.join()
+    batcher.close()
+    assert answers == {"fast": 2, "slow": 4}
+    assert run.batches == [[1, 2]]
+
+
+def test_an_arrival_that_fails_to_decode_releases_the_waiting_batch():
+    run = SlowDoubler(0.0)
+    batcher = DynamicBatcher(run, max_batch_size=8, arrival_wait_ms=60_000)
+    decoding, failed = threading.Event(), threading.Event()
+
+    def bad_client() -> None:
+        with pytest.raises(ValueError), batcher.arrival():
+            decoding.set()
+            time.sleep(0.05)
+            raise ValueError("corrupt image")
+        failed.set()
+
+    client = threading.Thread(target=bad_client)
+    client.start()
+    decoding.wait()
+    began = time.perf_counter()
+    assert batcher.submit(1) == 2
+    assert time.perf_counter() - began < 30, "the batch stopped waiting when the arrival failed"
+    client.join()
+    batcher.close()
+    assert failed.is_set() and run.batches == [[1]]
