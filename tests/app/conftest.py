@@ -13,15 +13,12 @@ import io
 import json
 import os
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from botocore.response import StreamingBody
-from botocore.stub import ANY, Stubber
 from chalice.test import Client
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -157,31 +154,6 @@ class World:
         job.debug_rule_evaluation_statuses = [
             {"RuleConfigurationName": rule, "RuleEvaluationStatus": status}
             for rule, status in (rules or {}).items()]
-
-    @contextmanager
-    def endpoint(self, *answers: dict[str, Any] | tuple[str, str, int]):
-        """The runtime answers these, in order (moto's runtime cannot take a binary image body):
-        a dict is the endpoint's JSON output, a tuple (code, message, status) an error."""
-        from chalice_app import aws
-
-        stubber = Stubber(aws._make("sagemaker-runtime"))
-        for item in answers:
-            if isinstance(item, tuple):
-                stubber.add_client_error("invoke_endpoint", service_error_code=item[0], service_message=item[1],
-                                         http_status_code=item[2])
-            else:
-                body = json.dumps(item).encode()
-                stubber.add_response("invoke_endpoint", {
-                    "Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"},
-                    {"EndpointName": ENV["ENDPOINT_NAME"], "ContentType": "application/x-image",
-                     "Accept": "application/json", "Body": ANY})
-        aws.use_client("sagemaker-runtime", stubber.client)
-        try:
-            with stubber:
-                yield stubber
-                stubber.assert_no_pending_responses()
-        finally:
-            aws.use_client("sagemaker-runtime", None)
 
 
 @pytest.fixture
