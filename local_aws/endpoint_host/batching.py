@@ -61,11 +61,14 @@ class DynamicBatcher(Generic[Item, Result]):
         self._thread.start()
         self._started.result()  # on_start's error, if any, is raised here
 
-    def submit(self, item: Item) -> Result:
-        """Run `item` in the next batch that has room; returns its result or raises its error."""
+    def _enqueue(self, item: Item) -> Future:
         job: _Job = _Job(item, max(1, self._size_of(item)))
         self._queue.put(job)
-        return job.future.result()
+        return job.future
+
+    def submit(self, item: Item) -> Result:
+        """Run `item` in the next batch that has room; returns its result or raises its error."""
+        return self._enqueue(item).result()
 
     @contextmanager
     def arrival(self) -> Iterator[Callable[[Item], Result]]:
@@ -84,10 +87,9 @@ class DynamicBatcher(Generic[Item, Result]):
                     self._arriving -= 1
 
         def submit(item: Item) -> Result:
-            job: _Job = _Job(item, max(1, self._size_of(item)))
-            self._queue.put(job)  # queued before it stops counting as arriving: no gap to miss it in
+            future = self._enqueue(item)  # queued before it stops counting as arriving: no gap to miss it in
             leave()
-            return job.future.result()
+            return future.result()
 
         with self._arriving_lock:
             self._arriving += 1
