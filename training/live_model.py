@@ -56,10 +56,9 @@ def live_test_accuracy(channel: Path, samples: Sequence[Sample],
 
     pixels = pixels or (lambda sample: decode_rgb(sample.path.read_bytes()))
     with tempfile.TemporaryDirectory(prefix="live-model-") as scratch:
+        model_dir = _model_dir(channel, Path(scratch))
         try:
-            model = inference.model_fn(_model_dir(channel, Path(scratch)))
-        except LiveModelError:
-            raise
+            model = inference.model_fn(model_dir)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise LiveModelError(f"cannot load the live model: {error}") from None
     correct = 0
