@@ -318,14 +318,17 @@ class TrainingRunner:
     def _execute(self, name: str, command: list[str], env: dict[str, str], cwd: Path, log_path: Path,
                  on_line: Callable[[str], None] | None) -> int:
         limit = self.backend.training_jobs[name].request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
-        if self.backend.training_jobs[name].stop_requested:  # stopped while its data was downloading
-            raise JobStopped("The training job was stopped on request")
         with open(log_path, "a", buffering=1) as log:
             log.write(f"Invoking script with the following command:\n{shlex.join(command)}\n")
             process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1, start_new_session=True)
             with self._lock:
                 self._processes[name] = process
+                # A stop that came before the process was registered (while the data downloaded) found
+                # nothing to stop; from here on stop() finds it.
+                stopped_early = self.backend.training_jobs[name].stop_requested
+            if stopped_early:
+                _terminate(process)
             timer = None
             timed_out = threading.Event()
             if limit:
