@@ -50,7 +50,7 @@ def download_prefix(s3, uri: str, target: Path, cache: Path | None = None) -> in
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):
                 jobs.append((item["Key"], item.get("ETag", ""), target / item["Key"][len(base):]))
-    for parent in {local.parent for _, _, local in jobs}:
+    for parent in {local.parent for _, _, local in jobs} | ({cache} if cache is not None else set()):
         parent.mkdir(parents=True, exist_ok=True)
 
     def fetch(job: tuple[str, str, Path]) -> None:
@@ -60,7 +60,6 @@ def download_prefix(s3, uri: str, target: Path, cache: Path | None = None) -> in
             return
         cached = cache / hashlib.sha256(f"{bucket}\0{key}\0{etag}".encode()).hexdigest()
         if not _pristine(cached):
-            cache.mkdir(parents=True, exist_ok=True)
             partial = cached.with_suffix(f".{threading.get_ident()}.part")
             s3.download_file(bucket, key, str(partial))
             os.utime(partial, ns=(PRISTINE_MTIME_NS, PRISTINE_MTIME_NS))

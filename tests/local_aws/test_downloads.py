@@ -5,23 +5,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from local_aws.sagemaker import aws
 
 from .conftest import unique
 
 
-def counting_gets(s3) -> list[str]:
+@pytest.fixture
+def gets(s3):
+    """The keys of the GetObject calls made with the (package-wide) client during one test."""
     calls: list[str] = []
-    s3.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: calls.append(params["Key"]))
-    return calls
+
+    def count(params, **_):
+        calls.append(params["Key"])
+
+    s3.meta.events.register("before-parameter-build.s3.GetObject", count)
+    yield calls
+    s3.meta.events.unregister("before-parameter-build.s3.GetObject", count)
 
 
-def test_a_cached_object_is_fetched_once_and_again_after_a_job_wrote_into_it(s3, bucket, tmp_path):
+def test_a_cached_object_is_fetched_once_and_again_after_a_job_wrote_into_it(s3, bucket, tmp_path, gets):
     prefix = unique("channel")
     for name, body in (("a/1.txt", b"one"), ("b/2.txt", b"two")):
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=body)
     uri, cache = f"s3://{bucket}/{prefix}/", tmp_path / "cache"
-    gets = counting_gets(s3)
 
     assert aws.download_prefix(s3, uri, tmp_path / "job1", cache=cache) == 2
     assert aws.download_prefix(s3, uri, tmp_path / "job2", cache=cache) == 2
