@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .launcher import StackProcess
-from .sagemaker.aws import split_s3_uri
+from .sagemaker.aws import download_prefix, split_s3_uri
 from .stage import REPO_ROOT
 
 TERMINAL = ("DEPLOYED", "REJECTED", "FAILED")
@@ -153,17 +153,6 @@ class Demo:
 
     # --- outputs --------------------------------------------------------------------------
 
-    def download_prefix(self, uri: str, target: Path) -> int:
-        bucket, prefix = split_s3_uri(uri)
-        count = 0
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                local = target / item["Key"][len(prefix):].lstrip("/")
-                local.parent.mkdir(parents=True, exist_ok=True)
-                self.s3.download_file(bucket, item["Key"], str(local))
-                count += 1
-        return count
-
     def collect(self, run: dict[str, Any]) -> dict[str, Any]:
         collected: dict[str, Any] = {}
         trials = self.sm.list_training_jobs_for_hyper_parameter_tuning_job(
@@ -202,7 +191,7 @@ class Demo:
         profiler = job.get("ProfilerConfig", {}).get("S3OutputPath")
         if profiler:
             uri = f"{profiler.rstrip('/')}/{job['TrainingJobName']}/rule-output/ProfilerReport/profiler-output/"
-            collected["profiler_files"] = self.download_prefix(uri, self.out / "profiler")
+            collected["profiler_files"] = download_prefix(self.s3, uri, self.out / "profiler")
         return collected
 
     # --- the scenario ---------------------------------------------------------------------
