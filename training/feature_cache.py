@@ -44,7 +44,7 @@ from training.data import Sample
 logger = Logger(service="training", child=True)
 
 FORMAT = 1  # bump when the entry's layout changes: older entries become misses
-MAGIC = b"trunk-features/1\n"
+MAGIC = f"trunk-features/{FORMAT}\n".encode()
 SPLITS = ("train", "valid", "test")
 WARM_POOL_CACHE_ENV = "SAGEMAKER_MANAGED_WARMPOOL_CACHE_DIRECTORY"
 # The code that decides the features: the eval preprocessing and the trunk's structure.

@@ -223,7 +223,6 @@ def confusion_matrix(result: EpochResult, num_classes: int) -> list[list[int]]:
 
 def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
     env = SageMakerEnv.from_environ(args)
     device = torch.device("cuda" if env.num_gpus > 0 and torch.cuda.is_available() else "cpu")
     amp = device.type == "cuda"  # bf16 autocast: no loss scaling needed
