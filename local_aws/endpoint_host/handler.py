@@ -64,7 +64,7 @@ class Handler:
             self._predict_merged if can_merge else self._predict_each,
             max_batch_size=max_batch_size if can_merge else 1,
             max_wait_ms=max_batch_wait_ms,
-            size_of=lambda request: len(getattr(request, "images", ())) or 1,
+            size_of=lambda request: len(getattr(request, "images", ())),
             on_start=lambda: self._load(model_dir),  # the model lives on the thread that runs it
         )
 

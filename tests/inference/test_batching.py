@@ -70,13 +70,12 @@ def test_a_wait_time_gathers_requests_that_arrive_apart():
 
 def test_sizes_count_images_not_requests():
     run = SlowDoubler()
-    batcher = DynamicBatcher(lambda items: run([sum(i) for i in items]) and [sum(i) for i in items],
-                             max_batch_size=4, size_of=len)
+    batcher = DynamicBatcher(lambda items: run([sum(item) for item in items]), max_batch_size=4, size_of=len)
     results = call_concurrently(batcher, [(1, 1, 1), (2, 2), (3, 3), (4,)])
     batcher.close()
-    assert set(results.values()) == {3, 4, 6}
-    # (1,1,1) runs alone first; the rest never exceed 4 images in one run.
-    assert run.batches[0] == [3]
+    assert results == {(1, 1, 1): 6, (2, 2): 8, (3, 3): 12, (4,): 8}
+    # (1,1,1) runs alone first; then 2 + 2 images fill a run of 4; counting requests would put 3 in one run.
+    assert run.batches == [[3], [4, 6], [4]]
 
 
 def test_a_failing_run_fails_its_callers_and_the_batcher_lives_on():

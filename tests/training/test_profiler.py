@@ -51,7 +51,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_sampler_writes_a_sample_every_half_second(tmp_path):
+def test_sampler_writes_a_sample_every_half_second(tmp_path, monkeypatch):
+    # No GPU to be seen (pynvml fails to import, no nvidia-smi): nothing GPU may be invented.
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     prof = Profiler(tmp_path, interval_s=0.5, trace_steps=None).start()
     time.sleep(1.6)
     summary = prof.stop()
@@ -64,7 +67,7 @@ def test_sampler_writes_a_sample_every_half_second(tmp_path):
         assert 0 <= sample["cpu_percent"] <= 100
         assert len(sample["cpu_per_core"]) == os.cpu_count()
         assert sample["rss_mb"] > 10
-        assert "gpu_util" not in sample  # no GPU on this machine, nothing invented
+        assert "gpu_util" not in sample
     assert summary.cpu_util_mean is not None and summary.peak_rss_mb > 10
     assert summary.gpu_util_mean is None and not summary.gpu_present
 
