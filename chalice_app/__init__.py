@@ -5,10 +5,12 @@
     sagemaker_requests.py  pure builders of every SageMaker request
     sagemaker_calls.py     the thin edge that sends them (a repeated create is a success)
     manifest.py, gate.py, images.py   pure decisions: the data snapshot, the quality gate, is-it-an-image
+    invocations.py         pure builders of batched InvokeEndpoint requests and readers of their answers
     store/                 DynamoDB: arrivals and bursts, runs and the lock, the model registry, predictions
+                           (items.py: the paged query they share)
     retraining.py          arrivals → a run per burst → tuning → the final training job
     deployment.py          final job → gate → endpoint created/updated → model LIVE
-    predictions.py         incoming image → endpoint → prediction item; re-drive of PENDING ones
+    predictions.py         a batch of incoming images → endpoint → one prediction item each; re-drive of PENDING ones
     api.py                 the HTTP API's logic
     handlers.py            Lambda entry points under Powertools Logger, Metrics and Tracer
 
