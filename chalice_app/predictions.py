@@ -146,12 +146,15 @@ def _classify(readable: Sequence[Image]) -> dict[Upload, Outcome]:
         return _store_each(readable, "PENDING", error="no model is live yet")
     outcomes: dict[Upload, Outcome] = {}
     for indices in invocations.groups([len(image.data) for image in readable]):
-        group = [readable[index] for index in indices]
-        try:
-            outcomes.update(_invoke(group))
-        except Exception as error:  # noqa: BLE001 - transient (throttled, 5xx, timeout): SQS delivers them again
-            outcomes.update({image.upload: error for image in group})
+        outcomes.update(_invoke_or_errors([readable[index] for index in indices]))
     return outcomes
+
+
+def _invoke_or_errors(group: Sequence[Image]) -> dict[Upload, Outcome]:
+    try:
+        return _invoke(group)
+    except Exception as error:  # noqa: BLE001 - transient (throttled, 5xx, timeout): SQS delivers them again
+        return {image.upload: error for image in group}
 
 
 def _invoke(group: Sequence[Image]) -> dict[Upload, Outcome]:
@@ -170,20 +173,16 @@ def _invoke(group: Sequence[Image]) -> dict[Upload, Outcome]:
             return _store_each(group, "FAILED", error=aws.error_message(error))
         # The endpoint refuses a request when one of its images is bad: ask for each alone,
         # so the bad one is FAILED with its own reason and the others are classified.
-        return {upload: outcome for image in group for upload, outcome in _invoke_alone(image).items()}
+        outcomes: dict[Upload, Outcome] = {}
+        for image in group:
+            outcomes.update(_invoke_or_errors([image]))
+        return outcomes
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     labels, version = invocations.labels_per_image(response["Body"].read(), len(group), config.top_k)
     metrics.add_metric(name="InvocationLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
     return {image.upload: _attempt(_save, image.upload.key, image.etag, "OK", labels=labels_of_image,
                                    model_version=version, latency_ms=latency_ms)
             for image, labels_of_image in zip(group, labels)}
-
-
-def _invoke_alone(image: Image) -> dict[Upload, Outcome]:
-    try:
-        return _invoke([image])
-    except Exception as error:  # noqa: BLE001 - transient: this record alone is retried
-        return {image.upload: error}
 
 
 def _save(key: str, etag: str, status: str, **fields: Any) -> str:
