@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -53,12 +52,6 @@ RUNS = {
     "bayesian": {"strategy": "Bayesian", "parallel": None, "cache": "auto"},
     "hyperband": {"strategy": "Hyperband", "parallel": None, "cache": "auto"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tuning_request(name: str, run: dict, args: argparse.Namespace, bucket: str) -> dict:
@@ -166,12 +159,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {sorted(RUNS)}")
 
-    from moto.server import ThreadedMotoServer
+    from local_aws.moto_server import MotoServer
 
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+    moto = MotoServer().start()  # on a free port of its own
+    os.environ.update(AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="bench",
                       AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     import boto3
 

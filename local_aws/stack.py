@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 import warnings
@@ -33,18 +32,13 @@ import boto3
 from aws_lambda_powertools import Logger
 
 from . import infra, moto_state
+from .ports import free_port
 from .stage import REPO_ROOT, Stage, handler_environment, load_stage
 
 logger = Logger(service="local-aws")
 
 STACK_FILE = "stack.json"
 DEFAULT_PORTS = {"moto": 5000, "sagemaker": 8090, "api": 8000}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def quiet_libraries() -> None:
@@ -205,6 +199,6 @@ class Stack:
             f"  curl {api}/runs            # the retraining run it starts, then /models/live",
             f"  aws --endpoint-url {moto} s3 cp digits/3/digit-0003.png s3://{bucket}/incoming/",
             f"  curl {api}/predictions     # or {api}/predictions/<file name>",
-            f"  python -c \"import boto3; print(boto3.client('sagemaker').list_training_jobs()['TrainingJobSummaries'])\"",
+            "  python -c \"import boto3; print(boto3.client('sagemaker').list_training_jobs()['TrainingJobSummaries'])\"",
             "Ctrl-C stops everything; starting again finds the data, models, endpoint and predictions.",
         ])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,17 +12,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from local_aws.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class HostStartError(RuntimeError):
     """The host exited or never became healthy; the message ends with its log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 class EndpointHost:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools import Logger
 
 from . import aws
+from ..ports import free_port
 from .exceptions import ModelError, ValidationError
 
 if TYPE_CHECKING:
@@ -36,12 +36,6 @@ logger = Logger(service="local-sagemaker")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INVOKE_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def probe_image() -> tuple[bytes, str]:

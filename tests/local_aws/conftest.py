@@ -8,7 +8,6 @@ restored after them, so other packages' tests (moto's in-process mock) are not a
 from __future__ import annotations
 
 import io
-import socket
 import tarfile
 import textwrap
 import time
@@ -20,18 +19,13 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from local_aws.ports import free_port
 from local_aws.sagemaker.config import Settings
 from local_aws.sagemaker.server import LocalSageMaker
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-py311"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="package")
