@@ -32,7 +32,6 @@ from typing import Any
 
 from .launcher import StackProcess
 from .sagemaker.aws import download_prefix, split_s3_uri
-from .stage import REPO_ROOT
 
 TERMINAL = ("DEPLOYED", "REJECTED", "FAILED")
 
