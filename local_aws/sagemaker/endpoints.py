@@ -14,7 +14,6 @@ import http.client
 import io
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools import Logger
 
 from . import aws
+from ..endpoint_host import EndpointHost
 from ..ports import free_port
 from .exceptions import ModelError, ValidationError
 
@@ -45,11 +45,6 @@ def probe_image() -> tuple[bytes, str]:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (128, 64, 32)).save(buffer, format="PNG")
     return buffer.getvalue(), "image/png"
-
-
-def host_command(model: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "local_aws.endpoint_host", "--model", str(model), "--port", str(port),
-            "--workers", "1"]
 
 
 @dataclass
@@ -236,7 +231,7 @@ class EndpointFleet:
         env = {**os.environ, **container.get("Environment", {}),
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(host_command(archive, port), cwd=REPO_ROOT, env=env, stdout=log,
+            process = subprocess.Popen(EndpointHost(archive, port).command(), cwd=REPO_ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
         host = Host(config_name=config_name, port=port, process=process, log_path=log_path, workdir=workdir)
         try:
