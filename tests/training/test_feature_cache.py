@@ -6,11 +6,9 @@ Each job is a real process on a few classes of the digits; the cache is a direct
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import torch
 from moto import mock_aws
 
-from tests.conftest import REPO_ROOT, TINY_HYPERPARAMETERS, hyperparameter_args, run_training_job
+from tests.conftest import TINY_HYPERPARAMETERS, run_training_job
 from tests.training.test_train import small_copy
 from training import feature_cache
 from training.data import Sample
@@ -102,16 +100,16 @@ def test_a_corrupt_entry_is_ignored_and_written_again(tmp_path, data_dir, damage
 
 def test_jobs_starting_together_both_train_and_leave_one_whole_entry(tmp_path, data_dir):
     cache = tmp_path / "cache"
-    processes = []
-    for name in ("a", "b"):
-        env = {**os.environ, "SM_MODEL_DIR": str(tmp_path / name / "model"), "SM_OUTPUT_DATA_DIR": str(tmp_path / name / "out"),
-               "SM_NUM_GPUS": "0", "SM_CHANNEL_TRAINING": str(data_dir), "OMP_NUM_THREADS": "1"}
-        processes.append(subprocess.Popen(
-            [sys.executable, "training/train.py", *hyperparameter_args({**FROZEN, "feature-cache": str(cache)})],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [process.communicate(timeout=600)[0] for process in processes]
-    assert [p.returncode for p in processes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    assert metric_lines(logs[0]) == metric_lines(logs[1])
+
+    def start(name: str):
+        (tmp_path / name).mkdir()
+        return run_training_job(tmp_path / name, {"training": data_dir}, {**FROZEN, "feature-cache": str(cache)},
+                                extra_env={"OMP_NUM_THREADS": "1"})
+
+    with ThreadPoolExecutor(2) as pool:  # two processes at once: each thread waits on its own
+        runs = list(pool.map(start, ("a", "b")))
+    assert [run.returncode for run in runs] == [0, 0], runs[0].log[-2000:] + runs[1].log[-2000:]
+    assert metric_lines(runs[0].log) == metric_lines(runs[1].log)
     [entry] = entries(cache)  # no temporary file left behind
     feature_cache.decode(entry.read_bytes())
 
