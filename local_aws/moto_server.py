@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from .moto_sqs import make_sqs_linear
+from .wsgi_server import ThreadedServer
 
 
 def serialise_dynamodb(app: Callable) -> Callable:
@@ -47,34 +47,15 @@ def serialise_dynamodb(app: Callable) -> Callable:
     return wrapped
 
 
-class MotoServer:
+class MotoServer(ThreadedServer):
     """`MotoServer(host, port).start()`; `url`; `stop()`."""
+
+    thread_name = "moto"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         make_sqs_linear()
-        application = serialise_dynamodb(DomainDispatcherApplication(create_backend_app))
-        self._server: BaseWSGIServer = make_server(host, port, application, threaded=True,
-                                                   request_handler=MotoRequestHandler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever()
-
-    def start(self) -> "MotoServer":
-        self._thread = threading.Thread(target=self.serve_forever, name="moto", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(10)
+        super().__init__(serialise_dynamodb(DomainDispatcherApplication(create_backend_app)), host, port,
+                         request_handler=MotoRequestHandler)
 
 
 class MotoProcess:

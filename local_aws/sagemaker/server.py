@@ -7,13 +7,12 @@ AWS_ENDPOINT_URL_SAGEMAKER and AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME can name the s
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
+from ..wsgi_server import ThreadedServer
 from .config import Settings
 from .exceptions import ResourceNotFound
 from .models import SageMakerBackend
@@ -50,38 +49,16 @@ def route(responses: SageMakerResponses, request: Request) -> Reply:
                  {"Content-Type": "application/json"})
 
 
-class LocalSageMaker:
+class LocalSageMaker(ThreadedServer):
     """The service in-process: `with LocalSageMaker(settings, port=0) as sm: sm.url`."""
+
+    thread_name = "local-sagemaker"
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0, publish=None) -> None:
         self.backend = SageMakerBackend(settings, publish=publish)
-        self._server: BaseWSGIServer = make_server(host, port, wsgi_app(SageMakerResponses(self.backend)),
-                                                   threaded=True)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "LocalSageMaker":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-sagemaker", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever()
+        super().__init__(wsgi_app(SageMakerResponses(self.backend)), host, port)
 
     def stop(self) -> None:
         """Stop serving, then the work: running jobs are stopped, endpoint hosts shut down."""
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(10)
+        super().stop()
         self.backend.shutdown()
-
-    def __enter__(self) -> "LocalSageMaker":
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
