@@ -34,6 +34,7 @@ from aws_lambda_powertools import Logger
 
 from . import aws
 from .exceptions import ValidationException
+from .framework_image import FrameworkImage, JobProcess, start_process
 from .models import now
 from .rules import run_debug_rules
 
@@ -134,7 +135,10 @@ class TrainingRunner:
     def __init__(self, backend: "SageMakerBackend") -> None:
         self.backend = backend
         self.settings = backend.settings
-        self._processes: dict[str, subprocess.Popen] = {}
+        self._processes: dict[str, JobProcess] = {}
+        preload = self.settings.framework_preload
+        self.image = FrameworkImage(preload, env={**os.environ, "OMP_NUM_THREADS": str(self.settings.job_threads)}) \
+            if preload else None
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
@@ -181,6 +185,8 @@ class TrainingRunner:
                 self.backend.stop_training_job({"TrainingJobName": name})
         for name in names:
             self.wait(name, timeout=30)
+        if self.image:
+            self.image.stop()
 
     # ----- the job --------------------------------------------------------------------------
 
@@ -277,8 +283,7 @@ class TrainingRunner:
         script_hps = {k: v for k, v in hyperparameters.items() if not is_sagemaker_hyperparameter(k)}
         env = {
             **os.environ,
-            # One job per core share: torch's default (all cores per process) oversubscribes the machine.
-            "OMP_NUM_THREADS": str(max(1, cpus // self.settings.max_running_jobs)),
+            "OMP_NUM_THREADS": str(self.settings.job_threads),
             "PYTHONPATH": os.pathsep.join([str(workdir / "code"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             "PYTHONUNBUFFERED": "1",
             "TRAINING_JOB_NAME": job.name,
@@ -320,8 +325,7 @@ class TrainingRunner:
         limit = self.backend.training_jobs[name].request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         with open(log_path, "a", buffering=1) as log:
             log.write(f"Invoking script with the following command:\n{shlex.join(command)}\n")
-            process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, bufsize=1, start_new_session=True)
+            process = start_process(command, cwd, env, self.image)
             with self._lock:
                 self._processes[name] = process
                 # A stop that came before the process was registered (while the data downloaded) found
@@ -346,6 +350,7 @@ class TrainingRunner:
                         on_line(line)
                     except Exception:  # noqa: BLE001 - a tuner's bookkeeping must not kill the job
                         logger.exception("line callback failed", job=name)
+            process.stdout.close()
             returncode = process.wait()
             if timer:
                 timer.cancel()
@@ -419,7 +424,7 @@ def _tail(path: Path, size: int = 20_000) -> str:
         return handle.read().decode(errors="replace")
 
 
-def _terminate(process: subprocess.Popen, grace: float = 10.0) -> None:
+def _terminate(process: JobProcess, grace: float = 10.0) -> None:
     """SIGTERM the job's process group (the script and its data loader workers), then SIGKILL."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
