@@ -1,6 +1,7 @@
 """Five of SageMaker Debugger's built-in rules, on smdebug's own Rule framework.
 
     python -m training.rules DEBUG_OUT_DIR [--rules Name,Name] [--param Name.key=value ...]
+    python training/rules.py DEBUG_OUT_DIR --configurations '[{"RuleConfigurationName": ...}]'
 
 prints log lines, then as its LAST line the JSON verdicts
 `{"VanishingGradient": "NoIssuesFound" | "IssuesFound" | "Error", ...}`.
@@ -424,13 +425,19 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rule names (default: all five)")
     parser.add_argument("--param", action="append", default=[], metavar="Rule.key=value",
                         help="a rule parameter, repeatable (e.g. Overfit.patience=3)")
+    parser.add_argument("--configurations", type=json.loads, default=None, metavar="JSON",
+                        help="a training job's DebugRuleConfigurations instead of --rules and --param: "
+                             "verdicts keyed by RuleConfigurationName")
     args = parser.parse_args(argv)
     Logger(service="training")  # the parent of this module's logger: its lines reach stdout
     try:
         params = parse_params(args.param)
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
-    verdicts = evaluate_rules(args.out_dir, _split(args.rules), params)
+    if args.configurations is not None:
+        verdicts = evaluate_rule_configurations(args.out_dir, args.configurations)
+    else:
+        verdicts = evaluate_rules(args.out_dir, _split(args.rules), params)
     sys.stdout.flush()
     print(json.dumps(verdicts), flush=True)
     return verdicts

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -167,3 +168,14 @@ def start_process(argv: list[str], cwd: Path, env: dict[str, str], image: Framew
             logger.warning("starting the job as a fresh process", extra={"reason": str(error)})
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, start_new_session=True)
+
+
+def terminate(process: JobProcess, grace: float = 10.0) -> None:
+    """SIGTERM the job's process group (the script and its data loader workers), then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

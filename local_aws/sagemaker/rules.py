@@ -1,54 +1,71 @@
 """Debugger rules for a finished training job, run the way AWS runs a rule container:
 apart from the job, over the tensors it wrote, with each DebugRuleConfiguration's
 RuleParameters (`rule_to_invoke` names the rule). The rules are the training code's
-own (`training.rules`, shipped in the job's source dir), run in a child process so the
-service never imports torch or smdebug."""
+own (`training/rules.py`, shipped in the job's source dir), run as a process of their
+own (forked from the framework image when there is one) so the service never imports
+torch or smdebug."""
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+from .framework_image import FrameworkImage, start_process, terminate
+
 STATUSES = ("NoIssuesFound", "IssuesFound", "Error")
-_EVALUATE = (
-    "import json, sys\n"
-    "from training.rules import evaluate_rule_configurations\n"
-    "verdicts = evaluate_rule_configurations(sys.argv[1], json.loads(sys.argv[2]))\n"
-    "print(json.dumps(verdicts), flush=True)\n"
-)
+PROGRAM = "training/rules.py"  # inside the job's source dir
 
 
 def run_debug_rules(configurations: list[dict[str, Any]], tensors: Path, code: Path,
-                    timeout: float = 600) -> dict[str, dict[str, str]]:
+                    image: FrameworkImage | None = None, timeout: float = 600) -> dict[str, dict[str, str]]:
     """{RuleConfigurationName: {"RuleEvaluationStatus": ..., "StatusDetails"?: ...}}."""
     names = [c["RuleConfigurationName"] for c in configurations]
     if not tensors.exists():
         return {name: {"RuleEvaluationStatus": "Error", "StatusDetails": "The training job wrote no tensors"}
                 for name in names}
-    command = [sys.executable, "-c", _EVALUATE, str(tensors), json.dumps(configurations)]
+    command = [sys.executable, PROGRAM, str(tensors), "--configurations", json.dumps(configurations)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
+    process = start_process(command, code, env, image)
+    timed_out = threading.Event()
+    timer = threading.Timer(timeout, lambda: (timed_out.set(), terminate(process)))
+    timer.daemon = True
+    timer.start()
     try:
-        done = subprocess.run(command, cwd=code, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        assert process.stdout is not None
+        output = process.stdout.read()
+        process.stdout.close()
+        returncode = process.wait()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
         return {name: {"RuleEvaluationStatus": "Error", "StatusDetails": f"rule evaluation ran over {timeout} s"}
                 for name in names}
-    return parse_rule_output(names, done.returncode, done.stdout, done.stderr)
+    return parse_rule_output(names, returncode, output)
 
 
-def parse_rule_output(names: list[str], returncode: int, stdout: str, stderr: str) -> dict[str, dict[str, str]]:
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    failure = "the rule evaluation answered no verdicts"
-    try:
-        verdicts = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        detail = (stderr.strip().splitlines() or ["no verdict"])[-1]
+def parse_rule_output(names: list[str], returncode: int, output: str) -> dict[str, dict[str, str]]:
+    """The verdicts are the program's last JSON line; its log lines and errors come before."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    verdicts: Any = {}
+    for line in reversed(lines):
+        try:
+            verdicts = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(verdicts, dict) and "level" not in verdicts:  # not one of its structured log lines
+            break
         verdicts = {}
+    failure = "the rule evaluation answered no verdicts"
+    if not verdicts:
+        detail = lines[-1] if lines else "no output"
         failure = f"rule evaluation exited {returncode}: {detail}"[:1024]
     results = {}
     for name in names:
-        verdict = verdicts.get(name) if isinstance(verdicts, dict) else None
+        verdict = verdicts.get(name)
         if verdict in STATUSES:
             results[name] = {"RuleEvaluationStatus": verdict}
         else:

@@ -21,8 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tarfile
 import threading
@@ -34,7 +32,7 @@ from aws_lambda_powertools import Logger
 
 from . import aws
 from .exceptions import ValidationException
-from .framework_image import FrameworkImage, JobProcess, start_process
+from .framework_image import FrameworkImage, JobProcess, start_process, terminate
 from .models import now
 from .rules import run_debug_rules
 
@@ -168,7 +166,7 @@ class TrainingRunner:
         with self._lock:
             process = self._processes.get(name)
         if process and process.poll() is None:
-            _terminate(process)
+            terminate(process)
 
     def wait(self, name: str, timeout: float | None = None) -> None:
         with self._lock:
@@ -332,13 +330,13 @@ class TrainingRunner:
                 # nothing to stop; from here on stop() finds it.
                 stopped_early = self.backend.training_jobs[name].stop_requested
             if stopped_early:
-                _terminate(process)
+                terminate(process)
             timer = None
             timed_out = threading.Event()
             if limit:
                 def expire() -> None:
                     timed_out.set()
-                    _terminate(process)
+                    terminate(process)
                 timer = threading.Timer(float(limit), expire)
                 timer.daemon = True
                 timer.start()
@@ -388,7 +386,7 @@ class TrainingRunner:
                     "RuleEvaluationJobArn": self.settings.arn("processing-job", f"{job.name}-{c['RuleConfigurationName']}"),
                     "RuleEvaluationStatus": "InProgress", "LastModifiedTime": now()} for c in configurations]
         self.backend.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", pending))
-        results = run_debug_rules(configurations, tensors, code)
+        results = run_debug_rules(configurations, tensors, code, self.image)
         statuses = [{**status, **results[status["RuleConfigurationName"]], "LastModifiedTime": now()}
                     for status in pending]
         self.backend.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", statuses))
@@ -422,14 +420,3 @@ def _tail(path: Path, size: int = 20_000) -> str:
     with open(path, "rb") as handle:
         handle.seek(max(0, path.stat().st_size - size))
         return handle.read().decode(errors="replace")
-
-
-def _terminate(process: JobProcess, grace: float = 10.0) -> None:
-    """SIGTERM the job's process group (the script and its data loader workers), then SIGKILL."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

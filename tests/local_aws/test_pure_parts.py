@@ -1,4 +1,4 @@
-"""The pure parts: hyperparameter decoding, failure reasons, event shapes, the source archive."""
+"""The pure parts: hyperparameter decoding, failure reasons, rule verdicts, event shapes, the source archive."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 from local_aws.sagemaker.events import endpoint_status_for_event, tag_map, to_event_times, training_job_event
+from local_aws.sagemaker.rules import parse_rule_output
 from local_aws.sagemaker.sourcedir import PROGRAM, build_sourcedir
 from local_aws.sagemaker.training import decode_hyperparameters, failure_reason, final_metrics, script_arguments
 from training.metrics import METRIC_DEFINITIONS, epoch_line
@@ -50,3 +51,21 @@ def test_the_source_archive_is_deterministic_and_holds_the_program():
     names = tarfile.open(fileobj=io.BytesIO(first)).getnames()
     assert PROGRAM in names and "inference/inference.py" in names
     assert not any("__pycache__" in name or Path(name).is_absolute() for name in names)
+
+
+def test_rule_verdicts_are_the_programs_last_json_line_after_its_log_lines():
+    output = ('{"level":"INFO","message":"evaluating","service":"training"}\n'
+              '{"Overfit": "IssuesFound", "LossNotDecreasing": "NoIssuesFound"}\n'
+              '{"level":"INFO","message":"done","service":"training"}\n')
+    assert parse_rule_output(["Overfit", "LossNotDecreasing", "Missing"], 0, output) == {
+        "Overfit": {"RuleEvaluationStatus": "IssuesFound"},
+        "LossNotDecreasing": {"RuleEvaluationStatus": "NoIssuesFound"},
+        "Missing": {"RuleEvaluationStatus": "Error", "StatusDetails": "no verdict for Missing"},
+    }
+
+
+def test_a_rule_program_that_crashed_gives_error_with_its_last_line():
+    output = "Traceback (most recent call last):\n  File x\nModuleNotFoundError: No module named 'smdebug'\n"
+    verdict = parse_rule_output(["Overfit"], 1, output)["Overfit"]
+    assert verdict == {"RuleEvaluationStatus": "Error",
+                       "StatusDetails": "rule evaluation exited 1: ModuleNotFoundError: No module named 'smdebug'"}
