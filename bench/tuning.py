@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -172,6 +173,10 @@ def main() -> None:
     from local_aws.sagemaker.sourcedir import build_sourcedir
     from training.demo_data import write_digits
 
+    # The service's structured logs go to stderr: stdout is this benchmark's JSON alone.
+    for handler in logging.getLogger("local-sagemaker").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
     results: dict = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
