@@ -12,7 +12,8 @@
    version, while a steady stream of images keeps being classified: every one of
    them must get its prediction (no failed request during the endpoint update);
 5. leaves in the output folder: the tuning table, the final job's report (loss
-   curves, confusion matrix), the profiler report, the Debugger verdicts, the
+   curves, confusion matrix, profile, and the Debugger verdicts the service found
+   after the job: `report/report.html`), the profiler report, the verdicts, the
    predictions' accuracy and a summary with timings.
 """
 
@@ -185,6 +186,12 @@ class Demo:
                 archive.extractall(self.out / "final-job", filter="data")
             collected["final_job_files"] = sorted(str(p.relative_to(self.out)) for p in
                                                   (self.out / "final-job").rglob("*") if p.is_file())
+            # The job wrote its report before the service evaluated its rules: once more, with the verdicts.
+            from training.report import report_from_output  # matplotlib: only where a report is drawn
+
+            collected["report"] = str(report_from_output(
+                self.out / "final-job", self.out / "report",
+                {v["RuleConfigurationName"]: v["RuleEvaluationStatus"] for v in verdicts}).relative_to(self.out))
         except Exception as error:  # noqa: BLE001 - report what is missing, keep the rest
             collected["final_job_output_error"] = str(error)
         profiler = job.get("ProfilerConfig", {}).get("S3OutputPath")
@@ -306,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(summary, indent=2, default=str))
-    print(f"outputs in {args.out}/ (tuning.md, final-job/, profiler/, debugger-verdicts.json, predictions.json)")
+    print(f"outputs in {args.out}/ (report/report.html, tuning.md, final-job/, profiler/, debugger-verdicts.json, "
+          "predictions.json)")
     return 0 if summary.get("first_run", {}).get("status") == "DEPLOYED" else 1
 
 

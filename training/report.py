@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from training.profiler import ProfileSummary
+from training.profiler import SUMMARY, ProfileSummary
 
 REPORT = "report.html"
 LOSS_PNG = "loss_curves.png"
@@ -670,3 +670,22 @@ def write_report(
     path = out_dir / REPORT
     path.write_text(document, encoding="utf-8")
     return path
+
+
+def report_from_output(output_dir: Path, out_dir: Path, rule_verdicts: dict[str, str] | None = None) -> Path:
+    """The report again, from a finished job's output (its SM_OUTPUT_DATA_DIR, as output.tar.gz
+    holds it), with what is known only after the job: the Debugger rules' verdicts, which the
+    service evaluates over the tensors once the job has ended."""
+    output_dir = Path(output_dir)
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    profile = None
+    summary = output_dir / "profiler" / SUMMARY
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        for key in ("system_metrics_path", "step_times_path", "trace_path"):
+            if data.get(key):  # the job's own paths: here the files sit beside the summary
+                data[key] = str(summary.parent / Path(data[key]).name)
+        profile = ProfileSummary.from_dict(data)
+    return write_report(out_dir, history=metrics["history"], test=metrics["metrics"],
+                        confusion=metrics["confusion_matrix"], classes=metrics["classes"], profile=profile,
+                        rule_verdicts=rule_verdicts, hyperparameters=metrics.get("hyperparameters"))

@@ -361,7 +361,8 @@ def main(args: argparse.Namespace) -> dict:
                              spec=spec.to_dict(), preprocessing=eval_preset.to_dict(), metadata=metadata)
     confusion = confusion_matrix(test, len(classes))
     env.output_dir.mkdir(parents=True, exist_ok=True)
-    (env.output_dir / "metrics.json").write_text(json.dumps({**metadata, "confusion_matrix": confusion}, indent=2))
+    (env.output_dir / "metrics.json").write_text(json.dumps({**metadata, "classes": classes, "confusion_matrix": confusion},
+                                                                 indent=2))
     report = None
     if args.report == "on":
         from training.report import write_report  # matplotlib: imported only by a job that draws

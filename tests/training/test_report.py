@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,14 @@ import numpy as np
 import pytest
 
 from training.profiler import Profiler, ProfileSummary
-from training.report import confusion_figure, diagnose, most_confused, per_class_recall, write_report
+from training.report import (
+    confusion_figure,
+    diagnose,
+    most_confused,
+    per_class_recall,
+    report_from_output,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["cat", "dog", "fox"]
@@ -182,3 +191,20 @@ def test_curve_findings():
     assert {f.key for f in diagnose(None, flat)} == {"not-learning"}
     chance = diagnose(None, HEALTHY, test={"test_accuracy": 0.26}, num_classes=4)
     assert [f.key for f in chance] == ["near-chance"]
+
+
+def test_a_finished_jobs_report_is_drawn_again_with_the_debugger_verdicts(tmp_path, trained_run):
+    # As the demo gets it: the job's output moved elsewhere (output.tar.gz unpacked), the verdicts known later.
+    output = tmp_path / "final-job"
+    shutil.copytree(trained_run.output_dir, output)
+    path = report_from_output(output, tmp_path / "report", {"LossNotDecreasing": "NoIssuesFound",
+                                                             "VanishingGradient": "IssuesFound"})
+    document = path.read_text()
+    assert "<h2>Debugger rules</h2>" in document and "finding-rule-VanishingGradient" in document
+    assert "<td>LossNotDecreasing</td><td class=\"\">NoIssuesFound</td>" in document
+    # Curves, confusion matrix, and the profile's figures from the moved output's own files.
+    for name in ("loss_curves.png", "confusion_matrix.png", "system_metrics.png", "step_times.png"):
+        assert (tmp_path / "report" / name).read_bytes().startswith(PNG_MAGIC), name
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert f"{metrics['metrics']['test_accuracy']:.4f}" in document
+    assert '<a href="../final-job/profiler/trace.json">' in document  # not the job's own folder
