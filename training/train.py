@@ -330,6 +330,7 @@ def main(args: argparse.Namespace) -> dict:
             logger.info("early stop", extra={"epoch": epoch, "best_epoch": best["epoch"]})
             break
     profile = profiler.stop()
+    print(profile.line(), flush=True)  # the job's log (CloudWatch on AWS) keeps where the time went
     debug.close()
 
     tail.load_state_dict(best["state"])

@@ -8,7 +8,6 @@ import re
 import shutil
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest

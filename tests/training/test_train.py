@@ -34,6 +34,8 @@ def test_job_prints_one_metric_line_per_epoch_and_the_test_line(trained_run):
     # The regexes read the same numbers the script printed, and nothing from other log lines.
     assert f"valid_accuracy={parsed['valid:accuracy'][-1]:.6f}" in lines[1]
     assert parsed["test:accuracy"][0] > 0.5  # two epochs on the digits learn something real
+    profile = [line for line in trained_run.log.splitlines() if line.startswith("profile steps=")]
+    assert len(profile) == 1 and "images_per_s=" in profile[0]  # where the time went, in the job's log
 
 
 def test_model_dir_holds_the_artefact_serving_needs(trained_run):
