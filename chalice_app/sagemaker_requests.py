@@ -134,11 +134,14 @@ def tuning_job_request(settings: Settings, run_id: str) -> dict[str, Any]:
     if settings.tuning_strategy != "Hyperband":
         config["TrainingJobEarlyStoppingType"] = settings.early_stopping
     definition = {
-        "StaticHyperParameters": static_hyperparameters(settings),
+        # Nobody reads a trial's report or deploys a trial's model (the final job trains the one
+        # deployed): trials draw no report and leave their model uncompressed.
+        "StaticHyperParameters": {**static_hyperparameters(settings), "report": "off"},
         "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
                                    "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
         **_job_resources(settings, run_id, "tuning"),
     }
+    definition["OutputDataConfig"]["CompressionType"] = "NONE"
     return {
         "HyperParameterTuningJobName": tuning_job_name(settings, run_id),
         "HyperParameterTuningJobConfig": config,

@@ -82,6 +82,8 @@ def test_tuning_uses_the_seed_ranges_the_objective_and_the_metric_regexes():
     assert static["sagemaker_submit_directory"] == json.dumps(ENV["SOURCE_DIR_URI"])
     # The trials share the frozen trunk's features under the prefix the SageMaker role writes.
     assert static["feature-cache"] == f"s3://{ENV['BUCKET']}/sagemaker/trunk-features/"
+    # Trials draw no report and leave their models uncompressed; the final job does both (below).
+    assert static["report"] == "off" and definition["OutputDataConfig"]["CompressionType"] == "NONE"
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
     assert channels == {"training": f"s3://{ENV['BUCKET']}/training-data/",
                         "manifest": f"s3://{ENV['BUCKET']}/manifests/{RUN}.jsonl"}
@@ -91,6 +93,7 @@ def test_the_final_job_has_rules_profiler_and_the_final_tag():
     request = requests.final_training_job_request(config(), RUN, {"lr": "0.05", "_tuning_objective_metric": "x"})
     assert request["HyperParameters"]["lr"] == "0.05" and "_tuning_objective_metric" not in request["HyperParameters"]
     assert request["HyperParameters"]["feature-cache"] == f"s3://{ENV['BUCKET']}/sagemaker/trunk-features/"
+    assert "report" not in request["HyperParameters"] and "CompressionType" not in request["OutputDataConfig"]
     rules = request["DebugRuleConfigurations"]
     assert [r["RuleParameters"]["rule_to_invoke"] for r in rules] == [
         "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"]
