@@ -20,13 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class HostStartError(RuntimeError):
     """The host exited or never became healthy; the message ends with its log."""
 
+    def __init__(self, what: str, log_tail: str) -> None:
+        super().__init__(f"endpoint host {what}:\n{log_tail}")
+        self.what = what  # "exited with 3", "not healthy after 120 s"
+
 
 class EndpointHost:
     """One endpoint host process serving `model_tar` (a model.tar.gz or a model directory)."""
 
     def __init__(self, model_tar: Path, port: int | None = None, *, host: str = "127.0.0.1", workers: int = 1,
                  torch_threads: int | None = None, max_batch_size: int = 8, max_batch_wait_ms: float = 0.0,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, env: dict[str, str] | None = None):
         self.model_tar = Path(model_tar)
         self.host = host
         self.port = port or free_port(host)
@@ -35,6 +39,7 @@ class EndpointHost:
         self.max_batch_size = max_batch_size
         self.max_batch_wait_ms = max_batch_wait_ms
         self.log_path = log_path
+        self.env = env or {}  # on top of this process's environment (a SageMaker model's Environment)
         self._process: subprocess.Popen | None = None
         self._log_file = None
 
@@ -63,7 +68,7 @@ class EndpointHost:
             os.close(handle)
             self.log_path = Path(name)
         self._log_file = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, **self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
                                          env=env, cwd=REPO_ROOT, start_new_session=True)
         return self
@@ -85,12 +90,12 @@ class EndpointHost:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise HostStartError(f"endpoint host exited with {self._process.returncode}:\n{self.log_tail()}")
+                raise HostStartError(f"exited with {self._process.returncode}", self.log_tail())
             if self.ping(timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
                 return
             time.sleep(0.1)
         self.stop()
-        raise HostStartError(f"endpoint host not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+        raise HostStartError(f"not healthy after {timeout:.0f} s", self.log_tail())
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (gunicorn's graceful stop), then SIGKILL of the process group if it lingers."""

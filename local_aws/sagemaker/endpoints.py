@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import http.client
 import io
-import os
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +22,7 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools import Logger
 
 from . import aws
-from ..endpoint_host import EndpointHost
-from ..ports import free_port
+from ..endpoint_host import EndpointHost, HostStartError
 from .exceptions import ModelError, ValidationError
 
 if TYPE_CHECKING:
@@ -34,7 +30,6 @@ if TYPE_CHECKING:
 
 logger = Logger(service="local-sagemaker")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 INVOKE_TIMEOUT = 60.0
 
 
@@ -52,16 +47,14 @@ class Host:
     """One endpoint host process, and the requests it is answering right now."""
 
     config_name: str
-    port: int
-    process: subprocess.Popen
-    log_path: Path
+    server: EndpointHost
     workdir: Path
     inflight: int = 0
     idle: threading.Condition = field(default_factory=threading.Condition)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                 timeout: float = INVOKE_TIMEOUT) -> tuple[int, bytes, str]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        connection = http.client.HTTPConnection(self.server.host, self.server.port, timeout=timeout)
         try:
             connection.request(method, path, body=body, headers=headers or {})
             response = connection.getresponse()
@@ -70,24 +63,14 @@ class Host:
             connection.close()
 
     def log_tail(self, lines: int = 5) -> str:
-        if not self.log_path.exists():
-            return ""
-        return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        return " | ".join(self.server.log_tail().strip().splitlines()[-lines:])
 
     def wait_ready(self, timeout: float, probe: tuple[bytes, str]) -> None:
         """/ping answers 200, then a real request answers 2xx; raises with the reason otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the model server exited with code {self.process.returncode}: {self.log_tail()}")
-            try:
-                if self.request("GET", "/ping", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the model server did not pass /ping within {timeout:.0f} s: {self.log_tail()}")
-            time.sleep(0.25)
+        try:
+            self.server.wait_healthy(timeout)
+        except HostStartError as error:  # a FailureReason holds 1,024 characters: the last log lines only
+            raise RuntimeError(f"the model server {error.what}: {self.log_tail()}") from None
         body, content_type = probe
         status, answer, _ = self.request("POST", "/invocations", body,
                                          {"Content-Type": content_type, "Accept": "application/json"})
@@ -99,13 +82,7 @@ class Host:
         """Let requests in flight finish, then stop the process."""
         with self.idle:
             self.idle.wait_for(lambda: self.inflight == 0, timeout=drain_timeout)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.server.stop(timeout=10)
 
 
 class EndpointFleet:
@@ -225,15 +202,10 @@ class EndpointFleet:
         # The host checks and unpacks the archive itself, as SageMaker's container does.
         archive = aws.download_object(aws.s3_client(self.settings.region), container["ModelDataUrl"],
                                       workdir / "model.tar.gz")
-        port = free_port()
         log_path = self.settings.state_dir / "logs" / "endpoints" / f"{name}-{workdir.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **container.get("Environment", {}),
-               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(EndpointHost(archive, port).command(), cwd=REPO_ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
-        host = Host(config_name=config_name, port=port, process=process, log_path=log_path, workdir=workdir)
+        server = EndpointHost(archive, log_path=log_path, env=container.get("Environment", {})).start()
+        host = Host(config_name=config_name, server=server, workdir=workdir)
         try:
             host.wait_ready(self.settings.host_start_timeout, self.probe())
         except Exception:
