@@ -69,22 +69,32 @@ def download_prefix(s3, uri: str, target: Path, cache: Path | None = None) -> in
     for parent in {local.parent for _, _, local in jobs} | ({cache} if cache is not None else set()):
         parent.mkdir(parents=True, exist_ok=True)
 
+    def cached(key: str, etag: str) -> Path | None:
+        return cache / hashlib.sha256(f"{bucket}\0{key}\0{etag}".encode()).hexdigest() if cache and etag else None
+
     def fetch(job: tuple[str, str, Path]) -> None:
         key, etag, local = job
-        if cache is None or not etag:
+        copy = cached(key, etag)
+        if copy is None:
             s3.download_file(bucket, key, str(local))
             return
-        cached = cache / hashlib.sha256(f"{bucket}\0{key}\0{etag}".encode()).hexdigest()
-        if not _pristine(cached):
-            partial = cached.with_suffix(f".{threading.get_ident()}.part")
-            s3.download_file(bucket, key, str(partial))
-            os.utime(partial, ns=(PRISTINE_MTIME_NS, PRISTINE_MTIME_NS))
-            os.replace(partial, cached)
-        _place(cached, local)
+        partial = copy.with_suffix(f".{threading.get_ident()}.part")
+        s3.download_file(bucket, key, str(partial))
+        os.utime(partial, ns=(PRISTINE_MTIME_NS, PRISTINE_MTIME_NS))
+        os.replace(partial, copy)
+        _place(copy, local)
 
-    # Many small objects (images): the round trips, not the bytes, are the cost.
+    # What the cache holds is linked here and now (a thread pool's hand-offs cost more than the links);
+    # the rest, many small objects (images), is fetched in parallel: the round trips, not the bytes, are the cost.
+    missing = []
+    for key, etag, local in jobs:
+        copy = cached(key, etag)
+        if copy is not None and _pristine(copy):
+            _place(copy, local)
+        else:
+            missing.append((key, etag, local))
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(fetch, jobs))
+        list(pool.map(fetch, missing))
     return len(jobs)
 
 
