@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from chalice_app.config import settings_from_env
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
+from chalice_app.sagemaker_requests import feature_cache_uri
 from infra import policies
 from infra.package import package
 
@@ -101,6 +103,18 @@ def test_the_template_wires_queues_events_and_names_together(packaged):
     queue_arn = functions["OnTrainingData"]["Events"]["OnTrainingDataSqsEventSource"]["Properties"]["Queue"]["Fn::Sub"]
     assert queue_arn.endswith(":" + env["TRAINING_QUEUE"])
     assert template["Parameters"]["Stage"]["Default"] == "dev"
+
+
+def test_the_feature_cache_expires_where_the_app_writes_it(packaged):
+    """Trunk features are a cache (a miss recomputes them): they expire rather than grow the bucket forever."""
+    rules = _template(packaged)["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [expiry] = [rule for rule in rules if "ExpirationInDays" in rule]
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    for stage in config["stages"]:
+        env = {**policies.stage_env(config, stage), "AWS_DEFAULT_REGION": "us-east-1"}
+        settings = settings_from_env({k: v.replace("${AWS::AccountId}", "123456789012") for k, v in env.items()})
+        assert feature_cache_uri(settings) == f"s3://{settings.bucket}/{expiry['Prefix']}", stage
+    assert expiry["Status"] == "Enabled" and expiry["ExpirationInDays"] >= 7
 
 
 def test_the_committed_policies_are_the_generated_ones():
