@@ -166,8 +166,8 @@ def start_process(argv: list[str], cwd: Path, env: dict[str, str], image: Framew
             return image.spawn(argv, cwd, env)
         except ImageUnavailable as error:
             logger.warning("starting the job as a fresh process", extra={"reason": str(error)})
-    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, start_new_session=True)
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
 
 
 def terminate(process: JobProcess, grace: float = 10.0) -> None:

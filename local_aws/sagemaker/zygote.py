@@ -74,8 +74,11 @@ def _run_job(request: dict, output_fd: int, base_path: list[str]) -> None:
     code = 1
     try:
         os.setsid()  # its own process group, so that a stop reaches its data loader workers too
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        # The dispositions a fresh interpreter starts with (Python itself ignores SIGPIPE).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(output_fd, 1)
@@ -124,6 +127,8 @@ def _run_main(program: str) -> None:
 
 def _fresh_process_state(env: dict[str, str]) -> None:
     """What a new process would have had, that an imported framework fixed in the zygote."""
+    for name in [m for m in sys.modules if m == "local_aws" or m.startswith("local_aws.")]:
+        del sys.modules[name]  # the zygote's own package: not the job's to import
     if "numpy" in sys.modules:  # its global generator was seeded once, at import: every fork would share it
         sys.modules["numpy"].random.seed()
     threads = env.get("OMP_NUM_THREADS", "")

@@ -18,7 +18,7 @@ import pytest
 from local_aws.sagemaker.framework_image import REPO_ROOT, ForkedProcess, FrameworkImage, start_process
 
 PROBE = textwrap.dedent("""
-    import json, os, sys
+    import json, os, signal, sys
     import helper  # from the job's PYTHONPATH
     print(json.dumps({
         "argv": sys.argv, "cwd": os.getcwd(), "marker": os.environ.get("JOB_MARKER"),
@@ -28,6 +28,10 @@ PROBE = textwrap.dedent("""
         "numpy_draw": __import__("numpy").random.randint(1 << 30),
         "threads": __import__("torch").get_num_threads() if "torch" in sys.modules else None,
         "main": __name__, "pid": os.getpid(), "pgid": os.getpgid(0),
+        "fresh": {"signals": [str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE,
+                                                                 signal.SIGCHLD)],
+                  "local_aws_loaded": "local_aws" in sys.modules, "stdin": sys.stdin.read(),
+                  "buffered": sys.stdout.line_buffering},
     }), flush=True)
     print("to stderr", file=sys.stderr, flush=True)
     sys.exit(int(os.environ.get("EXIT_WITH", "0")))
@@ -71,6 +75,15 @@ def test_a_forked_job_sees_its_own_argv_cwd_environment_and_path(image, job_dir)
     assert seen["repo_on_path"] is False  # the zygote's own folder is not the job's
     assert seen["preloaded"] == ["numpy"] and seen["main"] == "__main__"
     assert seen["pid"] == process.pid and seen["pgid"] == process.pid  # a session of its own
+
+
+def test_what_a_process_starts_with_is_the_same_forked_or_fresh(image, job_dir):
+    """Signal dispositions, stdin, the zygote's own modules: as a fresh `python probe.py` has them."""
+    env = job_env(job_dir, PYTHONUNBUFFERED="1")
+    forked = json.loads(run(image.spawn([sys.executable, "probe.py"], job_dir / "code", env))[0][0])
+    fresh = json.loads(run(start_process([sys.executable, "probe.py"], job_dir / "code", env, None))[0][0])
+    assert forked["fresh"] == fresh["fresh"]
+    assert fresh["fresh"]["signals"][0] == str(signal.default_int_handler) and fresh["fresh"]["stdin"] == ""
 
 
 def test_exit_codes_and_uncaught_errors_come_back_as_a_process_gives_them(image, job_dir):
