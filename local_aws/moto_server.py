@@ -5,10 +5,11 @@ deep-copies the tables for its rollback while other threads change them
 ("RuntimeError: dictionary changed size during iteration", a 500 to the client). The
 dispatcher runs batches concurrently, as Lambda does, and every batch writes through
 transactions, so DynamoDB requests are serialised here. Everything else (S3, SQS long
-polls, EventBridge) stays concurrent. Three changes make it cheaper per request, each
+polls, EventBridge) stays concurrent. Four changes make it cheaper per request, each
 with moto's answers unchanged: its SQS is linear in the queue's depth
 (`local_aws.moto_sqs`; a deep queue otherwise costs quadratic time), its routing is
-memoised (`local_aws.moto_dispatch`), and connections are kept alive between requests
+memoised (`local_aws.moto_dispatch`), DynamoDB lexes a condition expression once per
+text (`local_aws.moto_dynamodb`), and connections are kept alive between requests
 (`local_aws.moto_http`).
 
 `MotoServer` serves from threads of this process (tests); `MotoProcess` runs it in its
@@ -35,6 +36,7 @@ from typing import Any
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 from .moto_dispatch import make_dispatch_memoised
+from .moto_dynamodb import make_lexing_memoised
 from .moto_http import KeepAliveRequestHandler, close_open_connections, open_connections
 from .moto_sqs import make_sqs_linear
 from .wsgi_server import ThreadedServer
@@ -60,6 +62,7 @@ class MotoServer(ThreadedServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         make_sqs_linear()
         make_dispatch_memoised()
+        make_lexing_memoised()
         super().__init__(serialise_dynamodb(DomainDispatcherApplication(create_backend_app)), host, port,
                          request_handler=KeepAliveRequestHandler)
         open_connections(self._server)
