@@ -160,9 +160,11 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {sorted(RUNS)}")
 
-    from local_aws.moto_server import MotoServer
+    from local_aws.moto_server import MotoProcess
+    from local_aws.ports import free_port
 
-    moto = MotoServer().start()  # on a free port of its own
+    # moto in a process of its own, as the stack runs it: not sharing this process's GIL with the service.
+    moto = MotoProcess("127.0.0.1", free_port()).start()
     os.environ.update(AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="bench",
                       AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     import boto3
@@ -173,6 +175,7 @@ def main() -> None:
     from local_aws.sagemaker.sourcedir import build_sourcedir
     from training.demo_data import write_digits
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request, as in the stack
     # The service's structured logs go to stderr: stdout is this benchmark's JSON alone.
     for handler in logging.getLogger("local-sagemaker").handlers:
         if isinstance(handler, logging.StreamHandler):
