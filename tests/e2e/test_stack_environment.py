@@ -1,0 +1,35 @@
+"""What the stack starts inherits an environment fit for cores shared with moto and the handlers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from local_aws import stack as stack_module
+from local_aws.stack import Stack, StackOptions
+
+
+class Stop(Exception):
+    pass
+
+
+def start_until_moto(monkeypatch, tmp_path) -> None:
+    """Start a stack up to the point where it would start moto, then stop (nothing is left running)."""
+    def stop_here(self):
+        raise Stop
+
+    monkeypatch.setattr(Stack, "_start_moto", stop_here)
+    with pytest.raises(Stop):
+        Stack(StackOptions(state_dir=tmp_path, ports={"moto": 0, "sagemaker": 0, "api": 0})).start()
+
+
+def test_openmp_threads_sleep_while_waiting_unless_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the stack writes the Lambda's environment here
+    os.environ.pop("OMP_WAIT_POLICY", None)
+    start_until_moto(monkeypatch, tmp_path)
+    assert os.environ["OMP_WAIT_POLICY"] == stack_module.SHARED_CORES_ENVIRONMENT["OMP_WAIT_POLICY"] == "PASSIVE"
+
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+    start_until_moto(monkeypatch, tmp_path)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
