@@ -7,10 +7,11 @@ pipeline first trains and deploys a model by itself on a small budget (a few min
 with `--state-dir` of a stack that already has a LIVE model (after `make demo`:
 .local-aws/demo) that step is skipped. Then, measured in the same run:
 
-- the endpoint's own throughput: single-image InvokeEndpoint calls on the same images
-  from as many concurrent clients as the dispatcher runs batches, measured before and
-  after the pipeline; the ratio uses the higher of the two (on a shared machine the
-  load drifts during a run, and the higher figure is the harder bar);
+- the endpoint's own throughput: InvokeEndpoint calls on the same images from as many
+  concurrent clients as the dispatcher runs batches, both one image a call and 64 a call
+  (the JSON batches the pipeline sends), measured before and after the pipeline; the
+  ratio uses the highest of the four (the load drifts during a run, and the pipeline's
+  own batching must not make a bar it is measured against lower);
 - the pipeline: N images uploaded to incoming/ by 8 threads, one PutObject each; each
   one's latency is from the start of its upload to the `created_at` of its stored
   prediction (the stack runs on this machine, so the clocks are the same); throughput
@@ -37,6 +38,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from chalice_app.invocations import MAX_IMAGES_PER_REQUEST, invoke_request  # noqa: E402
 from local_aws.launcher import StackProcess  # noqa: E402
 from training.demo_data import write_digits  # noqa: E402
 
@@ -85,20 +87,30 @@ def in_service_endpoint(stack: StackProcess, timeout: float = 300) -> str:
     raise TimeoutError(f"the endpoint was not InService within {timeout} s; see {stack.log_path}")
 
 
-def endpoint_throughput(stack: StackProcess, payloads: list[bytes], clients: int, requests: int) -> float:
+def endpoint_throughput(stack: StackProcess, payloads: list[bytes], clients: int, images: int,
+                        per_request: int = 1) -> float:
+    """Images per second through InvokeEndpoint from `clients` at once, `per_request` images a call
+    (several as the pipeline sends them: chalice_app.invocations' JSON body)."""
     runtime = stack.client("sagemaker-runtime")
     endpoint = in_service_endpoint(stack)
 
     def invoke(index: int) -> None:
-        runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/x-image", Accept="application/json",
-                                Body=payloads[index % len(payloads)])["Body"].read()
+        batch = [payloads[(index * per_request + i) % len(payloads)] for i in range(per_request)]
+        runtime.invoke_endpoint(**invoke_request(endpoint, batch))["Body"].read()
 
     for index in range(clients):  # warm up
         invoke(index)
+    requests = max(clients, images // per_request)
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(invoke, range(requests)))
-    return requests / (time.perf_counter() - started)
+    return requests * per_request / (time.perf_counter() - started)
+
+
+def endpoint_ceiling(stack: StackProcess, payloads: list[bytes], clients: int) -> dict[str, float]:
+    """The endpoint alone, one image per call and in the pipeline's batches of 64."""
+    return {"single": endpoint_throughput(stack, payloads, clients, 300),
+            "batched": endpoint_throughput(stack, payloads, clients, 1280, MAX_IMAGES_PER_REQUEST)}
 
 
 def wait_for_predictions(dynamodb, table: str, keys: list[str], timeout: float, window: int = 100) -> dict:
@@ -176,15 +188,21 @@ def main() -> None:
                           log_path=work / "stack.log") as stack:
             live = ensure_live_model(stack, files)
             payloads = [p.read_bytes() for p in files[:50]]
-            before = endpoint_throughput(stack, payloads, clients=args.concurrency, requests=300)
+            before = endpoint_ceiling(stack, payloads, args.concurrency)
             result = pipeline(stack, files, args.images, args.timeout)
-            after = endpoint_throughput(stack, payloads, clients=args.concurrency, requests=300)
-        own = max(before, after)
+            after = endpoint_ceiling(stack, payloads, args.concurrency)
+        best = {shape: max(before[shape], after[shape]) for shape in before}
+        own = max(best.values())
+        throughput = result["throughput_img_s"]
         result.update({"model_version": live.get("model_version"), "dispatcher_concurrency": args.concurrency,
-                       "endpoint_img_s": round(own, 2), "endpoint_img_s_before": round(before, 2),
-                       "endpoint_img_s_after": round(after, 2),
-                       "ratio_to_endpoint": round(result["throughput_img_s"] / own, 3) if own else None,
-                       "goal_ratio": 0.8})
+                       "endpoint_img_s": round(own, 2),
+                       "endpoint_img_s_before": {k: round(v, 2) for k, v in before.items()},
+                       "endpoint_img_s_after": {k: round(v, 2) for k, v in after.items()},
+                       # Against each request shape, and (the goal's) against the endpoint's best.
+                       "ratio_to_endpoint_single": round(throughput / best["single"], 3),
+                       "ratio_to_endpoint_batched": round(throughput / best["batched"], 3),
+                       "ratio_to_endpoint": round(throughput / own, 3) if own else None,
+                       "goal_ratio": 0.8, "goal_met": bool(own) and throughput / own >= 0.8})
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -83,6 +84,7 @@ class Host:
         with self.idle:
             self.idle.wait_for(lambda: self.inflight == 0, timeout=drain_timeout)
         self.server.stop(timeout=10)
+        shutil.rmtree(self.workdir, ignore_errors=True)  # its model (tens of MB); a restart fetches it again
 
 
 class EndpointFleet:

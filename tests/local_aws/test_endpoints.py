@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -122,7 +123,8 @@ def test_an_update_to_a_broken_model_rolls_back_and_the_old_model_keeps_answerin
 
 
 def test_a_good_update_moves_traffic_without_failing_a_request(sm, s3, bucket, runtime, live_endpoint,
-                                                               serving_model_tar):
+                                                               serving_model_tar, service):
+    hosts = service.backend.settings.state_dir / "hosts" / live_endpoint
     config = deployable(sm, s3, bucket, serving_model_tar.read_bytes())
     with Hammer(runtime, live_endpoint) as hammer:
         sm.update_endpoint(EndpointName=live_endpoint, EndpointConfigName=config)
@@ -131,6 +133,11 @@ def test_a_good_update_moves_traffic_without_failing_a_request(sm, s3, bucket, r
     assert after["EndpointConfigName"] == config
     assert "FailureReason" not in after
     assert hammer.failures == [] and hammer.ok > 0
+    # The old host's copy of its model goes with it (once its requests have drained): only the serving config's stays.
+    deadline = time.monotonic() + 60
+    while len(list(hosts.iterdir())) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [path.name.rsplit("-", 1)[0] for path in hosts.iterdir()] == [config]
 
 
 def test_creating_from_a_broken_model_fails_with_the_reason(sm, s3, bucket, serving_model_tar):
