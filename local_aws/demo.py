@@ -74,8 +74,11 @@ class Demo:
         files = sorted(self.digits.rglob("*.png"))
         held_out = files[::10]
         rest = [f for i, f in enumerate(files) if i % 10]
-        # Interleaved, not cut: the files sort by label, and every set needs every label.
-        return [f for i, f in enumerate(rest) if i % 3 != 2], rest[2::3], held_out
+        # Interleaved, not cut: the files sort by label, and every set needs every label. A third first,
+        # then the other two thirds: with 1.5x the data (its first split) the retrained model lost to the
+        # live one on the same test split in one demo of three, and the gate rightly kept the live one;
+        # with 3x, the next version wins and the demo shows the endpoint update it is there to show.
+        return rest[::3], [f for i, f in enumerate(rest) if i % 3], held_out
 
     def upload(self, files: list[Path], key_of) -> None:
         with ThreadPoolExecutor(8) as pool:
