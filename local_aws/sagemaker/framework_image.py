@@ -9,6 +9,7 @@ process with `pid`, `stdout` (the job's output and errors, as text lines), `poll
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Protocol
 
 from aws_lambda_powertools import Logger
@@ -179,3 +181,22 @@ def terminate(process: JobProcess, grace: float = 10.0) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def time_limit(process: JobProcess, seconds: float | None) -> Iterator[threading.Event]:
+    """Terminate `process` once `seconds` have passed (None or 0: never); the event says whether it had to."""
+    expired = threading.Event()
+    timer = None
+    if seconds:
+        def expire() -> None:
+            expired.set()
+            terminate(process)
+        timer = threading.Timer(float(seconds), expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        yield expired
+    finally:
+        if timer:
+            timer.cancel()

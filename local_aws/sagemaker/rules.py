@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-from .framework_image import FrameworkImage, start_process, terminate
+from .framework_image import FrameworkImage, start_process, time_limit
 
 STATUSES = ("NoIssuesFound", "IssuesFound", "Error")
 PROGRAM = "training/rules.py"  # inside the job's source dir
@@ -30,17 +29,11 @@ def run_debug_rules(configurations: list[dict[str, Any]], tensors: Path, code: P
     command = [sys.executable, PROGRAM, str(tensors), "--configurations", json.dumps(configurations)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
     process = start_process(command, code, env, image)
-    timed_out = threading.Event()
-    timer = threading.Timer(timeout, lambda: (timed_out.set(), terminate(process)))
-    timer.daemon = True
-    timer.start()
-    try:
+    with time_limit(process, timeout) as timed_out:
         assert process.stdout is not None
         output = process.stdout.read()
         process.stdout.close()
         returncode = process.wait()
-    finally:
-        timer.cancel()
     if timed_out.is_set():
         return {name: {"RuleEvaluationStatus": "Error", "StatusDetails": f"rule evaluation ran over {timeout} s"}
                 for name in names}

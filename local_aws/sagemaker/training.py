@@ -32,7 +32,7 @@ from aws_lambda_powertools import Logger
 
 from . import aws
 from .exceptions import ValidationException
-from .framework_image import FrameworkImage, JobProcess, start_process, terminate
+from .framework_image import FrameworkImage, JobProcess, start_process, terminate, time_limit
 from .models import now
 from .rules import run_debug_rules
 
@@ -331,27 +331,17 @@ class TrainingRunner:
                 stopped_early = self.backend.training_jobs[name].stop_requested
             if stopped_early:
                 terminate(process)
-            timer = None
-            timed_out = threading.Event()
-            if limit:
-                def expire() -> None:
-                    timed_out.set()
-                    terminate(process)
-                timer = threading.Timer(float(limit), expire)
-                timer.daemon = True
-                timer.start()
-            assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                if on_line:
-                    try:
-                        on_line(line)
-                    except Exception:  # noqa: BLE001 - a tuner's bookkeeping must not kill the job
-                        logger.exception("line callback failed", job=name)
-            process.stdout.close()
-            returncode = process.wait()
-            if timer:
-                timer.cancel()
+            with time_limit(process, limit) as timed_out:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log.write(line)
+                    if on_line:
+                        try:
+                            on_line(line)
+                        except Exception:  # noqa: BLE001 - a tuner's bookkeeping must not kill the job
+                            logger.exception("line callback failed", job=name)
+                process.stdout.close()
+                returncode = process.wait()
         if timed_out.is_set():
             raise JobStopped(f"Training job reached its time limit of {limit} seconds (MaxRuntimeInSeconds)")
         return returncode

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from local_aws.sagemaker.framework_image import REPO_ROOT, ForkedProcess, FrameworkImage, start_process
+from local_aws.sagemaker.framework_image import (
+    REPO_ROOT,
+    ForkedProcess,
+    FrameworkImage,
+    start_process,
+    time_limit,
+)
 
 PROBE = textwrap.dedent("""
     import json, os, signal, sys
@@ -166,3 +172,15 @@ def _alive(pid: int) -> bool:
     # A zombie still answers kill(0): reaped by its (dead) parent's reaper soon.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split()[2] != "Z"
+
+
+def test_a_time_limit_stops_the_job_and_says_so(image, job_dir):
+    (job_dir / "code" / "forever.py").write_text("import time\ntime.sleep(60)\n")
+    process = image.spawn([sys.executable, "forever.py"], job_dir / "code", job_env(job_dir))
+    with time_limit(process, 0.5) as expired:
+        _, code = run(process)
+    assert expired.is_set() and code == -signal.SIGTERM
+    quick = image.spawn([sys.executable, "probe.py"], job_dir / "code", job_env(job_dir))
+    with time_limit(quick, 30) as expired:
+        _, code = run(quick)
+    assert not expired.is_set() and code == 0
