@@ -33,11 +33,11 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(state_dir=Path(state_dir), **values)
 
-    @property
-    def job_threads(self) -> int:
-        """Torch threads per training process: one job per core share, as torch's default (all cores
-        per process) would oversubscribe the machine."""
-        return max(1, (os.cpu_count() or 1) // self.max_running_jobs)
+    def job_threads(self, running_jobs: int) -> int:
+        """Torch threads for a job that starts while `running_jobs` jobs (itself included) run: the
+        cores shared among them. Torch's default (all cores in every process) would oversubscribe
+        the machine; a share fixed for max_running_jobs would leave a job alone half the cores."""
+        return max(1, (os.cpu_count() or 1) // max(1, min(running_jobs, self.max_running_jobs)))
 
     def arn(self, kind: str, name: str) -> str:
         # AWS lower-cases the resource name in SageMaker ARNs.

@@ -135,8 +135,8 @@ class TrainingRunner:
         self.settings = backend.settings
         self._processes: dict[str, JobProcess] = {}
         preload = self.settings.framework_preload
-        self.image = FrameworkImage(preload, env={**os.environ, "OMP_NUM_THREADS": str(self.settings.job_threads)}) \
-            if preload else None
+        # The image itself starts no OpenMP pool (one would not survive a fork); each job sets its count.
+        self.image = FrameworkImage(preload, env={**os.environ, "OMP_NUM_THREADS": "1"}) if preload else None
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
@@ -281,7 +281,7 @@ class TrainingRunner:
         script_hps = {k: v for k, v in hyperparameters.items() if not is_sagemaker_hyperparameter(k)}
         env = {
             **os.environ,
-            "OMP_NUM_THREADS": str(self.settings.job_threads),
+            "OMP_NUM_THREADS": str(self.settings.job_threads(self.backend.running_training_jobs())),
             "PYTHONPATH": os.pathsep.join([str(workdir / "code"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             "PYTHONUNBUFFERED": "1",
             "TRAINING_JOB_NAME": job.name,

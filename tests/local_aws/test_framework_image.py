@@ -128,15 +128,19 @@ def test_a_stop_reaches_the_job_and_its_children(image, job_dir):
     process.stdout.close()
 
 
-def test_torch_preloaded_takes_the_jobs_thread_count(job_dir):
-    image = FrameworkImage(("torch",), env={**os.environ, "OMP_NUM_THREADS": "2"})
-    try:
-        lines, code = run(image.spawn([sys.executable, "probe.py"], job_dir / "code",
-                                      job_env(job_dir, OMP_NUM_THREADS="1")))
-    finally:
-        image.stop()
+@pytest.fixture(scope="module")
+def torch_image() -> Iterator[FrameworkImage]:
+    image = FrameworkImage(("torch",), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    yield image
+    image.stop()
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])  # fewer or more than the image's own
+def test_torch_preloaded_takes_the_jobs_thread_count(torch_image, job_dir, threads):
+    lines, code = run(torch_image.spawn([sys.executable, "probe.py"], job_dir / "code",
+                                        job_env(job_dir, OMP_NUM_THREADS=threads)))
     seen = json.loads(lines[0])
-    assert code == 0 and "torch" in seen["preloaded"] and seen["threads"] == 1
+    assert code == 0 and "torch" in seen["preloaded"] and seen["threads"] == int(threads)
 
 
 def test_an_image_that_cannot_start_leaves_jobs_to_fresh_processes(job_dir):

@@ -6,6 +6,7 @@ import io
 import tarfile
 from pathlib import Path
 
+from local_aws.sagemaker.config import Settings
 from local_aws.sagemaker.events import endpoint_status_for_event, tag_map, to_event_times, training_job_event
 from local_aws.sagemaker.rules import parse_rule_output
 from local_aws.sagemaker.sourcedir import PROGRAM, build_sourcedir
@@ -69,3 +70,11 @@ def test_a_rule_program_that_crashed_gives_error_with_its_last_line():
     verdict = parse_rule_output(["Overfit"], 1, output)["Overfit"]
     assert verdict == {"RuleEvaluationStatus": "Error",
                        "StatusDetails": "rule evaluation exited 1: ModuleNotFoundError: No module named 'smdebug'"}
+
+
+def test_a_job_gets_the_cores_shared_by_the_jobs_running_when_it_starts(monkeypatch, tmp_path):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    settings = Settings(state_dir=tmp_path, max_running_jobs=2)
+    # alone: every core; beside another: half; never fewer than one, never past the running limit.
+    assert [settings.job_threads(running) for running in (0, 1, 2, 3)] == [4, 4, 2, 2]
+    assert Settings(state_dir=tmp_path, max_running_jobs=8).job_threads(8) == 1
