@@ -1,7 +1,8 @@
 """What Chalice does not create, created in moto from `infra/template.json`.
 
 The template is the one source for the queues (visibility timeout, dead-letter
-queue, maxReceiveCount), the tables, and which bucket prefix notifies which queue;
+queue, maxReceiveCount), the tables, the bucket's lifecycle rules and encryption,
+and which bucket prefix notifies which queue;
 here it is rendered for the local stage and applied with boto3. Every call is
 idempotent, so `up` applies it on every start, over restored state too.
 
@@ -53,6 +54,9 @@ class Infra:
     tables: list[dict[str, Any]]
     ttl: dict[str, dict[str, Any]] = field(default_factory=dict)
     notifications: list[Notification] = field(default_factory=list)
+    # S3 API shapes (put_bucket_lifecycle_configuration's Rules, put_bucket_encryption's Rules).
+    lifecycle_rules: list[dict[str, Any]] = field(default_factory=list)
+    encryption_rules: list[dict[str, Any]] = field(default_factory=list)
 
     def queue(self, name: str) -> QueueSpec:
         for spec in self.queues:
@@ -93,7 +97,7 @@ class _Renderer:
 def render(stage: Stage, template_path: Path = TEMPLATE) -> Infra:
     template = json.loads(template_path.read_text())
     resolve = _Renderer(template, stage)
-    queues, tables, ttl, notifications = [], [], {}, []
+    queues, tables, ttl, notifications, lifecycle, encryption = [], [], {}, [], [], []
     for resource in template["Resources"].values():
         kind, props = resource.get("Type"), resource.get("Properties", {})
         if kind == "AWS::SQS::Queue":
@@ -111,6 +115,9 @@ def render(stage: Stage, template_path: Path = TEMPLATE) -> Infra:
             if props.get("TimeToLiveSpecification", {}).get("Enabled"):
                 ttl[request["TableName"]] = props["TimeToLiveSpecification"]
         elif kind == "AWS::S3::Bucket":
+            lifecycle = [lifecycle_rule(rule) for rule in props.get("LifecycleConfiguration", {}).get("Rules", [])]
+            encryption = [encryption_rule(rule) for rule in
+                          props.get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", [])]
             for item in props.get("NotificationConfiguration", {}).get("QueueConfigurations", []):
                 rules = item.get("Filter", {}).get("S3Key", {}).get("Rules", [])
                 prefix = next((r["Value"] for r in rules if r["Name"].lower() == "prefix"), "")
@@ -118,7 +125,21 @@ def render(stage: Stage, template_path: Path = TEMPLATE) -> Infra:
     # Dead-letter queues first: a redrive policy names a queue that must exist.
     queues.sort(key=lambda q: q.dead_letter_arn is not None)
     return Infra(bucket=stage.environment["BUCKET"], queues=queues, tables=tables, ttl=ttl,
-                 notifications=notifications)
+                 notifications=notifications, lifecycle_rules=lifecycle, encryption_rules=encryption)
+
+
+def lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation lifecycle rule in the S3 API's shape (the properties the template uses)."""
+    known = {"Id", "Status", "Prefix", "ExpirationInDays", "AbortIncompleteMultipartUpload"}
+    if set(rule) - known:
+        raise ValueError(f"lifecycle rule {rule.get('Id')!r}: cannot render {sorted(set(rule) - known)} locally")
+    rendered: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "ExpirationInDays" in rule:
+        rendered["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        rendered["AbortIncompleteMultipartUpload"] = {
+            "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
+    return rendered
 
 
 def ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
@@ -130,7 +151,7 @@ def ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
 
 
 def apply(infra: Infra, session: Any) -> None:
-    """Create (or re-assert) the queues, tables, bucket and its notifications."""
+    """Create (or re-assert) the queues, tables, bucket and its rules and notifications."""
     sqs, dynamodb, s3 = (session.client(s) for s in ("sqs", "dynamodb", "s3"))
     for spec in infra.queues:
         ensure_queue(sqs, spec.name, spec.attributes)
@@ -149,8 +170,23 @@ def apply(infra: Infra, session: Any) -> None:
     except ClientError as error:
         if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
+    if infra.lifecycle_rules:  # moto keeps the rules (and answers for them) but expires nothing
+        s3.put_bucket_lifecycle_configuration(Bucket=infra.bucket,
+                                              LifecycleConfiguration={"Rules": infra.lifecycle_rules})
+    if infra.encryption_rules:
+        s3.put_bucket_encryption(Bucket=infra.bucket,
+                                 ServerSideEncryptionConfiguration={"Rules": infra.encryption_rules})
     s3.put_bucket_notification_configuration(Bucket=infra.bucket, NotificationConfiguration={
         "QueueConfigurations": [
             {"QueueArn": n.queue_arn, "Events": n.events,
              "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": n.prefix}]}}}
             for n in infra.notifications]})
+
+
+
+def encryption_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation ServerSideEncryptionRule in the S3 API's shape (its default has another name)."""
+    rendered: dict[str, Any] = {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
+    if "BucketKeyEnabled" in rule:
+        rendered["BucketKeyEnabled"] = rule["BucketKeyEnabled"]
+    return rendered

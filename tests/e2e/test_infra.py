@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from local_aws.infra import queue_arn, render
+import boto3
+from moto import mock_aws
+
+from local_aws.infra import apply, queue_arn, render
 from local_aws.stage import load_stage, parse_overrides
 
 
@@ -33,3 +36,19 @@ def test_overrides_replace_stage_variables_only_where_asked():
     assert stage.environment["MAX_TRAINING_JOBS"] == "1"
     assert stage.environment["BUCKET"] == load_stage("local").environment["BUCKET"]
     assert stage.function_name("on_incoming_image") == "image-pipeline-local-on_incoming_image"
+
+
+def test_the_bucket_gets_the_templates_lifecycle_rules_and_encryption():
+    stage = load_stage("local")
+    infra = render(stage)
+    with mock_aws():
+        session = boto3.Session(region_name=stage.region, aws_access_key_id="test", aws_secret_access_key="test")
+        apply(infra, session)
+        apply(infra, session)  # every start applies it again
+        s3 = session.client("s3")
+        rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=infra.bucket)["Rules"]}
+        encryption = s3.get_bucket_encryption(Bucket=infra.bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules["expire-trunk-feature-cache"]["Filter"] == {"Prefix": "sagemaker/trunk-features/"}
+    assert rules["expire-trunk-feature-cache"]["Expiration"] == {"Days": 30}
+    assert rules["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    assert encryption[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
