@@ -155,11 +155,6 @@ def test_most_confused_and_recall():
     assert [r["class"] for r in recall] == ["fox", "cat", "dog"]
 
 
-def test_data_loader_finding_follows_the_data_wait(profile, slow_profile):
-    assert "data-loader-bound" not in {f.key for f in diagnose(profile, HEALTHY)}
-    assert "data-loader-bound" in {f.key for f in diagnose(slow_profile, HEALTHY)}
-
-
 def test_gpu_findings_follow_the_gpu_figures(profile):
     busy_loader_free = replace(
         profile,
