@@ -1,15 +1,16 @@
 """moto in server mode on a local port, with its DynamoDB requests taken one at a time.
 
 moto's DynamoDB backend is not safe under concurrent writes: TransactWriteItems
-deep-copies the tables for its rollback while other threads change them
+deep-copied the tables for its rollback while other threads changed them
 ("RuntimeError: dictionary changed size during iteration", a 500 to the client). The
 dispatcher runs batches concurrently, as Lambda does, and every batch writes through
 transactions, so DynamoDB requests are serialised here. Everything else (S3, SQS long
-polls, EventBridge) stays concurrent. Four changes make it cheaper per request, each
+polls, EventBridge) stays concurrent. These changes make it cheaper per request, each
 with moto's answers unchanged: its SQS is linear in the queue's depth
 (`local_aws.moto_sqs`; a deep queue otherwise costs quadratic time), its routing is
 memoised (`local_aws.moto_dispatch`), DynamoDB lexes a condition expression once per
-text (`local_aws.moto_dynamodb`), and connections are kept alive between requests
+text and a transaction saves only the items it touches, not whole tables
+(`local_aws.moto_dynamodb`), and connections are kept alive between requests
 (`local_aws.moto_http`).
 
 `MotoServer` serves from threads of this process (tests); `MotoProcess` runs it in its
@@ -36,7 +37,7 @@ from typing import Any
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 from .moto_dispatch import make_dispatch_memoised
-from .moto_dynamodb import make_lexing_memoised
+from .moto_dynamodb import make_lexing_memoised, make_transactions_item_scoped
 from .moto_http import KeepAliveRequestHandler, close_open_connections, open_connections
 from .moto_sqs import make_sqs_linear
 from .wsgi_server import ThreadedServer
@@ -63,6 +64,7 @@ class MotoServer(ThreadedServer):
         make_sqs_linear()
         make_dispatch_memoised()
         make_lexing_memoised()
+        make_transactions_item_scoped()
         super().__init__(serialise_dynamodb(DomainDispatcherApplication(create_backend_app)), host, port,
                          request_handler=KeepAliveRequestHandler)
         open_connections(self._server)
