@@ -142,6 +142,14 @@ def lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
     return rendered
 
 
+def encryption_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation ServerSideEncryptionRule in the S3 API's shape (its default has another name)."""
+    rendered: dict[str, Any] = {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
+    if "BucketKeyEnabled" in rule:
+        rendered["BucketKeyEnabled"] = rule["BucketKeyEnabled"]
+    return rendered
+
+
 def ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
     """Create a queue or bring an existing one (restored from a snapshot) to these attributes."""
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
@@ -181,12 +189,3 @@ def apply(infra: Infra, session: Any) -> None:
             {"QueueArn": n.queue_arn, "Events": n.events,
              "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": n.prefix}]}}}
             for n in infra.notifications]})
-
-
-
-def encryption_rule(rule: dict[str, Any]) -> dict[str, Any]:
-    """A CloudFormation ServerSideEncryptionRule in the S3 API's shape (its default has another name)."""
-    rendered: dict[str, Any] = {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
-    if "BucketKeyEnabled" in rule:
-        rendered["BucketKeyEnabled"] = rule["BucketKeyEnabled"]
-    return rendered

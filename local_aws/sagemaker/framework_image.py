@@ -17,8 +17,8 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Protocol
 
 from aws_lambda_powertools import Logger

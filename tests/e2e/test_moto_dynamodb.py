@@ -7,6 +7,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.comparisons import ConditionExpressionParser
 
 from local_aws import moto_dynamodb
@@ -101,11 +102,11 @@ def test_a_failed_transaction_leaves_every_item_as_it_was(transactions, spoiler)
     from moto.dynamodb.models import dynamodb_backends
 
     before = everything(transactions)
-    table = dynamodb_backends["123456789012"]["us-east-1"].tables["t"]
+    table = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables["t"]
     with pytest.raises(ClientError) as failure:
         transactions.transact_write_items(TransactItems=[BUMP_A, PUT_B, DELETE_C, spoiler])
     assert failure.value.response["Error"]["Code"] in ("TransactionCanceledException", "ValidationException")
     assert everything(transactions) == before
-    assert dynamodb_backends["123456789012"]["us-east-1"].tables["t"] is table  # the table was never copied
+    assert dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables["t"] is table  # the table was never copied
     transactions.transact_write_items(TransactItems=[BUMP_A, PUT_B])  # and it takes writes as before
     assert [(i["pk"]["S"], i["v"]["N"]) for i in everything(transactions)] == [("a", "2"), ("b", "1"), ("c", "1")]
