@@ -43,21 +43,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from chalice_app.invocations import MAX_IMAGES_PER_REQUEST, invoke_request  # noqa: E402
+from local_aws.demo import demo_budget  # noqa: E402
 from local_aws.launcher import StackProcess  # noqa: E402
 from training.demo_data import write_digits  # noqa: E402
-
-def small_budget(image_size: int) -> dict[str, str]:
-    """The stack's settings for a model trained in a few minutes, at `image_size` pixels: a whole
-    ResNet-18 to serve, but only its head trained (throughput does not depend on the weights)."""
-    return {
-        "MAX_TRAINING_JOBS": "1", "MAX_PARALLEL_JOBS": "1", "QUIET_WINDOW_SECONDS": "30",
-        "STATIC_HYPERPARAMETERS": json.dumps({
-            "arch": "resnet18", "optimizer": "adam", "freeze": "backbone", "pretrained": "none",
-            "image-size": str(image_size), "epochs": "2", "patience": "2", "hflip-prob": "0", "workers": "0",
-            "batch-size": "16"}),
-        "TUNING_RANGES": json.dumps({"lr": {"type": "continuous", "min": 0.0015, "max": 0.0025,
-                                            "scaling": "Logarithmic"}}),
-    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -194,7 +182,10 @@ def main() -> None:
         write_digits(work / "digits", "labels")
         files = sorted((work / "digits").rglob("*.png"))
         state = args.state_dir or work / "state"
-        with StackProcess(state, overrides=small_budget(args.image_size), schedule_seconds=3,
+        # One trial, then the final job: a whole ResNet-18 to serve, only its head trained (in about
+        # a minute; throughput does not depend on the weights).
+        budget = demo_budget(1, 1, 2, image_size=args.image_size, freeze="backbone")
+        with StackProcess(state, overrides=budget, schedule_seconds=3,
                           concurrency=args.concurrency, log_path=work / "stack.log") as stack:
             live = ensure_live_model(stack, files)
             payloads = [p.read_bytes() for p in files[:50]]

@@ -37,16 +37,17 @@ from .sagemaker.aws import download_prefix, split_s3_uri
 TERMINAL = ("DEPLOYED", "REJECTED", "FAILED")
 
 
-def demo_budget(trials: int, parallel: int, epochs: int) -> dict[str, str]:
-    """The local stage's knobs for a demo that fits in minutes on 2 cores."""
+def demo_budget(trials: int, parallel: int, epochs: int, *, image_size: int = 32,
+                freeze: str = "none") -> dict[str, str]:
+    """The local stage's knobs for a demo that fits in minutes on 2 cores (bench/e2e.py's too)."""
     return {
         "MAX_TRAINING_JOBS": str(trials), "MAX_PARALLEL_JOBS": str(parallel), "TUNING_STRATEGY": "Random",
         # A burst ends with the _COMMIT marker the demo uploads last; the quiet window (longer
         # than the training queue's 20 s batching window) is only the fallback.
         "QUIET_WINDOW_SECONDS": "30", "MIN_IMAGES": "50",
         "STATIC_HYPERPARAMETERS": json.dumps({
-            "arch": "resnet18", "optimizer": "adam", "freeze": "none", "pretrained": "none", "image-size": "32",
-            "epochs": str(epochs), "patience": "2", "hflip-prob": "0", "workers": "0"}),
+            "arch": "resnet18", "optimizer": "adam", "freeze": freeze, "pretrained": "none",
+            "image-size": str(image_size), "epochs": str(epochs), "patience": "2", "hflip-prob": "0", "workers": "0"}),
         "TUNING_RANGES": json.dumps({
             "lr": {"type": "continuous", "min": 0.0005, "max": 0.004, "scaling": "Logarithmic"},
             "batch-size": {"type": "categorical", "values": ["16", "32"]}}),
