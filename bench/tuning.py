@@ -60,7 +60,7 @@ RUNS = {
 
 
 def tuning_request(name: str, run: dict, args: argparse.Namespace, bucket: str, seed: int) -> dict:
-    from local_aws.sagemaker.sourcedir import PROGRAM
+    from infra.sourcedir import PROGRAM
     from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
     config: dict = {
@@ -220,7 +220,7 @@ def main() -> None:
     from local_aws.sagemaker import aws
     from local_aws.sagemaker.config import Settings
     from local_aws.sagemaker.server import LocalSageMaker
-    from local_aws.sagemaker.sourcedir import build_sourcedir
+    from infra.sourcedir import build_sourcedir
     from training.demo_data import write_digits
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request, as in the stack

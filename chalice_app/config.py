@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from training.metrics import DEBUGGER_RULES
+
 # The seed projects' search space (lr 0.001-0.1 log-scaled, batch sizes 32..256,
 # a few epochs, SGD momentum); the configuration may replace any of it.
 DEFAULT_TUNING_RANGES: dict[str, dict[str, Any]] = {
@@ -28,7 +30,19 @@ DEFAULT_STATIC_HYPERPARAMETERS: dict[str, str] = {
     "pretrained": "imagenet",
     "patience": "3",
 }
-DEBUGGER_RULES = ("VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing")
+# Where the Debugger rules run: in the final job itself (training/rules.py on its own tensors), or
+# SageMaker's managed Debugger and Profiler, which are closed to new accounts since 2026-07-30.
+DEBUGGER_SERVICES = ("in-job", "managed")
+VETO, WARN = "veto", "warn"
+# What IssuesFound means per rule: "veto", the model is broken and is not deployed; "warn", a finding
+# for the report and the run's reason. Measured over seeds and budgets by bench/rule_verdicts.py.
+DEFAULT_RULE_POLICY: dict[str, str] = {
+    "VanishingGradient": VETO,
+    "LossNotDecreasing": VETO,
+    "Overfit": WARN,
+    "Overtraining": WARN,
+    "PoorWeightInitialization": WARN,
+}
 
 
 class ConfigError(ValueError):
@@ -61,6 +75,23 @@ def _debugger_rules(env: dict[str, str]) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"DEBUGGER_RULES names unknown rules {unknown}; known: {', '.join(DEBUGGER_RULES)}")
     return rules
+
+
+def _rule_policy(env: dict[str, str]) -> dict[str, str]:
+    policy = {**DEFAULT_RULE_POLICY, **_json(env, "DEBUGGER_RULE_POLICY", {})}
+    unknown = sorted(set(policy) - set(DEBUGGER_RULES))
+    bad = sorted(rule for rule, action in policy.items() if action not in (VETO, WARN))
+    if unknown or bad:
+        raise ConfigError(f"DEBUGGER_RULE_POLICY: unknown rules {unknown}, or actions not {VETO!r}/{WARN!r} "
+                          f"for {bad}")
+    return policy
+
+
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -100,7 +131,9 @@ class Settings:
     max_image_bytes: int = 6 * 1024 * 1024
     top_k: int = 5
     upload_url_seconds: int = 900
+    debugger_service: str = "in-job"
     debugger_rules: tuple[str, ...] = DEBUGGER_RULES
+    debugger_rule_policy: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RULE_POLICY))
     debugger_rule_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
     debug_save_interval: int = 100
 
@@ -137,7 +170,9 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         sagemaker_role_arn=need("SAGEMAKER_ROLE_ARN"),
         training_image=need("TRAINING_IMAGE"),
         inference_image=need("INFERENCE_IMAGE"),
-        rules_image=need("DEBUGGER_RULES_IMAGE"),
+        # The rule container image only the managed Debugger uses.
+        rules_image=need("DEBUGGER_RULES_IMAGE") if env.get("DEBUGGER_SERVICE") == "managed"
+        else env.get("DEBUGGER_RULES_IMAGE", ""),
         source_dir_uri=need("SOURCE_DIR_URI"),
         endpoint_name=need("ENDPOINT_NAME"),
         training_instance_type=env.get("TRAINING_INSTANCE_TYPE", "ml.m5.xlarge"),
@@ -158,7 +193,9 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         max_image_bytes=int(env.get("MAX_IMAGE_BYTES", str(6 * 1024 * 1024))),
         top_k=int(env.get("TOP_K", "5")),
         upload_url_seconds=int(env.get("UPLOAD_URL_SECONDS", "900")),
+        debugger_service=_choice(env, "DEBUGGER_SERVICE", "in-job", DEBUGGER_SERVICES),
         debugger_rules=_debugger_rules(env),
+        debugger_rule_policy=_rule_policy(env),
         debugger_rule_parameters={rule: {k: str(v) for k, v in params.items()}
                                   for rule, params in _json(env, "DEBUGGER_RULE_PARAMETERS", {}).items()},
         debug_save_interval=int(env.get("DEBUG_SAVE_INTERVAL", "100")),

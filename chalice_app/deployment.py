@@ -24,6 +24,9 @@ from .sagemaker_calls import Refused, create_or_refuse, delete_quietly, describe
 FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
 # The endpoint can settle before the gate's Lambda has marked its run DEPLOYING.
 DEPLOYING_STATES = ("TRAINING", "DEPLOYING")
+# How long after its job ended the schedule gates a run that is still TRAINING: the job's own
+# Completed event normally does it within seconds.
+GATE_GRACE_SECONDS = 120
 
 
 @tracer.capture_method
@@ -47,7 +50,12 @@ def on_training_change(event: TrainingJobStateChange) -> None:
 def gate_and_deploy(run_id: str, description: dict[str, Any]) -> None:
     config, store = settings(), stores()
     live = store.registry.live()
-    verdict = gate.judge(description, live["test_accuracy"] if live else None, config.gate_margin)
+    verdict = gate.judge(description, live["test_accuracy"] if live else None, config.gate_margin,
+                         config.debugger_rule_policy)
+    if verdict.pending:
+        # The managed Debugger reports no event when its rules finish: the schedule judges again.
+        logger.info("gate waits", extra={"run_id": run_id, "reason": verdict.reason})
+        return
     if not verdict.passed:
         end_run(run_id, ("TRAINING",), "REJECTED", verdict.reason, test_accuracy=verdict.accuracy)
         return
@@ -64,6 +72,23 @@ def gate_and_deploy(run_id: str, description: dict[str, Any]) -> None:
     store.runs.transition(run_id, ("TRAINING",), "DEPLOYING", clock.now(), model_version=version,
                              test_accuracy=verdict.accuracy, gate=verdict.reason)
     logger.info("deploying", extra={"run_id": run_id, "model_version": version, "gate": verdict.reason})
+
+
+@tracer.capture_method
+def resume_waiting_gate() -> None:
+    """Gate a run whose final job ended while its managed Debugger rules still ran (or whose
+    Completed event was lost): the schedule's part, once the job has been over a while."""
+    store = stores()
+    holder = store.runs.lock_holder()
+    run = store.runs.get(holder) if holder else None
+    if not run or run["status"] != "TRAINING" or not run.get("training_job"):
+        return
+    description = aws.client("sagemaker").describe_training_job(TrainingJobName=run["training_job"])
+    ended = description.get("TrainingEndTime")
+    if description.get("TrainingJobStatus") != "Completed" or ended is None:
+        return
+    if clock.now() - ended.timestamp() > GATE_GRACE_SECONDS and not gate.pending_rules(description):
+        gate_and_deploy(holder, description)
 
 
 def _deploy(run_id: str, artifact: str) -> None:

@@ -76,6 +76,7 @@ def incoming_images(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def quiet_check(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Every minute: end a quiet burst with a run, and finish a start that stalled."""
     retraining.resume_stalled_start()
+    deployment.resume_waiting_gate()
     outcome = retraining.maybe_start_run()
     logger.info("run check", extra={"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason})
     return {"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason}

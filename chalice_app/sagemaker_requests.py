@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, RULE_METRIC_DEFINITIONS, format_rule_parameters
 
 from .config import Settings
 
@@ -69,6 +69,13 @@ def feature_cache_uri(settings: Settings) -> str:
     return settings.s3_uri(f"{settings.output_prefix}trunk-features/")
 
 
+# The training source's requirements.txt (training/requirements.txt, installed by the toolkit)
+# holds smdebug 1.0.34, whose protobuf<=3.20.3 pin would downgrade the image's protobuf 6 that
+# sagemaker-training needs: installed without dependencies, smdebug runs on protobuf 6 in its
+# pure-Python implementation. The conformance check proves this in the image's environment.
+SOURCE_ENVIRONMENT = {"PIP_NO_DEPS": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+
+
 def static_hyperparameters(settings: Settings) -> dict[str, str]:
     return {"feature-cache": feature_cache_uri(settings), **settings.static_hyperparameters,
             **sdk_hyperparameters(settings)}
@@ -113,6 +120,7 @@ def _job_resources(settings: Settings, run_id: str, purpose: str) -> dict[str, A
         "OutputDataConfig": {"S3OutputPath": settings.s3_uri(f"{settings.output_prefix}{purpose}/")},
         "ResourceConfig": {"InstanceType": settings.training_instance_type, "InstanceCount": 1, "VolumeSizeInGB": 30},
         "StoppingCondition": stopping,
+        "Environment": dict(SOURCE_ENVIRONMENT),
     }
     if settings.spot_training:
         # Spot capacity can be reclaimed: the job resumes from its checkpoints.
@@ -158,23 +166,47 @@ def _rule(settings: Settings, name: str) -> dict[str, Any]:
 
 def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str, str],
                                live_artifact: str | None = None) -> dict[str, Any]:
-    """The final job: static + best tuned hyperparameters, with Debugger rules and the profiler.
+    """The final job: static + best tuned hyperparameters, with the Debugger rules and the profiler.
 
-    `live_artifact` (the live model's model.tar.gz) becomes the `live` channel: the job
-    scores it on its own test split, so the gate compares both models on the same images.
+    The job evaluates the rules itself and prints each verdict as a metric line (in-job, the
+    default); with DEBUGGER_SERVICE=managed, SageMaker's Debugger runs them instead, for accounts
+    that still have it. `live_artifact` (the live model's model.tar.gz) becomes the `live`
+    channel: the job scores it on its own test split, so the gate compares both models on the
+    same images.
     """
     hyperparameters = {**static_hyperparameters(settings),
                        **{k: str(v) for k, v in tuned.items() if k not in _TUNER_KEYS}}
-    debug_root = settings.s3_uri(f"{settings.output_prefix}debug/{run_id}/")
     resources = _job_resources(settings, run_id, "final")
     if live_artifact:
         resources["InputDataConfig"].append(_channel("live", live_artifact))
+    definitions = [dict(d) for d in METRIC_DEFINITIONS]
+    debugger: dict[str, Any] = {}
+    if settings.debugger_service == "managed":
+        debugger = _managed_debugger(settings, run_id)
+    else:
+        hyperparameters |= {
+            "debugger-rules": ",".join(settings.debugger_rules),
+            "debugger-rule-parameters": format_rule_parameters(
+                {rule: settings.debugger_rule_parameters[rule] for rule in settings.debugger_rules
+                 if rule in settings.debugger_rule_parameters}),
+            "debug-save-interval": str(settings.debug_save_interval),
+        }
+        definitions += [dict(d) for d in RULE_METRIC_DEFINITIONS if d["Name"].split(":", 1)[1] in settings.debugger_rules]
     return {
         "TrainingJobName": final_job_name(settings, run_id),
         "HyperParameters": hyperparameters,
         "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
-                                   "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
+                                   "MetricDefinitions": definitions},
         **resources,
+        **debugger,
+        "Tags": _tags(run_id, FINAL_ROLE),
+    }
+
+
+def _managed_debugger(settings: Settings, run_id: str) -> dict[str, Any]:
+    """SageMaker Debugger's hook, rules and profiler, as the managed service runs them."""
+    debug_root = settings.s3_uri(f"{settings.output_prefix}debug/{run_id}/")
+    return {
         # Weights and gradients every N steps (they are large); losses, which the rules
         # compare step to step, ten times as often.
         "DebugHookConfig": {
@@ -186,7 +218,6 @@ def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str,
         "DebugRuleConfigurations": [_rule(settings, name) for name in settings.debugger_rules],
         "ProfilerConfig": {"S3OutputPath": f"{debug_root}profiler/", "ProfilingIntervalInMilliseconds": 500},
         "ProfilerRuleConfigurations": [_rule(settings, "ProfilerReport")],
-        "Tags": _tags(run_id, FINAL_ROLE),
     }
 
 

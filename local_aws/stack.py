@@ -127,7 +127,7 @@ class Stack:
     def _upload_source(self, session: Any) -> None:
         """The training source where the stage's SOURCE_DIR_URI says (what the deploy step does on AWS)."""
         from .sagemaker.aws import split_s3_uri
-        from .sagemaker.sourcedir import build_sourcedir
+        from infra.sourcedir import build_sourcedir
 
         bucket, key = split_s3_uri(self.stage.environment["SOURCE_DIR_URI"])
         session.client("s3").put_object(Bucket=bucket, Key=key, Body=build_sourcedir())

@@ -14,6 +14,9 @@ from training.artifact import pack_model_dir
 from training.demo_data import write_digits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# As in the training image (training/debugger.py): smdebug's protobuf code runs on protobuf 6 only in
+# the pure-Python implementation, chosen when protobuf is first imported, by whichever test that is.
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
 # A tiny but real configuration: ~1 epoch of a ResNet-18 on 32-pixel digits.
 TINY_HYPERPARAMETERS = {

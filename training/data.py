@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from aws_lambda_powertools import Logger
 from torch.utils.data import DataLoader, Dataset
 
+from training.logs import get_logger
 from training.presets import ImageDecodeError, decode_rgb
 from training.splits import SPLITS, stable_split
 
-logger = Logger(service="training", child=True)
+logger = get_logger(__name__)
 
 IGNORED_NAMES = {"_COMMIT"}
 

@@ -33,6 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+# smdebug 1.0.34's generated protobuf code predates protobuf 4. The images keep protobuf 6
+# (sagemaker-training needs >= 5.28), which runs such code in its pure-Python implementation
+# only, and that is chosen once, when protobuf is first imported: before smdebug imports it.
+PURE_PYTHON_PROTOBUF = os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python") == "python"
+
 RULE_COLLECTIONS = ("losses", "weights", "biases", "gradients", "relu_input")
 # The regex AWS's PoorWeightInitialization rule saves for its activation inputs.
 RELU_INPUT_REGEX = ".*relu_input"

@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from aws_lambda_powertools import Logger
 
 from training.data import Sample
+from training.logs import get_logger
 
-logger = Logger(service="training", child=True)
+logger = get_logger(__name__)
 
 FORMAT = 1  # bump when the entry's layout changes: older entries become misses
 MAGIC = f"trunk-features/{FORMAT}\n".encode()

@@ -28,6 +28,17 @@ LIVE_GATE_METRIC = "live:test_accuracy"
 
 EPOCH_RE = re.compile(r"\bepoch=(\d+)\b")
 
+# The Debugger rules the final job evaluates itself (training/rules.py, AWS's built-in rules on
+# smdebug), each verdict one metric line, `rule_VanishingGradient=0`, so that it reaches the
+# gate through DescribeTrainingJob's FinalMetricDataList like any other metric.
+DEBUGGER_RULES = ("VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing")
+NO_ISSUES, ISSUES, ERROR = "NoIssuesFound", "IssuesFound", "Error"
+VERDICT_VALUES = {NO_ISSUES: 0, ISSUES: 1, ERROR: -1}
+RULE_METRIC_PREFIX = "rule:"
+RULE_METRIC_DEFINITIONS: list[dict[str, str]] = [
+    {"Name": f"{RULE_METRIC_PREFIX}{rule}", "Regex": rf"\brule_{rule}=(-?[01])\b"} for rule in DEBUGGER_RULES
+]
+
 
 def epoch_line(epoch: int, train_loss: float, valid_loss: float, valid_accuracy: float) -> str:
     return (
@@ -42,6 +53,40 @@ def test_line(test_loss: float, test_accuracy: float) -> str:
 
 def live_test_line(accuracy: float) -> str:
     return f"live_test_accuracy={accuracy:.6f}"
+
+
+def rule_line(rule: str, verdict: str) -> str:
+    return f"rule_{rule}={VERDICT_VALUES[verdict]}"
+
+
+def format_rule_parameters(parameters: dict[str, dict[str, str]]) -> str:
+    """Rule parameters as one hyperparameter, `Overfit.patience=3,LossNotDecreasing.mode=TRAIN`: a
+    JSON object would not survive the training toolkit, which decodes JSON-looking hyperparameters
+    and passes a mapping to the script as `key=value,...` of its top level only."""
+    items = [f"{rule}.{key}={value}" for rule, values in sorted(parameters.items()) for key, value in sorted(values.items())]
+    bad = [item for item in items if "," in item]
+    if bad:
+        raise ValueError(f"rule parameter values cannot hold commas: {bad}")
+    return ",".join(items)
+
+
+def parse_rule_parameters(items: str | list[str]) -> dict[str, dict[str, str]]:
+    """`Rule.key=value` items (a list, or one comma-separated string) as {rule: {key: value}}."""
+    if isinstance(items, str):
+        items = [item for item in items.split(",") if item.strip()]
+    parameters: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.strip().partition("=")
+        rule, dot, parameter = key.partition(".")
+        if not sep or not dot or not rule or not parameter:
+            raise ValueError(f"a rule parameter is Rule.key=value, not {item!r}")
+        parameters.setdefault(rule, {})[parameter] = value
+    return parameters
+
+
+def verdict_of(value: float) -> str:
+    """A rule metric's value back as its verdict."""
+    return {v: k for k, v in VERDICT_VALUES.items()}.get(int(value), ERROR)
 
 
 def parse_metrics(text: str, definitions: list[dict[str, str]] = METRIC_DEFINITIONS) -> dict[str, list[float]]:

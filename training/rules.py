@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from aws_lambda_powertools import Logger
+
+from training.debugger import PURE_PYTHON_PROTOBUF  # noqa: F401 - before smdebug imports protobuf
+from training.logs import get_logger
+from training.metrics import DEBUGGER_RULES, ERROR, ISSUES, NO_ISSUES, parse_rule_parameters
 from smdebug.core.modes import ModeKeys
 from smdebug.exceptions import (
     RuleEvaluationConditionMet,
@@ -41,9 +44,8 @@ from smdebug.exceptions import (
 from smdebug.rules.rule import Rule
 from smdebug.trials import create_trial
 
-logger = Logger(service="training", child=True)
+logger = get_logger(__name__)
 
-NO_ISSUES, ISSUES, ERROR = "NoIssuesFound", "IssuesFound", "Error"
 
 
 class RuleNotEvaluable(Exception):
@@ -332,10 +334,10 @@ class PoorWeightInitialization(BuiltInRule):
         return False
 
 
-RULES: dict[str, type[BuiltInRule]] = {
-    rule.__name__: rule
-    for rule in (VanishingGradient, Overfit, Overtraining, PoorWeightInitialization, LossNotDecreasing)
-}
+_IMPLEMENTED = {rule.__name__: rule
+                for rule in (VanishingGradient, Overfit, Overtraining, PoorWeightInitialization, LossNotDecreasing)}
+# In the contract's order (training.metrics); a rule named there but not implemented fails here, at import.
+RULES: dict[str, type[BuiltInRule]] = {name: _IMPLEMENTED[name] for name in DEBUGGER_RULES}
 
 
 def run_rule(rule: BuiltInRule) -> bool:
@@ -352,6 +354,11 @@ def run_rule(rule: BuiltInRule) -> bool:
 
 def evaluate_rule(trial, name: str, params: Mapping[str, str] | None = None) -> str:
     """One verdict; never raises."""
+    return _evaluate(trial, name, params)[0]
+
+
+def _evaluate(trial, name: str, params: Mapping[str, str] | None) -> tuple[str, str | None]:
+    """(verdict, what the rule found or why it could not run)."""
     params = {k: v for k, v in (params or {}).items() if k != "rule_to_invoke"}
     try:
         if name not in RULES:
@@ -362,11 +369,12 @@ def evaluate_rule(trial, name: str, params: Mapping[str, str] | None = None) -> 
             raise RuleNotEvaluable(f"bad parameters {sorted(params)}: {error}") from error
         fired = run_rule(rule)
     except Exception as error:  # noqa: BLE001 - a rule that cannot run says Error, never crashes the job
-        logger.warning("rule not evaluated", extra={"rule": name, "reason": f"{type(error).__name__}: {error}"})
-        return ERROR
+        reason = f"{type(error).__name__}: {error}"
+        logger.warning("rule not evaluated", extra={"rule": name, "reason": reason})
+        return ERROR, reason
     logger.info("rule evaluated", extra={"rule": name, "verdict": ISSUES if fired else NO_ISSUES,
                                          "finding": rule.finding, "parameters": params})
-    return ISSUES if fired else NO_ISSUES
+    return (ISSUES if fired else NO_ISSUES), rule.finding
 
 
 def _open_trial(out_dir: Path | str):
@@ -391,6 +399,27 @@ def evaluate_rules(out_dir: Path | str, names: Iterable[str] | None = None,
     return {name: evaluate_rule(trial, name, params.get(name)) for name in names}
 
 
+def judge_rules(out_dir: Path | str | None, names: Iterable[str],
+                params: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict]:
+    """{rule: {"verdict", "finding", "parameters"}} for the named rules on the tensors under `out_dir`:
+    what the training job reports of its own Debugger rules."""
+    names, params = list(names), params or {}
+    try:
+        trial = _open_trial(out_dir) if out_dir else None
+        if trial is None:
+            raise RuleNotEvaluable("the job saved no Debugger tensors")
+    except Exception as error:  # noqa: BLE001 - no tensors: every rule says Error, with the reason
+        reason = f"{type(error).__name__}: {error}"
+        logger.warning("no tensors to evaluate", extra={"out_dir": str(out_dir), "reason": reason})
+        return {name: {"verdict": ERROR, "finding": reason, "parameters": dict(params.get(name, {}))}
+                for name in names}
+    results = {}
+    for name in names:
+        verdict, finding = _evaluate(trial, name, params.get(name))
+        results[name] = {"verdict": verdict, "finding": finding, "parameters": dict(params.get(name, {}))}
+    return results
+
+
 def evaluate_rule_configurations(out_dir: Path | str, configurations: Iterable[Mapping]) -> dict[str, str]:
     """Verdicts keyed by RuleConfigurationName, for CreateTrainingJob's DebugRuleConfigurations
     (the rule is RuleParameters' `rule_to_invoke`, else the configuration's name)."""
@@ -409,14 +438,10 @@ def evaluate_rule_configurations(out_dir: Path | str, configurations: Iterable[M
 
 
 def parse_params(items: Iterable[str]) -> dict[str, dict[str, str]]:
-    params: dict[str, dict[str, str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        rule, dot, parameter = key.partition(".")
-        if not sep or not dot or not rule or not parameter:
-            raise argparse.ArgumentTypeError(f"--param wants Rule.key=value, not {item!r}")
-        params.setdefault(rule, {})[parameter] = value
-    return params
+    try:
+        return parse_rule_parameters(list(items))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--param wants Rule.key=value: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
@@ -429,7 +454,6 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                         help="a training job's DebugRuleConfigurations instead of --rules and --param: "
                              "verdicts keyed by RuleConfigurationName")
     args = parser.parse_args(argv)
-    Logger(service="training")  # the parent of this module's logger: its lines reach stdout
     try:
         params = parse_params(args.param)
     except argparse.ArgumentTypeError as error:

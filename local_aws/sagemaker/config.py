@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ class Settings:
     # What the training image has imported before a job starts (framework_image.py); () starts each
     # job as a fresh interpreter, which pays the imports itself (~4 s for torch and torchvision).
     framework_preload: tuple[str, ...] = ("torch", "torchvision")
+    # The training image: its interpreter (one holding the image's packages: AWS's training toolkit
+    # and the framework) and the framework module it names in SAGEMAKER_TRAINING_MODULE.
+    training_python: str = sys.executable
+    training_module: str = "sagemaker_pytorch_container.training:main"
 
     @classmethod
     def from_env(cls, state_dir: Path, **overrides) -> "Settings":
@@ -27,6 +32,7 @@ class Settings:
             "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
             "event_bus": os.environ.get("LOCAL_SAGEMAKER_EVENT_BUS", "default"),
             "max_running_jobs": int(os.environ.get("LOCAL_SAGEMAKER_MAX_RUNNING_JOBS", "2")),
+            "training_python": os.environ.get("LOCAL_SAGEMAKER_TRAINING_PYTHON") or sys.executable,
         }
         if "LOCAL_SAGEMAKER_PRELOAD" in os.environ:  # "" for fresh processes
             values["framework_preload"] = tuple(filter(None, os.environ["LOCAL_SAGEMAKER_PRELOAD"].split(",")))

@@ -1,15 +1,24 @@
-"""Runs a training job the way SageMaker's script mode does, as a local process.
+"""Runs a training job the way SageMaker runs a framework container, as a local process.
 
-Per job, a directory mirrors the container's /opt/ml:
+Per job, a directory plays the container's /opt/ml (`SAGEMAKER_BASE_DIR`, which AWS's
+training toolkit honours):
 
     input/data/<channel>/   the S3 channels, downloaded (File mode)
     input/config/           hyperparameters.json, inputdataconfig.json, resourceconfig.json,
                             debughookconfig.json (when DebugHookConfig is set)
-    code/                   the unpacked sagemaker_submit_directory (the process's cwd)
+    checkpoints/            CheckpointConfig's S3Uri, downloaded before and uploaded after the job
+    code/                   the toolkit unpacks sagemaker_submit_directory here
     model/                  SM_MODEL_DIR, tarred to <S3OutputPath>/<job>/output/model.tar.gz, or with
                             OutputDataConfig.CompressionType NONE uploaded as it is under .../output/model/
     output/data/            SM_OUTPUT_DATA_DIR, tarred to .../output/output.tar.gz
+    output/failure          the toolkit's failure message: the job's FailureReason
     output/tensors/         smdebug's tensors, uploaded to DebugHookConfig.S3OutputPath
+
+The process is the image's own entry point: AWS's `sagemaker-training` toolkit (its `train`
+command), which imports the framework module the image names (`SAGEMAKER_TRAINING_MODULE`),
+pip-installs the source's requirements.txt, maps the hyperparameters to arguments and runs
+the script, in the interpreter the settings name for the image (`training_python`). What the
+toolkit refuses, AWS refuses.
 
 The log (stdout and stderr) is kept under <state>/logs/<job>.log, as CloudWatch keeps it.
 """
@@ -21,7 +30,6 @@ import os
 import re
 import shlex
 import shutil
-import sys
 import tarfile
 import threading
 from collections.abc import Callable
@@ -42,6 +50,9 @@ if TYPE_CHECKING:
 logger = Logger(service="local-sagemaker")
 
 FAILURE_REASON_MAX = 1024
+# The training image's entry point: `train`, the console script of AWS's sagemaker-training toolkit.
+TOOLKIT_ENTRY_POINT = "sagemaker_training.cli.train"
+HOST = "algo-1"
 # Where training/train.py writes its profile and its HTML report, inside SM_OUTPUT_DATA_DIR.
 PROFILER_DIR, REPORT_DIR = "profiler", "report"
 _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
@@ -58,34 +69,16 @@ def decode_hyperparameters(raw: dict[str, str]) -> dict[str, Any]:
     return decoded
 
 
-# The training toolkit keeps these from the script (its SAGEMAKER_HYPERPARAMETERS, TUNING_METRIC_PARAM).
-TUNING_METRIC_PARAM = "_tuning_objective_metric"
-
-
-def is_sagemaker_hyperparameter(name: str) -> bool:
-    return name.startswith("sagemaker_") or name == TUNING_METRIC_PARAM
-
-
-def script_arguments(hyperparameters: dict[str, Any]) -> list[str]:
-    """`--name value` for each hyperparameter the script should see (SageMaker's own stay out)."""
-    argv: list[str] = []
-    for name, value in hyperparameters.items():
-        if is_sagemaker_hyperparameter(name):
-            continue
-        argv += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
-    return argv
-
-
-def failure_reason(log_tail: str, returncode: int, command: list[str], failure_file: Path | None = None) -> str:
-    """AWS's shape of a script failure, with the script's own error message in it."""
-    message = failure_file.read_text().strip() if failure_file and failure_file.exists() else ""
+def failure_reason(log_tail: str, returncode: int, failure_file: Path) -> str:
+    """FailureReason as AWS takes it: the container's /opt/ml/output/failure (the toolkit writes its
+    ExecuteUserScriptError there, with the script's stderr), else the log's last error."""
+    message = failure_file.read_text(errors="replace").strip() if failure_file.exists() else ""
     if not message:
         lines = [line for line in log_tail.splitlines() if line.strip()]
         errors = [m.group(1) for m in map(_ERROR_LINE.match, lines) if m]
-        message = errors[-1] if errors else (lines[-1].strip() if lines else "no output")
-    reason = (f'AlgorithmError: ExecuteUserScriptError:\nExitCode {returncode}\nErrorMessage "{message}"\n'
-              f'Command "{shlex.join(command)}", exit code: {returncode}')
-    return reason[:FAILURE_REASON_MAX]
+        detail = errors[-1] if errors else (lines[-1].strip() if lines else "no output")
+        message = f"AlgorithmError: the container exited {returncode}: {detail}"
+    return message[:FAILURE_REASON_MAX]
 
 
 def final_metrics(log_text: str, definitions: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -135,7 +128,7 @@ class TrainingRunner:
         self.settings = backend.settings
         self._processes: dict[str, JobProcess] = {}
         preload = self.settings.framework_preload
-        # The image itself starts no OpenMP pool (one would not survive a fork); each job sets its count.
+        # The image (forked for rule evaluations) starts no OpenMP pool (one would not survive a fork).
         self.image = FrameworkImage(preload, env={**os.environ, "OMP_NUM_THREADS": "1"}) if preload else None
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -196,10 +189,11 @@ class TrainingRunner:
         try:
             self._download(job, workdir)
             command, env = self._prepare(job, workdir)
+            cwd = workdir
             self.backend.change_training_job(name, lambda j: j.move_to(
                 "Training", "Training image download completed. Training in progress."))
             try:
-                returncode = self._execute(name, command, env, workdir / "code", log_path, on_line)
+                returncode = self._execute(name, command, env, cwd, log_path, on_line)
             finally:
                 # Before any final status: whoever reacts to it reads FinalMetricDataList.
                 self._record_metrics(name, log_path)
@@ -207,7 +201,7 @@ class TrainingRunner:
             if job.stop_requested:
                 raise JobStopped("The training job was stopped on request")
             if returncode != 0:
-                reason = failure_reason(_tail(log_path), returncode, command, workdir / "output" / "failure")
+                reason = failure_reason(_tail(log_path), returncode, workdir / "output" / "failure")
                 self._fail(name, reason)
                 return
             self.backend.change_training_job(name, lambda j: j.move_to("Uploading", "Uploading generated training model"))
@@ -222,6 +216,7 @@ class TrainingRunner:
             logger.exception("training job failed", job=name)
             self._fail(name, f"ClientError: {error}"[:FAILURE_REASON_MAX])
         finally:
+            self._save_checkpoints(self.backend.training_jobs[name], workdir)
             shutil.rmtree(workdir, ignore_errors=True)
             with self._lock:
                 self._processes.pop(name, None)
@@ -252,78 +247,67 @@ class TrainingRunner:
             uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
             if aws.download_prefix(s3, uri, target, cache=self.settings.state_dir / "cache" / "s3") == 0:
                 raise RuntimeError(f"Data download failed: no objects under {uri} for channel {channel['ChannelName']}")
-        hyperparameters = decode_hyperparameters(job.request.get("HyperParameters", {}))
-        submit = str(hyperparameters["sagemaker_submit_directory"])
-        code = workdir / "code"
-        code.mkdir(parents=True)
-        archive = aws.download_object(s3, submit, workdir / "sourcedir.tar.gz") if submit.startswith("s3://") \
-            else Path(submit.removeprefix("file://"))
-        with tarfile.open(archive) as tar:
-            tar.extractall(code, filter="data")
+        checkpoints = job.request.get("CheckpointConfig")
+        if checkpoints:
+            # A restarted (spot) job finds its earlier checkpoints where it wrote them.
+            target = workdir / "checkpoints"
+            target.mkdir(parents=True, exist_ok=True)
+            aws.download_prefix(s3, aws.join_s3(checkpoints["S3Uri"], ""), target)
+
+    def _save_checkpoints(self, job: "TrainingJob", workdir: Path) -> None:
+        """SageMaker syncs the checkpoint folder to CheckpointConfig.S3Uri; here once, as the job ends."""
+        config = job.request.get("CheckpointConfig")
+        folder = workdir / "checkpoints"
+        if not config or not folder.is_dir():
+            return
+        try:
+            aws.upload_tree(aws.s3_client(self.settings.region), folder, config["S3Uri"])
+        except Exception:  # noqa: BLE001 - the job's own outcome stands; the log says what was lost
+            logger.exception("checkpoints not uploaded", job=job.name)
 
     def _prepare(self, job: "TrainingJob", workdir: Path) -> tuple[list[str], dict[str, str]]:
+        """The container's configuration files and environment, and the image's entry point."""
         request = job.request
-        hyperparameters = decode_hyperparameters(request.get("HyperParameters", {}))
-        channels = [c["ChannelName"] for c in request.get("InputDataConfig", [])]
         config_dir = workdir / "input" / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
-        model_dir, output_data = workdir / "model", workdir / "output" / "data"
-        for directory in (model_dir, output_data):
+        for directory in (workdir / "model", workdir / "output" / "data"):
             directory.mkdir(parents=True, exist_ok=True)
-        resource = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}
+        instance = request["ResourceConfig"]["InstanceType"]
+        resource = {"current_host": HOST, "current_instance_type": instance, "current_group_name": "homogeneousCluster",
+                    "hosts": [HOST], "network_interface_name": "lo",
+                    "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance,
+                                         "hosts": [HOST]}]}
         (config_dir / "hyperparameters.json").write_text(json.dumps(request.get("HyperParameters", {})))
         (config_dir / "resourceconfig.json").write_text(json.dumps(resource))
         (config_dir / "inputdataconfig.json").write_text(json.dumps(
             {c["ChannelName"]: {k: v for k, v in c.items() if k != "ChannelName"} for c in request.get("InputDataConfig", [])}))
-        program = str(hyperparameters["sagemaker_program"])
-        command = [sys.executable, program, *script_arguments(hyperparameters)]
-        cpus = os.cpu_count() or 1
-        script_hps = {k: v for k, v in hyperparameters.items() if not is_sagemaker_hyperparameter(k)}
         env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(self.settings.job_threads(self.backend.running_training_jobs())),
-            "PYTHONPATH": os.pathsep.join([str(workdir / "code"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-            "PYTHONUNBUFFERED": "1",
+            **os.environ,  # the stack's: credentials and endpoints, as the role and the network give them on AWS
+            "SAGEMAKER_BASE_DIR": str(workdir),
+            "SAGEMAKER_TRAINING_MODULE": self.settings.training_module,
+            # One host whose name only AWS's network resolves: the toolkit's switch for local mode skips
+            # its wait for `algo-1` to resolve, and nothing else.
+            "SM_STUDIO_LOCAL_MODE": "true",
             "TRAINING_JOB_NAME": job.name,
             "TRAINING_JOB_ARN": job.arn,
-            "SM_MODEL_DIR": str(model_dir),
-            "SM_OUTPUT_DATA_DIR": str(output_data),
-            "SM_OUTPUT_DIR": str(workdir / "output"),
-            "SM_INPUT_DIR": str(workdir / "input"),
-            "SM_INPUT_CONFIG_DIR": str(config_dir),
-            "SM_CHANNELS": json.dumps(channels),
-            "SM_NUM_GPUS": "0",
-            "SM_NUM_CPUS": str(cpus),
-            "SM_HOSTS": json.dumps(["algo-1"]),
-            "SM_CURRENT_HOST": "algo-1",
-            "SM_USER_ENTRY_POINT": program,
-            "SM_MODULE_DIR": str(hyperparameters["sagemaker_submit_directory"]),
-            "SM_HPS": json.dumps(script_hps),
-            "SM_USER_ARGS": json.dumps(script_arguments(hyperparameters)),
+            "AWS_REGION": self.settings.region,
+            "OMP_NUM_THREADS": str(self.settings.job_threads(self.backend.running_training_jobs())),
+            "PYTHONUNBUFFERED": "1",
         }
-        for channel in channels:
-            env[f"SM_CHANNEL_{channel.upper()}"] = str(workdir / "input" / "data" / channel)
-        for key, value in script_hps.items():
-            env[f"SM_HP_{key.upper().replace('-', '_')}"] = value if isinstance(value, str) else json.dumps(value)
-        env["SM_TRAINING_ENV"] = json.dumps({
-            "job_name": job.name, "channel_input_dirs": {c: env[f"SM_CHANNEL_{c.upper()}"] for c in channels},
-            "hyperparameters": script_hps, "model_dir": str(model_dir), "output_data_dir": str(output_data),
-            "current_host": "algo-1", "hosts": ["algo-1"], "num_gpus": 0, "num_cpus": cpus,
-            "user_entry_point": program, "module_dir": env["SM_MODULE_DIR"],
-        })
         if "DebugHookConfig" in request:
             path = config_dir / "debughookconfig.json"
             path.write_text(json.dumps(debug_hook_config(request["DebugHookConfig"], workdir / "output" / "tensors")))
-            env["SMDEBUG_CONFIG_FILE_PATH"] = str(path)
+            env["SMDEBUG_CONFIG_FILE_PATH"] = str(path)  # smdebug's default path is /opt/ml's
         env.update(request.get("Environment", {}))
-        return command, env
+        return [self.settings.training_python, "-m", TOOLKIT_ENTRY_POINT], env
 
     def _execute(self, name: str, command: list[str], env: dict[str, str], cwd: Path, log_path: Path,
                  on_line: Callable[[str], None] | None) -> int:
         limit = self.backend.training_jobs[name].request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         with open(log_path, "a", buffering=1) as log:
             log.write(f"Invoking script with the following command:\n{shlex.join(command)}\n")
-            process = start_process(command, cwd, env, self.image)
+            # A fresh interpreter, as a container starts: the toolkit then runs the script as its own child.
+            process = start_process(command, cwd, env, None)
             with self._lock:
                 self._processes[name] = process
                 # A stop that came before the process was registered (while the data downloaded) found

@@ -29,7 +29,9 @@ from optuna.trial import Trial, TrialState
 
 from .exceptions import ResourceLimitExceeded, ValidationException
 from .models import now
-from .training import TUNING_METRIC_PARAM
+
+# What SageMaker adds to a tuned job's hyperparameters: the objective's name.
+TUNING_METRIC_PARAM = "_tuning_objective_metric"
 
 if TYPE_CHECKING:
     from .models import SageMakerBackend, TrainingJob, TuningJob

@@ -9,24 +9,28 @@ from pathlib import Path
 from local_aws.sagemaker.config import Settings
 from local_aws.sagemaker.events import endpoint_status_for_event, tag_map, to_event_times, training_job_event
 from local_aws.sagemaker.rules import parse_rule_output
-from local_aws.sagemaker.sourcedir import PROGRAM, build_sourcedir
-from local_aws.sagemaker.training import decode_hyperparameters, failure_reason, final_metrics, script_arguments
+from infra.sourcedir import PROGRAM, build_sourcedir
+from local_aws.sagemaker.training import decode_hyperparameters, failure_reason, final_metrics
 from training.metrics import METRIC_DEFINITIONS, epoch_line
 from training.metrics import test_line as format_test_line
 
 
-def test_sdk_encoded_hyperparameters_become_script_arguments():
-    decoded = decode_hyperparameters({"sagemaker_program": '"training/train.py"', "lr": "0.01", "arch": "resnet18",
-                                      "epochs": "3", "_tuning_objective_metric": "valid:accuracy"})
-    assert decoded["sagemaker_program"] == "training/train.py" and decoded["arch"] == "resnet18"
-    assert script_arguments(decoded) == ["--lr", "0.01", "--arch", "resnet18", "--epochs", "3"]
+def test_sdk_encoded_hyperparameters_are_decoded():
+    decoded = decode_hyperparameters({"sagemaker_program": '"training/train.py"', "lr": "0.01", "arch": "resnet18"})
+    assert decoded == {"sagemaker_program": "training/train.py", "lr": 0.01, "arch": "resnet18"}
 
 
-def test_the_failure_reason_carries_the_scripts_last_error():
+def test_the_failure_reason_is_the_containers_failure_file(tmp_path: Path):
+    failure = tmp_path / "failure"
+    failure.write_text('AlgorithmError: ExecuteUserScriptError:\nExitCode 2\nErrorMessage "ERROR: no class 7"\n' + "x" * 2000)
+    reason = failure_reason("whatever the log says", 2, failure)
+    assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 2\n") and len(reason) == 1024
+
+
+def test_without_a_failure_file_the_reason_is_the_logs_last_error(tmp_path: Path):
     log = "epoch=1 ...\nTraceback (most recent call last):\n  File x\nRuntimeError: CUDA out of memory\n"
-    reason = failure_reason(log, 1, ["python", "train.py", "--lr", "0.1"])
-    assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 1\n")
-    assert 'ErrorMessage "RuntimeError: CUDA out of memory"' in reason and len(reason) <= 1024
+    reason = failure_reason(log, 1, tmp_path / "failure")
+    assert reason == "AlgorithmError: the container exited 1: RuntimeError: CUDA out of memory"
 
 
 def test_final_metrics_are_the_last_values_of_the_projects_metric_lines():
@@ -51,6 +55,9 @@ def test_the_source_archive_is_deterministic_and_holds_the_program():
     assert first == second
     names = tarfile.open(fileobj=io.BytesIO(first)).getnames()
     assert PROGRAM in names and "inference/inference.py" in names
+    # The toolkit installs a requirements.txt at the source's root, and only there.
+    requirements = tarfile.open(fileobj=io.BytesIO(first)).extractfile("requirements.txt").read().decode()
+    assert "smdebug==" in requirements
     assert not any("__pycache__" in name or Path(name).is_absolute() for name in names)
 
 

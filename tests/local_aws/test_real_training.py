@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from local_aws.sagemaker import aws
-from local_aws.sagemaker.sourcedir import PROGRAM, build_sourcedir
+from infra.sourcedir import PROGRAM, build_sourcedir
 from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
 from .conftest import IMAGE, ROLE, unique, wait_for
