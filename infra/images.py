@@ -3,8 +3,8 @@
     python -m infra.images --region us-east-1 [--write]
 
 prints (or writes into every stage of .chalice/config.json) TRAINING_IMAGE,
-INFERENCE_IMAGE and DEBUGGER_RULES_IMAGE. The Lambda only reads them: the SDK is
-300 MB and never ships in the zip.
+INFERENCE_IMAGE and DEBUGGER_RULES_IMAGE: the versions of infra/frameworks.py, for the
+region. The Lambda only reads them: the SDK is 300 MB and never ships in the zip.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import json
 import os
 from pathlib import Path
 
+from infra.frameworks import IMAGES
+
 CONFIG = Path(__file__).resolve().parent.parent / ".chalice" / "config.json"
-PYTORCH_VERSION = "2.5"
-PY_VERSION = "py311"
 
 
 def resolve(region: str, instance_type: str = "ml.m5.xlarge") -> dict[str, str]:
@@ -25,8 +25,9 @@ def resolve(region: str, instance_type: str = "ml.m5.xlarge") -> dict[str, str]:
     from sagemaker.debugger import get_rule_container_image_uri
 
     def pytorch(scope: str) -> str:
-        return image_uris.retrieve("pytorch", region=region, version=PYTORCH_VERSION, py_version=PY_VERSION,
-                                   instance_type=instance_type, image_scope=scope)
+        image = IMAGES[scope]
+        return image_uris.retrieve("pytorch", region=region, version=image.framework_version,
+                                   py_version=image.py_version, instance_type=instance_type, image_scope=scope)
 
     return {"TRAINING_IMAGE": pytorch("training"), "INFERENCE_IMAGE": pytorch("inference"),
             "DEBUGGER_RULES_IMAGE": get_rule_container_image_uri("rules", region)}
