@@ -19,6 +19,8 @@ from typing import Any
 
 import boto3
 import pytest
+
+from training.metrics import VERDICT_VALUES
 from chalice.test import Client
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -146,14 +148,19 @@ class World:
                                  "FinalHyperParameterTuningJobObjectiveMetric": {
                                      "Type": "Maximize", "MetricName": "valid:accuracy", "Value": objective}}
 
-    def finish_training(self, name: str, accuracy: float | None, rules: dict[str, str] | None = None) -> None:
+    def finish_training(self, name: str, accuracy: float | None, rules: dict[str, str] | None = None,
+                        managed: dict[str, str] | None = None) -> None:
+        """The job's final metrics: test accuracy and its own rule verdict lines (in-job Debugger);
+        `managed`: the managed Debugger's rule statuses instead."""
         job = self.backend.training_jobs[name]
+        stamp = job.creation_time
         job.final_metric_data_list = ([] if accuracy is None else
-                                      [{"MetricName": "test:accuracy", "Value": accuracy,
-                                        "Timestamp": job.creation_time}])
+                                      [{"MetricName": "test:accuracy", "Value": accuracy, "Timestamp": stamp}])
+        job.final_metric_data_list += [{"MetricName": f"rule:{rule}", "Value": VERDICT_VALUES[verdict], "Timestamp": stamp}
+                                       for rule, verdict in (rules or {}).items()]
         job.debug_rule_evaluation_statuses = [
             {"RuleConfigurationName": rule, "RuleEvaluationStatus": status}
-            for rule, status in (rules or {}).items()]
+            for rule, status in (managed or {}).items()]
 
 
 @pytest.fixture

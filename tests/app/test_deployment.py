@@ -12,7 +12,7 @@ from chalice_app import sagemaker_requests as requests
 from chalice_app.config import settings
 
 from .conftest import ENV
-from .test_retraining import (TUNED, deploy_model, endpoint_event, runs, start_run, training_done,
+from .test_retraining import (TUNED, deploy_model, endpoint_event, runs, start_run, tick, training_done,
                               tuning_done)
 
 ENDPOINT = ENV["ENDPOINT_NAME"]
@@ -78,7 +78,8 @@ def test_the_first_final_job_has_no_live_channel(world):
 
 
 @pytest.mark.parametrize("metrics, rules, reason", [
-    (0.99, {"Overfit": "IssuesFound", "VanishingGradient": "NoIssuesFound"}, "Debugger rules found issues: Overfit"),
+    (0.99, {"VanishingGradient": "IssuesFound", "Overfit": "NoIssuesFound"},
+     "Debugger rules found issues: VanishingGradient"),
     (None, {}, "reported no test:accuracy"),
 ])
 def test_the_gate_vetoes_rule_findings_and_missing_metrics(world, metrics, rules, reason):
@@ -89,6 +90,32 @@ def test_the_gate_vetoes_rule_findings_and_missing_metrics(world, metrics, rules
     assert run["status"] == "REJECTED" and reason in run["reason"]
     assert world.client.http.get("/models/live").status_code == 404
     assert world.backend.endpoints == {}
+
+
+def test_a_rule_whose_policy_is_warn_is_a_finding_not_a_veto(world):
+    run = run_to_training(world)
+    world.finish_training(run["training_job"], 0.97, {"VanishingGradient": "NoIssuesFound", "Overfit": "IssuesFound",
+                                                       "LossNotDecreasing": "Error"})
+    training_done(world, run["training_job"], run["run_id"])
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYING", run
+    assert "Debugger findings: LossNotDecreasing Error, Overfit IssuesFound" in run["gate"]
+
+
+def test_with_the_managed_debugger_the_gate_waits_for_rules_still_in_progress(world):
+    run = run_to_training(world)
+    job = world.backend.training_jobs[run["training_job"]]
+    world.finish_training(run["training_job"], 0.97, managed={"VanishingGradient": "InProgress"})
+    job.training_end_time = datetime.datetime.fromtimestamp(world.clock[0], tz=datetime.timezone.utc)
+    training_done(world, run["training_job"], run["run_id"])
+    assert runs(world)[0]["status"] == "TRAINING"  # a Completed event while a rule still runs decides nothing
+    world.advance(600)
+    tick(world)
+    assert runs(world)[0]["status"] == "TRAINING"  # the schedule does not judge a rule in progress either
+    world.finish_training(run["training_job"], 0.97, managed={"VanishingGradient": "IssuesFound"})
+    tick(world)
+    run = runs(world)[0]
+    assert run["status"] == "REJECTED" and "Debugger rules found issues: VanishingGradient" in run["reason"]
 
 
 def _stub_update(world, run: dict, accuracy: float, live_config: str, live_accuracy: float | None = None) -> Stubber:

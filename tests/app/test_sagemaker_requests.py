@@ -12,7 +12,7 @@ from botocore.validate import ParamValidator
 from chalice_app import sagemaker_requests as requests
 from chalice_app.config import DEFAULT_TUNING_RANGES, ConfigError, settings_from_env
 from training import metrics
-from training.metrics import METRIC_DEFINITIONS, epoch_line, parse_metrics
+from training.metrics import DEBUGGER_RULES, METRIC_DEFINITIONS, epoch_line, parse_metrics
 
 from .conftest import ENV
 
@@ -89,35 +89,58 @@ def test_tuning_uses_the_seed_ranges_the_objective_and_the_metric_regexes():
                         "manifest": f"s3://{ENV['BUCKET']}/manifests/{RUN}.jsonl"}
 
 
-def test_the_final_job_has_rules_profiler_and_the_final_tag():
+def test_the_final_job_evaluates_its_debugger_rules_itself_and_reports_them_as_metrics():
     request = requests.final_training_job_request(config(), RUN, {"lr": "0.05", "_tuning_objective_metric": "x"})
-    assert request["HyperParameters"]["lr"] == "0.05" and "_tuning_objective_metric" not in request["HyperParameters"]
-    assert request["HyperParameters"]["feature-cache"] == f"s3://{ENV['BUCKET']}/sagemaker/trunk-features/"
-    assert "report" not in request["HyperParameters"] and "CompressionType" not in request["OutputDataConfig"]
-    rules = request["DebugRuleConfigurations"]
-    assert [r["RuleParameters"]["rule_to_invoke"] for r in rules] == [
-        "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"]
-    assert {r["RuleEvaluatorImage"] for r in rules} == {ENV["DEBUGGER_RULES_IMAGE"]}
-    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
-    assert request["ProfilerRuleConfigurations"][0]["RuleParameters"] == {"rule_to_invoke": "ProfilerReport"}
-    assert request["DebugHookConfig"]["S3OutputPath"].startswith(f"s3://{ENV['BUCKET']}/")
+    validate("CreateTrainingJob", request)
+    hyperparameters = request["HyperParameters"]
+    assert hyperparameters["lr"] == "0.05" and "_tuning_objective_metric" not in hyperparameters
+    assert hyperparameters["feature-cache"] == f"s3://{ENV['BUCKET']}/sagemaker/trunk-features/"
+    assert "report" not in hyperparameters and "CompressionType" not in request["OutputDataConfig"]
+    assert hyperparameters["debugger-rules"] == ",".join(DEBUGGER_RULES)
+    assert hyperparameters["debug-save-interval"] == "100" and hyperparameters["debugger-rule-parameters"] == ""
+    # Nothing of the managed Debugger, closed to new accounts: the job's metric lines carry the verdicts.
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig", "ProfilerRuleConfigurations"} & set(request)
+    definitions = {d["Name"]: d["Regex"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]}
+    for rule in DEBUGGER_RULES:
+        assert re.search(definitions[f"rule:{rule}"], metrics.rule_line(rule, "IssuesFound")).group(1) == "1"
+    # smdebug from the source's requirements.txt, on the image's protobuf (training/requirements.txt).
+    assert request["Environment"] == {"PIP_NO_DEPS": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
     assert {"Key": "pipeline-role", "Value": "final"} in request["Tags"]
     assert {"Key": "pipeline-run", "Value": RUN} in request["Tags"]
 
 
-def test_a_stage_chooses_its_rules_their_parameters_and_the_save_interval():
+def test_rule_parameters_reach_the_script_through_the_toolkits_hyperparameter_decoding():
     settings = config(DEBUGGER_RULES="VanishingGradient, Overfit", DEBUG_SAVE_INTERVAL="50",
+                      DEBUGGER_RULE_PARAMETERS='{"Overfit": {"patience": 3, "ratio_threshold": "0.5"}}')
+    value = requests.final_training_job_request(settings, RUN, {})["HyperParameters"]["debugger-rule-parameters"]
+    # The toolkit JSON-decodes each value and passes a mapping as "k=v,..." of its top level alone:
+    # the value must not be JSON, and must parse back to the stage's parameters.
+    with pytest.raises(ValueError):
+        json.loads(value)
+    assert metrics.parse_rule_parameters(value) == {"Overfit": {"patience": "3", "ratio_threshold": "0.5"}}
+
+
+def test_the_managed_debugger_is_a_stage_option_with_rules_profiler_and_hook():
+    settings = config(DEBUGGER_SERVICE="managed", DEBUGGER_RULES="VanishingGradient, Overfit", DEBUG_SAVE_INTERVAL="50",
                       DEBUGGER_RULE_PARAMETERS='{"Overfit": {"patience": 3, "ratio_threshold": "0.5"}}')
     request = requests.final_training_job_request(settings, RUN, {})
     validate("CreateTrainingJob", request)
+    assert "debugger-rules" not in request["HyperParameters"]
     assert [r["RuleParameters"] for r in request["DebugRuleConfigurations"]] == [
         {"rule_to_invoke": "VanishingGradient"},
         {"patience": "3", "ratio_threshold": "0.5", "rule_to_invoke": "Overfit"}]
+    assert {r["RuleEvaluatorImage"] for r in request["DebugRuleConfigurations"]} == {ENV["DEBUGGER_RULES_IMAGE"]}
     hook = request["DebugHookConfig"]
     assert hook["HookParameters"] == {"save_interval": "50"}
     assert hook["CollectionConfigurations"] == [{"CollectionName": "losses", "CollectionParameters": {"save_interval": "5"}}]
+    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert request["ProfilerRuleConfigurations"][0]["RuleParameters"] == {"rule_to_invoke": "ProfilerReport"}
     with pytest.raises(ConfigError, match="unknown rules"):
         config(DEBUGGER_RULES="VanishingGradient,Overfitting")
+    with pytest.raises(ConfigError, match="DEBUGGER_SERVICE"):
+        config(DEBUGGER_SERVICE="service")
+    with pytest.raises(ConfigError, match="DEBUGGER_RULE_POLICY"):
+        config(DEBUGGER_RULE_POLICY='{"Overfit": "ignore"}')
 
 
 def test_spot_training_checkpoints_and_waits_longer_than_it_runs():
