@@ -27,6 +27,9 @@ TINY_HYPERPARAMETERS = {
     "batch-size": "64",
     "lr": "0.002",
     "hflip-prob": "0",
+    # The final job's in-job Debugger: every rule, evaluated after the last epoch.
+    "debugger-rules": "VanishingGradient,Overfit,Overtraining,PoorWeightInitialization,LossNotDecreasing",
+    "debugger-rule-parameters": "LossNotDecreasing.mode=TRAIN",
 }
 
 

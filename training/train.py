@@ -28,11 +28,11 @@ if __package__ in (None, ""):  # run as a script, the way SageMaker runs `traini
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from aws_lambda_powertools import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from training import artifact, data, feature_cache, metrics
+from training import artifact, checkpoints, data, feature_cache, metrics
+from training.logs import get_logger
 from training.debugger import DebugSession
 from training.live_model import LiveModelError, live_test_accuracy
 from training.model import ARCHS, FREEZE_MODES, FrozenTrunk, ModelSpec, build_model, split_frozen
@@ -40,8 +40,9 @@ from training.pretrained import PretrainedWeightsError, load_pretrained, weights
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
 from training.profiler import Profiler
 
-logger = Logger(service="training")
+logger = get_logger()
 
+DEBUGGER_VERDICTS = "debugger-rules.json"  # in SM_OUTPUT_DATA_DIR: verdict, finding and parameters per rule
 FEATURE_BATCH_SIZE = 64  # images per forward pass of a frozen trunk (see main)
 
 
@@ -54,6 +55,7 @@ class SageMakerEnv:
     output_dir: Path
     num_gpus: int
     job_name: str
+    checkpoint_dir: Path | None = None  # None: the job keeps no checkpoints (see training/checkpoints.py)
 
     @classmethod
     def from_environ(cls, args: argparse.Namespace) -> "SageMakerEnv":
@@ -73,6 +75,7 @@ class SageMakerEnv:
             output_dir=Path(env.get("SM_OUTPUT_DATA_DIR") or args.output_dir),
             num_gpus=int(env.get("SM_NUM_GPUS", torch.cuda.device_count())),
             job_name=env.get("TRAINING_JOB_NAME") or f"local-{time.strftime('%Y%m%d-%H%M%S')}",
+            checkpoint_dir=checkpoints.checkpoint_dir(args.checkpoint_dir),
         )
 
 
@@ -106,6 +109,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--data-prefix", default="training-data/", help="S3 prefix of the manifest's keys inside the training channel")
     add("--min-images-per-class", type=int, default=5)
     add("--debug-out", type=Path, default=None, help="local run: write smdebug tensors here")
+    add("--debugger-rules", type=rule_names, default=(), help="Debugger rules to evaluate in the job after its last "
+        f"epoch, comma-separated (of {', '.join(metrics.DEBUGGER_RULES)}): each verdict is a metric line")
+    add("--debugger-rule-parameters", type=rule_parameters, default={}, metavar="Rule.key=value,...",
+        help="their parameters (a DebugRuleConfiguration's RuleParameters), e.g. Overfit.patience=3")
     add("--debug-save-interval", type=int, default=100,
         help="local run: save weights and gradients every N training steps (losses every 10)")
     # Local stand-ins for SageMaker's environment.
@@ -113,7 +120,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--weights-dir", type=Path, default=None, help="local run: the 'weights' channel")
     add("--model-dir", type=Path, default=Path("out/model"))
     add("--output-dir", type=Path, default=Path("out/output"))
+    add("--checkpoint-dir", type=Path, default=None, help="save a checkpoint after each epoch here and resume from "
+        "the newest; default: SageMaker's checkpoint directory when the job has one (spot training), else none")
     return parser
+
+
+def rule_names(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(metrics.DEBUGGER_RULES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown Debugger rules {unknown}; known: {', '.join(metrics.DEBUGGER_RULES)}")
+    return names
+
+
+def rule_parameters(value: str) -> dict[str, dict[str, str]]:
+    try:
+        return metrics.parse_rule_parameters(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -143,7 +167,10 @@ class EpochResult:
     targets: list[int] = field(default_factory=list)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin: bool, seed: int) -> DataLoader:
+def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin: bool, seed: int,
+                persistent: bool = True) -> DataLoader:
+    """`persistent=False`: worker processes start afresh each epoch, seeded from the loader's generator
+    (the main process's when it has none), so a run resumed from a checkpoint draws what it would have."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -153,7 +180,7 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin: bool
         drop_last=shuffle and len(dataset) > batch_size,
         num_workers=workers,
         pin_memory=pin,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
     )
 
@@ -276,7 +303,8 @@ def main(args: argparse.Namespace) -> dict:
 
     def image_stage(split: str, transform, shuffle: bool, batch_size: int = args.batch_size) -> Stage:
         dataset = data.ImageDataset(by_split[split], classes, transform, pixels)
-        return Stage(make_loader(dataset, batch_size, shuffle, workers, pin, args.seed), len(dataset))
+        return Stage(make_loader(dataset, batch_size, shuffle, workers, pin, args.seed,
+                                 persistent=env.checkpoint_dir is None), len(dataset))
 
     if cache:
         # The cached features come from the eval transform: augmentation would defeat the cache.
@@ -310,7 +338,9 @@ def main(args: argparse.Namespace) -> dict:
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(args, tail.parameters())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs))
-    debug = DebugSession.create(out_dir=args.debug_out, save_interval=args.debug_save_interval,
+    # Rules evaluated in the job need its tensors: a scratch folder beside the output when none was asked for.
+    debug_out = args.debug_out or (env.output_dir.parent / "tensors" if args.debugger_rules else None)
+    debug = DebugSession.create(out_dir=debug_out, save_interval=args.debug_save_interval,
                                 modules=tail, loss=criterion)
     profiler = Profiler(env.output_dir / "profiler")
     profiler.start()
@@ -318,7 +348,14 @@ def main(args: argparse.Namespace) -> dict:
     # Train; keep the weights of the epoch with the best validation loss (the tail's: a frozen trunk never changes).
     history: list[dict] = []
     best = {"loss": math.inf, "state": copy.deepcopy(tail.state_dict()), "epoch": 0}
-    for epoch in range(1, args.epochs + 1):
+    # A job restarted after an interruption (spot training) goes on after its last saved epoch, all state restored.
+    checkpointer = None if env.checkpoint_dir is None else checkpoints.Checkpointer(
+        env.checkpoint_dir, checkpoints.fingerprint(args, classes), tail, optimizer, scheduler,
+        stages["train"].loader.generator)
+    resumed = checkpointer.resume() if checkpointer else None
+    if resumed:
+        history, best = resumed.history, resumed.best
+    for epoch in range(resumed.epoch + 1 if resumed else 1, args.epochs + 1):
         train_loss = train_one_epoch(network, stages["train"], criterion, optimizer, scheduler, device, amp, profiler, debug)
         debug.eval()
         valid = evaluate(network, stages["valid"], criterion, device, amp)
@@ -329,6 +366,8 @@ def main(args: argparse.Namespace) -> dict:
         elif args.patience and epoch - best["epoch"] >= args.patience:
             logger.info("early stop", extra={"epoch": epoch, "best_epoch": best["epoch"]})
             break
+        if checkpointer:  # not after an early stop: a resumed job replays that epoch, identically, and stops too
+            checkpointer.save(epoch, history, best)
     profile = profiler.stop()
     print(profile.line(), flush=True)  # the job's log (CloudWatch on AWS) keeps where the time went
     debug.close()
@@ -337,6 +376,8 @@ def main(args: argparse.Namespace) -> dict:
     test = evaluate(network, stages["test"], criterion, device, amp)
     print(metrics.test_line(test.loss, test.accuracy), flush=True)
     live_accuracy = score_live_model(env.channels.get("live"), by_split["test"], pixels)
+    rule_results = evaluate_debugger_rules(debug.out_dir, args.debugger_rules, args.debugger_rule_parameters)
+    rule_verdicts = {rule: result["verdict"] for rule, result in rule_results.items()}
     seconds = time.perf_counter() - started
 
     # The artefact: weights, classes, the exact eval preprocessing, and the serving code.
@@ -356,6 +397,7 @@ def main(args: argparse.Namespace) -> dict:
         "history": history,
         "metrics": test_metrics,
         "data": {"counts": summary.counts, "rejected": len(rejected)},
+        "debugger_rules": rule_verdicts,
         "seconds": round(seconds, 1),
     }
     artifact.write_model_dir(env.model_dir, state_dict_bytes=buffer.getvalue(), classes=classes,
@@ -364,12 +406,15 @@ def main(args: argparse.Namespace) -> dict:
     env.output_dir.mkdir(parents=True, exist_ok=True)
     (env.output_dir / "metrics.json").write_text(json.dumps({**metadata, "classes": classes, "confusion_matrix": confusion},
                                                                  indent=2))
+    if rule_results:
+        (env.output_dir / DEBUGGER_VERDICTS).write_text(json.dumps(rule_results, indent=2))
     report = None
     if args.report == "on":
         from training.report import write_report  # matplotlib: imported only by a job that draws
 
         report = write_report(env.output_dir / "report", history=history, test=test_metrics, confusion=confusion,
-                              classes=classes, profile=profile, hyperparameters=metadata["hyperparameters"])
+                              classes=classes, profile=profile, rule_verdicts=rule_verdicts,
+                              hyperparameters=metadata["hyperparameters"])
     logger.info("done", extra={"seconds": round(seconds, 1), "test_accuracy": test.accuracy,
                                "model_dir": str(env.model_dir), "report": str(report) if report else None})
     return metadata
@@ -388,6 +433,21 @@ def shared_features(args: argparse.Namespace, env: SageMakerEnv, amp: bool,
     weights = weights_identity(args.pretrained, args.arch, env.channels.get("weights"), args.seed)
     trunk = feature_cache.Trunk(args.arch, args.freeze, weights, args.image_size, "cuda-bf16" if amp else "cpu")
     return store, feature_cache.entry_name(trunk, discovered)
+
+
+def evaluate_debugger_rules(tensors: Path | None, rules: tuple[str, ...],
+                            parameters: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """The Debugger rules, evaluated here on this job's own tensors (the managed service that ran
+    them in containers of its own is closed to new accounts): one metric line per verdict, read
+    by the quality gate from FinalMetricDataList."""
+    if not rules:
+        return {}
+    from training.rules import judge_rules  # smdebug's trial reader: only in a job that evaluates rules
+
+    results = judge_rules(tensors, rules, parameters)
+    for rule, result in results.items():
+        print(metrics.rule_line(rule, result["verdict"]), flush=True)
+    return results
 
 
 def score_live_model(channel: Path | None, test_samples: list[data.Sample],

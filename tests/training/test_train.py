@@ -38,6 +38,21 @@ def test_job_prints_one_metric_line_per_epoch_and_the_test_line(trained_run):
     assert len(profile) == 1 and "images_per_s=" in profile[0]  # where the time went, in the job's log
 
 
+def test_the_job_evaluates_its_debugger_rules_and_prints_each_verdict_as_a_metric_line(trained_run):
+    definitions = metrics.METRIC_DEFINITIONS + metrics.RULE_METRIC_DEFINITIONS
+    parsed = metrics.parse_metrics(trained_run.log, definitions)
+    verdicts = {name.removeprefix("rule:"): metrics.verdict_of(values[-1])
+                for name, values in parsed.items() if name.startswith("rule:")}
+    assert list(verdicts) == list(metrics.DEBUGGER_RULES)
+    written = json.loads((trained_run.output_dir / train.DEBUGGER_VERDICTS).read_text())
+    assert {rule: result["verdict"] for rule, result in written.items()} == verdicts
+    assert written["LossNotDecreasing"]["parameters"] == {"mode": "TRAIN"}
+    # A verdict other than NoIssuesFound says why (the rule's finding, or why it could not run).
+    assert all(result["finding"] for result in written.values() if result["verdict"] != "NoIssuesFound")
+    assert json.loads((trained_run.model_dir / "metadata.json").read_text())["debugger_rules"] == verdicts
+    assert "Debugger rules" in (trained_run.output_dir / "report" / "report.html").read_text()
+
+
 def test_model_dir_holds_the_artefact_serving_needs(trained_run):
     model_dir = trained_run.model_dir
     classes = json.loads((model_dir / "classes.json").read_text())
