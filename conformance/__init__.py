@@ -1,0 +1,1 @@
+"""Conformance checks: the product run inside environments holding exactly the deployed images' packages."""
