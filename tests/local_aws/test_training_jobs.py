@@ -124,3 +124,33 @@ def test_boto3_finds_the_service_through_the_environment(service, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", service.url)
     client = boto3.client("sagemaker", region_name="us-east-1")
     assert "TrainingJobSummaries" in client.list_training_jobs()
+
+
+RESUMING_TRAIN = """
+import os
+from pathlib import Path
+
+folder = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"), "checkpoints")
+count = int((folder / "count").read_text()) if (folder / "count").exists() else 0
+(folder / "count").write_text(str(count + 1))
+print(f"test_accuracy={count + 1}", flush=True)
+"""
+
+
+def test_a_job_with_checkpoint_config_finds_the_checkpoints_of_the_job_before(sm, s3, bucket):
+    from .conftest import tarball
+
+    s3.put_object(Bucket=bucket, Key="code/resume/sourcedir.tar.gz", Body=tarball({"train.py": RESUMING_TRAIN}))
+    source = f"s3://{bucket}/code/resume/sourcedir.tar.gz"
+    checkpoints = {"S3Uri": f"s3://{bucket}/checkpoints/{unique('run')}/"}
+    counts = []
+    for _ in range(2):  # a spot job restarted: SageMaker syncs the folder with S3 both ways
+        name = unique("resume")
+        sm.create_training_job(TrainingJobName=name, HyperParameters=sdk_hyperparameters("train.py", source),
+                               CheckpointConfig=checkpoints, **job_definition(bucket, source))
+        job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE)
+        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        counts.append({m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}["test:accuracy"])
+    assert counts == [1, 2]
+    key = checkpoints["S3Uri"].removeprefix(f"s3://{bucket}/") + "count"
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"2"
