@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo bench package clean
+.PHONY: install test conformance demo bench package clean
 
 $(STAMP): requirements.txt requirements-dev.txt training/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest
+
+# The product in its SageMaker images' environments (Python 3.12 needed; builds them once, ~12 min).
+conformance: install
+	$(PY) -m conformance
 
 demo: install
 	$(PY) -m local_aws demo
