@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from chalice_app import manifest
 from chalice_app import sagemaker_requests as requests
 from chalice_app.config import Settings, settings_from_env
 from infra.policies import stage_env
-from infra.sourcedir import REPO_ROOT, build_sourcedir
+from infra.sourcedir import REPO_ROOT, REQUIREMENTS, build_sourcedir
 from local_aws.ports import free_port
 from local_aws.sagemaker.config import Settings as SageMakerSettings
 from local_aws.sagemaker.server import LocalSageMaker
@@ -139,6 +140,16 @@ def source_importing(package: str) -> bytes:
     return patched.getvalue()
 
 
+def reset_environment(python: Path) -> None:
+    """Back to the image's packages: the toolkit pip-installs the source's requirements into the
+    environment a job runs in, and the next check must find them missing again, as a new container does."""
+    lines = (REPO_ROOT / REQUIREMENTS).read_text().splitlines()
+    names = [line.split("==")[0].strip() for line in lines if line.strip() and not line.startswith("#")]
+    subprocess.run([str(python), "-m", "pip", "uninstall", "--yes", "--quiet", *names], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log("environment reset", removed_if_present=names)
+
+
 def check(condition: bool, what: str, failures: list[str]) -> None:
     log("check", what=what, ok=bool(condition))
     if not condition:
@@ -149,6 +160,7 @@ def run(python: Path, scratch: Path) -> tuple[TrainingResult, list[str]]:
     """The final job, then the job that must fail; returns the good job's result and what failed."""
     settings = stage_settings()
     failures: list[str] = []
+    reset_environment(python)
     with local_aws(scratch / "sagemaker", python) as (s3, sm):
         upload_run(s3, settings, scratch, build_sourcedir())
         request = requests.final_training_job_request(settings, RUN_ID, TUNED)
@@ -176,4 +188,5 @@ def run(python: Path, scratch: Path) -> tuple[TrainingResult, list[str]]:
         log("job importing a missing package", status=failed["TrainingJobStatus"], failure=failed.get("FailureReason"))
         check(failed["TrainingJobStatus"] == "Failed" and MISSING_PACKAGE in (failed.get("FailureReason") or ""),
               f"a training/ that imports {MISSING_PACKAGE} fails in the image, naming it", failures)
+    reset_environment(python)
     return result, failures
