@@ -8,7 +8,7 @@ On SageMaker the hook follows the JSON config SageMaker writes for the job
 /opt/ml/input/config/debughookconfig.json). In a local run it follows the
 arguments. With neither, the session does nothing, at no cost.
 
-Whatever the config says, the collections the five rules of `training.rules`
+Whatever the config says, the collections the rules of `training.rules`
 read (losses, weights, biases, gradients, relu_input) are saved.
 
 Three fixes for smdebug 1.0.34 (frozen since 2023), all applied here and nowhere else:

@@ -4,7 +4,7 @@
 
 Writes the digits (the splits layout whose test split is BENCHMARKS.md's), runs
 `training/train.py` as a process with SageMaker's SM_* environment and `--name value`
-hyperparameters, writes Debugger tensors, evaluates the five Debugger rules on them,
+hyperparameters, writes Debugger tensors, evaluates the Debugger rules on them,
 and prints where the model, the report and the plots are.
 """
 

@@ -31,7 +31,8 @@ EPOCH_RE = re.compile(r"\bepoch=(\d+)\b")
 # The Debugger rules the final job evaluates itself (training/rules.py, AWS's built-in rules on
 # smdebug), each verdict one metric line, `rule_VanishingGradient=0`, so that it reaches the
 # gate through DescribeTrainingJob's FinalMetricDataList like any other metric.
-DEBUGGER_RULES = ("VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing")
+DEBUGGER_RULES = ("VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining", "PoorWeightInitialization",
+                  "LossNotDecreasing")
 NO_ISSUES, ISSUES, ERROR = "NoIssuesFound", "IssuesFound", "Error"
 VERDICT_VALUES = {NO_ISSUES: 0, ISSUES: 1, ERROR: -1}
 RULE_METRIC_PREFIX = "rule:"

@@ -1,4 +1,4 @@
-"""Five of SageMaker Debugger's built-in rules, on smdebug's own Rule framework.
+"""Six of SageMaker Debugger's built-in rules, on smdebug's own Rule framework.
 
     python -m training.rules DEBUG_OUT_DIR [--rules Name,Name] [--param Name.key=value ...]
     python training/rules.py DEBUG_OUT_DIR --configurations '[{"RuleConfigurationName": ...}]'
@@ -44,7 +44,7 @@ from smdebug.exceptions import (
 from smdebug.rules.rule import Rule
 from smdebug.trials import create_trial
 
-logger = get_logger(__name__)
+logger = get_logger("training.rules")  # also when run as __main__
 
 
 
@@ -98,6 +98,34 @@ class BuiltInRule(Rule):
         if not names:
             raise RuleNotEvaluable("no loss tensors were saved (collection 'losses' or tensor_regex)")
         return sorted(names)
+
+
+class ExplodingTensor(BuiltInRule):
+    """Fires when a saved tensor holds a non-finite value (NaN, or also infinity unless `only_nan`).
+
+    The tensors are those of `collection_names` and `tensor_regex`; with neither, every saved
+    tensor. A run whose learning rate blows it up shows here first: its losses turn NaN.
+    """
+
+    def __init__(self, base_trial, collection_names=None, tensor_regex=None, only_nan="False", action_str: str = ""):
+        super().__init__(base_trial, action_str)
+        self.only_nan = _bool(only_nan)
+        names = {name for collection in _split(collection_names) for name in self.collection_tensors(collection)}
+        if _split(tensor_regex):
+            names |= set(base_trial.tensor_names(regex=_split(tensor_regex)))
+        self.tensors = sorted(names) if (_split(collection_names) or _split(tensor_regex)) else base_trial.tensor_names()
+        if not self.tensors:
+            raise RuleNotEvaluable("no tensors match collection_names or tensor_regex")
+
+    def invoke_at_step(self, step: int) -> bool:
+        for name in self.tensors:
+            if self.saved_at(name, step):
+                value = np.asarray(self.base_trial.tensor(name).value(step))
+                bad = np.isnan(value) if self.only_nan else ~np.isfinite(value)
+                if bad.any():
+                    return self.fire(f"{name} at step {step}: {int(bad.sum())} of {value.size} values are "
+                                     f"{'NaN' if self.only_nan else 'not finite'}")
+        return False
 
 
 class VanishingGradient(BuiltInRule):
@@ -277,6 +305,9 @@ class PoorWeightInitialization(BuiltInRule):
       between their 5th and 95th percentiles (pooled: one layer's small gradients are
       normal in a healthy ResNet);
     - the loss makes no new minimum for `patience` saved steps.
+    Non-finite activation inputs or gradients (an initialisation so large that they
+    overflow) are the extreme of the first two signs: they fire too, whatever their order
+    (NaN compares false both ways: min/max and percentiles would silently pass them).
     Each sign is checked where its tensors were saved; "Error" only when none were.
     """
 
@@ -307,7 +338,12 @@ class PoorWeightInitialization(BuiltInRule):
         mode_step = step if self.mode == ModeKeys.GLOBAL else trial.mode_modestep(step)[1]
         if (self.mode != ModeKeys.GLOBAL and trial.mode(step) != self.mode) or mode_step >= self.steps:
             return False
-        variances = {n: float(v.var()) for n, v in self._values(self.activations, step).items()}
+        activations = self._values(self.activations, step)
+        for name, value in activations.items():
+            if not np.isfinite(value).all():
+                return self.fire(f"{name} at step {step}: {np.count_nonzero(~np.isfinite(value))} of {value.size} "
+                                 f"activation inputs are not finite")
+        variances = {n: float(v.var()) for n, v in activations.items()}
         if len(variances) >= 2:
             low, high = min(variances.values()), max(variances.values())
             if low <= 0.0 or high / low > self.threshold:
@@ -316,7 +352,11 @@ class PoorWeightInitialization(BuiltInRule):
                                  f"to {high:.3g} ({highest}) at step {step}")
         gradients = self._values(self.gradients, step)
         if gradients:
-            low, high = np.percentile(np.concatenate([g.ravel() for g in gradients.values()]), [5, 95])
+            pooled = np.concatenate([g.ravel() for g in gradients.values()])
+            if not np.isfinite(pooled).all():
+                return self.fire(f"the gradients of step {step}: {np.count_nonzero(~np.isfinite(pooled))} of "
+                                 f"{pooled.size} are not finite")
+            low, high = np.percentile(pooled, [5, 95])
             if high - low < self.distribution_range:
                 return self.fire(f"the gradients of step {step} span {high - low:.3g} between their 5th and "
                                  f"95th percentiles (< {self.distribution_range:g})")
@@ -334,8 +374,8 @@ class PoorWeightInitialization(BuiltInRule):
         return False
 
 
-_IMPLEMENTED = {rule.__name__: rule
-                for rule in (VanishingGradient, Overfit, Overtraining, PoorWeightInitialization, LossNotDecreasing)}
+_IMPLEMENTED = {rule.__name__: rule for rule in (VanishingGradient, ExplodingTensor, Overfit, Overtraining,
+                                                  PoorWeightInitialization, LossNotDecreasing)}
 # In the contract's order (training.metrics); a rule named there but not implemented fails here, at import.
 RULES: dict[str, type[BuiltInRule]] = {name: _IMPLEMENTED[name] for name in DEBUGGER_RULES}
 
@@ -388,7 +428,7 @@ def _open_trial(out_dir: Path | str):
 
 def evaluate_rules(out_dir: Path | str, names: Iterable[str] | None = None,
                    params: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
-    """Verdicts of the named rules (all five by default) on the tensors under `out_dir`."""
+    """Verdicts of the named rules (all of them by default) on the tensors under `out_dir`."""
     names = list(names or RULES)
     params = params or {}
     try:
@@ -447,7 +487,7 @@ def parse_params(items: Iterable[str]) -> dict[str, dict[str, str]]:
 def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="the smdebug output folder of a finished run")
-    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rule names (default: all five)")
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rule names (default: all)")
     parser.add_argument("--param", action="append", default=[], metavar="Rule.key=value",
                         help="a rule parameter, repeatable (e.g. Overfit.patience=3)")
     parser.add_argument("--configurations", type=json.loads, default=None, metavar="JSON",

@@ -10,6 +10,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from chalice_app import aws
+from training.metrics import DEBUGGER_RULES
 
 from .conftest import BUCKET, ENV
 
@@ -178,7 +179,7 @@ def test_too_little_data_refuses_the_run_with_a_reason(world, uploads, reason):
     assert response.status_code == 422 and reason in response.json_body["Message"]
 
 
-def test_the_final_job_gets_the_best_hyperparameters_rules_profiler_and_tags(world):
+def test_the_final_job_gets_the_best_hyperparameters_its_debugger_rules_and_tags(world):
     run = start_run(world)
     world.finish_tuning(run["tuning_job"], {**TUNED, "_tuning_objective_metric": "valid:accuracy"})
     tuning_done(world, run)
@@ -187,8 +188,7 @@ def test_the_final_job_gets_the_best_hyperparameters_rules_profiler_and_tags(wor
     assert name == f"ip-test-{run['run_id']}-final"
     assert job["HyperParameters"]["lr"] == "0.02" and "_tuning_objective_metric" not in job["HyperParameters"]
     assert job["HyperParameters"]["sagemaker_program"] == '"training/train.py"'
-    assert {r["RuleParameters"]["rule_to_invoke"] for r in job["DebugRuleConfigurations"]} == {
-        "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"}
+    assert job["HyperParameters"]["debugger-rules"] == ",".join(DEBUGGER_RULES)
     tags = {t["Key"]: t["Value"] for t in world.sagemaker.list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]}
     assert tags == {"pipeline-role": "final", "pipeline-run": run["run_id"]}
     assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "TRAINING"
