@@ -157,3 +157,35 @@ def test_frozen_backbone_is_cached_and_only_the_head_learns(tmp_path, digits_lab
 def test_a_tuning_jobs_own_hyperparameter_is_not_the_scripts():
     args = train.parse_args(["--epochs", "2", "--_tuning_objective_metric", '"valid:accuracy"'])
     assert args.epochs == 2
+
+
+def gate_verdict(run, live_accuracy: float | None = None):
+    """What the quality gate says of a finished job: its log read with the final job's
+    MetricDefinitions, as SageMaker fills FinalMetricDataList, judged with the default policy."""
+    from chalice_app.config import DEFAULT_RULE_POLICY
+    from chalice_app.gate import judge
+
+    parsed = metrics.parse_metrics(run.log, metrics.METRIC_DEFINITIONS + metrics.RULE_METRIC_DEFINITIONS)
+    description = {"FinalMetricDataList": [{"MetricName": name, "Value": values[-1]} for name, values in parsed.items()]}
+    return judge(description, live_accuracy, 0.0, DEFAULT_RULE_POLICY)
+
+
+def test_the_gate_vetoes_a_run_blown_up_by_an_absurd_learning_rate_naming_the_rule(tmp_path, digits_labels):
+    from chalice_app.config import DEFAULT_RULE_POLICY
+
+    data = small_copy(digits_labels, tmp_path / "data", per_label=16)
+    broken = run_training_job(tmp_path / "job", {"training": data}, {
+        **TINY_HYPERPARAMETERS, "optimizer": "sgd", "lr": "1000", "batch-size": "8", "min-images-per-class": "3",
+        "debug-save-interval": "1", "report": "off"})
+    assert broken.returncode == 0, broken.log[-2000:]
+    verdict = gate_verdict(broken)
+    # Which veto rule sees it first depends on what was saved when (here: every step, so also the
+    # dead ReLUs' zero gradients); the reason names the rules that found issues.
+    assert not verdict.passed and verdict.reason.startswith("Debugger rules found issues: ")
+    named = verdict.reason.removeprefix("Debugger rules found issues: ").split(", ")
+    assert named and all(DEFAULT_RULE_POLICY[rule] == "veto" for rule in named)
+
+
+def test_the_gate_passes_a_healthy_run_whatever_its_warnings(trained_run):
+    verdict = gate_verdict(trained_run)
+    assert verdict.passed, verdict.reason
