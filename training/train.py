@@ -32,9 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from training import artifact, checkpoints, data, feature_cache, metrics
-from training.logs import get_logger
 from training.debugger import DebugSession
 from training.live_model import LiveModelError, live_test_accuracy
+from training.logs import get_logger
 from training.model import ARCHS, FREEZE_MODES, FrozenTrunk, ModelSpec, build_model, split_frozen
 from training.pretrained import PretrainedWeightsError, load_pretrained, weights_identity
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
@@ -114,7 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--debugger-rule-parameters", type=rule_parameters, default={}, metavar="Rule.key=value,...",
         help="their parameters (a DebugRuleConfiguration's RuleParameters), e.g. Overfit.patience=3")
     add("--debug-save-interval", type=int, default=100,
-        help="local run: save weights and gradients every N training steps (losses every 10)")
+        help="without SageMaker's hook config: save weights and gradients every N training steps (losses every 10)")
     # Local stand-ins for SageMaker's environment.
     add("--data-dir", type=Path, default=None, help="local run: the 'training' channel")
     add("--weights-dir", type=Path, default=None, help="local run: the 'weights' channel")
