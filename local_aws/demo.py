@@ -12,7 +12,7 @@
    version, while a steady stream of images keeps being classified: every one of
    them must get its prediction (no failed request during the endpoint update);
 5. leaves in the output folder: the tuning table, the final job's report (loss
-   curves, confusion matrix, profile, and the Debugger verdicts the service found
+   curves, confusion matrix, profile, and the Debugger verdicts the gate read:
    after the job: `report/report.html`), the profiler report, the verdicts, the
    predictions' accuracy and a summary with timings.
 """
@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from chalice_app.gate import rule_verdicts
 
 from .launcher import StackProcess
 from .sagemaker.aws import download_prefix, split_s3_uri
@@ -178,8 +180,8 @@ class Demo:
                 "| " + " | ".join(str(v) for v in row.values()) + " |\n" for row in rows))
         collected["trials"] = len(rows)
         job = self.sm.describe_training_job(TrainingJobName=run["training_job"])
-        verdicts = [{k: v for k, v in status.items() if k != "LastModifiedTime"}
-                    for status in job.get("DebugRuleEvaluationStatuses", [])]
+        # The job's own verdict lines (in-job Debugger), or the managed service's statuses.
+        verdicts = rule_verdicts(job)
         (self.out / "debugger-verdicts.json").write_text(json.dumps(verdicts, indent=2))
         collected["final_metrics"] = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
         output = job["ModelArtifacts"]["S3ModelArtifacts"].rsplit("/", 1)[0] + "/output.tar.gz"
@@ -190,12 +192,11 @@ class Demo:
                 archive.extractall(self.out / "final-job", filter="data")
             collected["final_job_files"] = sorted(str(p.relative_to(self.out)) for p in
                                                   (self.out / "final-job").rglob("*") if p.is_file())
-            # The job wrote its report before the service evaluated its rules: once more, with the verdicts.
+            # Drawn again here, with the verdicts as the gate read them (a managed service's come after the job).
             from training.report import report_from_output  # matplotlib: only where a report is drawn
 
-            collected["report"] = str(report_from_output(
-                self.out / "final-job", self.out / "report",
-                {v["RuleConfigurationName"]: v["RuleEvaluationStatus"] for v in verdicts}).relative_to(self.out))
+            collected["report"] = str(report_from_output(self.out / "final-job", self.out / "report",
+                                                         verdicts).relative_to(self.out))
         except Exception as error:  # noqa: BLE001 - report what is missing, keep the rest
             collected["final_job_output_error"] = str(error)
         profiler = job.get("ProfilerConfig", {}).get("S3OutputPath")
