@@ -12,8 +12,8 @@
    version, while a steady stream of images keeps being classified: every one of
    them must get its prediction (no failed request during the endpoint update);
 5. leaves in the output folder: the tuning table, the final job's report (loss
-
-
+   curves, confusion matrix, profile, and the Debugger verdicts the gate read:
+   `report/report.html`), the profiler report, the verdicts, the
    predictions' accuracy and a summary with timings.
 """
 
