@@ -7,10 +7,11 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install test conformance demo bench package clean
 
+# The training source's requirements as the training job installs them: without smdebug's stale
+# protobuf pin (training/requirements.txt).
 $(STAMP): requirements.txt requirements-dev.txt training/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	# As the training job installs it: without smdebug's stale protobuf pin (training/requirements.txt).
 	PIP_NO_DEPS=true $(PY) -m pip install -q --disable-pip-version-check -r training/requirements.txt
 	touch $(STAMP)
 
