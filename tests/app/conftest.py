@@ -13,18 +13,22 @@ import io
 import json
 import os
 import uuid
+from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-
-from training.metrics import VERDICT_VALUES
 from chalice.test import Client
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sagemaker.models import sagemaker_backends
+
+from infra import policies
+from training.metrics import VERDICT_VALUES
+
+from . import iam
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = json.loads((ROOT / "infra" / "template.json").read_text())
@@ -163,6 +167,11 @@ class World:
             for rule, status in (managed or {}).items()]
 
 
+def _enforced(resource: Any, policy: str) -> Any:
+    iam.enforce(resource.meta.client, policy, REGION, DEFAULT_ACCOUNT_ID)
+    return resource
+
+
 @pytest.fixture
 def app_env(monkeypatch: pytest.MonkeyPatch):
     from chalice_app import aws, config
@@ -174,6 +183,14 @@ def app_env(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(name, value)
     config.settings.cache_clear()
     aws.reset()
+    # Every call the handlers make is checked against the stage's generated policy, as AWS would.
+    policy = json.dumps(policies.policy(ENV))
+    iam.enable_string_like(monkeypatch)
+    make, resource = aws._make, aws._resource
+    monkeypatch.setattr(aws, "_make", lru_cache(maxsize=None)(
+        lambda service: iam.enforce(make.__wrapped__(service), policy, REGION, DEFAULT_ACCOUNT_ID)))
+    monkeypatch.setattr(aws, "_resource", lru_cache(maxsize=None)(lambda service: _enforced(
+        resource.__wrapped__(service), policy)))
     yield ENV
     config.settings.cache_clear()
     aws.reset()

@@ -1,0 +1,131 @@
+"""The stage's IAM policy, enforced on every AWS call the Lambda code makes in a test.
+
+moto answers whatever it is asked; AWS first checks the Lambda's role. Here every call a
+handler makes through `chalice_app.aws` is turned into what IAM evaluates for it (actions,
+resource ARNs, condition keys) and evaluated against the policy `infra.policies` generates
+for the stage, by moto's own IAM policy evaluator. A call the policy does not allow fails
+as AWS fails it, with AccessDenied; an API call this table does not know fails the test,
+so a new boto3 call needs its line here and in the policy.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+from moto.iam import policy_conditions
+from moto.iam.access_control import IAMPolicy, PermissionResult
+
+Check = tuple[str, str, dict[str, str]]  # action, resource ARN, condition keys
+
+
+class UnmappedCall(AssertionError):
+    """An API call whose IAM actions this module does not know yet."""
+
+
+def _string_like(expected: list[str] | str, actual: str) -> bool:
+    return any(fnmatch.fnmatchcase(actual, pattern) for pattern in ([expected] if isinstance(expected, str) else expected))
+
+
+def enable_string_like(monkeypatch) -> None:
+    """moto's evaluator knows StringEquals and skips other operators; the policies use StringLike too."""
+    monkeypatch.setitem(policy_conditions.CONDITION_OPERATIONS, "StringLike", _string_like)
+
+
+def _table(region: str, account: str, name: str, index: str | None = None) -> str:
+    arn = f"arn:aws:dynamodb:{region}:{account}:table/{name}"
+    return f"{arn}/index/{index}" if index else arn
+
+
+def _queue(region: str, account: str, params: dict[str, Any]) -> str:
+    name = params["QueueUrl"].rstrip("/").rsplit("/", 1)[1] if "QueueUrl" in params else params["QueueName"]
+    return f"arn:aws:sqs:{region}:{account}:{name}"
+
+
+_SAGEMAKER_NAMES = {"TrainingJobName": "training-job", "HyperParameterTuningJobName": "hyper-parameter-tuning-job",
+                    "ModelName": "model", "EndpointConfigName": "endpoint-config", "EndpointName": "endpoint"}
+_S3 = {"GetObject": ["s3:GetObject"], "HeadObject": ["s3:GetObject"], "PutObject": ["s3:PutObject"],
+       "DeleteObject": ["s3:DeleteObject"]}
+_DYNAMODB_TRANSACT = {"Put": "dynamodb:PutItem", "Update": "dynamodb:UpdateItem", "Delete": "dynamodb:DeleteItem",
+                      "ConditionCheck": "dynamodb:ConditionCheckItem", "Get": "dynamodb:GetItem"}
+_SQS = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage",
+        "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}
+
+
+def checks(service: str, operation: str, params: dict[str, Any], region: str, account: str) -> Iterator[Check]:
+    """What IAM evaluates for one API call (AWS's Service Authorization Reference)."""
+    if service == "s3":
+        bucket = f"arn:aws:s3:::{params['Bucket']}"
+        if operation in ("ListObjectsV2", "ListObjects"):
+            yield "s3:ListBucket", bucket, {"s3:prefix": params.get("Prefix", "")}
+        elif operation in _S3:
+            for action in _S3[operation]:
+                yield action, f"{bucket}/{params['Key']}", {}
+        elif operation == "CopyObject":
+            source = params["CopySource"]
+            source = source if isinstance(source, str) else f"{source['Bucket']}/{source['Key']}"
+            yield "s3:GetObject", f"arn:aws:s3:::{source.lstrip('/')}", {}
+            yield "s3:PutObject", f"{bucket}/{params['Key']}", {}
+        else:
+            raise UnmappedCall(f"s3 {operation}")
+    elif service == "dynamodb":
+        if operation == "BatchGetItem":
+            for name in params["RequestItems"]:
+                yield "dynamodb:BatchGetItem", _table(region, account, name), {}
+        elif operation in ("TransactWriteItems", "TransactGetItems"):
+            for item in params["TransactItems"]:
+                [(kind, body)] = item.items()
+                yield _DYNAMODB_TRANSACT[kind], _table(region, account, body["TableName"]), {}
+        elif operation in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "Scan", "DescribeTable"):
+            yield f"dynamodb:{operation}", _table(region, account, params["TableName"], params.get("IndexName")), {}
+        else:
+            raise UnmappedCall(f"dynamodb {operation}")
+    elif service == "sqs":
+        yield f"sqs:{_SQS.get(operation, operation)}", _queue(region, account, params), {}
+    elif service == "sagemaker-runtime":
+        if operation != "InvokeEndpoint":
+            raise UnmappedCall(f"sagemaker-runtime {operation}")
+        yield "sagemaker:InvokeEndpoint", f"arn:aws:sagemaker:{region}:{account}:endpoint/{params['EndpointName'].lower()}", {}
+    elif service == "sagemaker":
+        resources = [f"arn:aws:sagemaker:{region}:{account}:{kind}/{params[key].lower()}"
+                     for key, kind in _SAGEMAKER_NAMES.items() if key in params]
+        if not resources:
+            raise UnmappedCall(f"sagemaker {operation}")
+        # CreateEndpoint/UpdateEndpoint name an endpoint config too: IAM checks both.
+        for resource in resources:
+            yield f"sagemaker:{operation}", resource, {}
+        if params.get("Tags"):
+            yield "sagemaker:AddTags", resources[0], {}
+        roles = [params.get("RoleArn"), params.get("ExecutionRoleArn"),
+                 (params.get("TrainingJobDefinition") or {}).get("RoleArn")]
+        for role in filter(None, roles):
+            yield "iam:PassRole", role, {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    else:
+        raise UnmappedCall(f"{service} {operation}")
+
+
+def denial(policy: str, service: str, operation: str, params: dict[str, Any], region: str, account: str) -> str | None:
+    """Why IAM would refuse the call under `policy` (a JSON document), or None when it allows it."""
+    evaluator = IAMPolicy(policy)
+    for action, resource, conditions in checks(service, operation, params, region, account):
+        if evaluator.is_action_permitted(action, resource, None, conditions) != PermissionResult.PERMITTED:
+            return f"not authorized to perform: {action} on resource: {resource}"
+    return None
+
+
+def enforce(client: Any, policy: str, region: str, account: str) -> Any:
+    """Make `client` fail as AWS would on a call the policy does not allow."""
+    service = client.meta.service_model.service_name
+
+    def before_parameter_build(params, model, **_):
+        reason = denial(policy, service, model.name, params, region, account)
+        if reason:
+            code = "AccessDenied" if service == "s3" else "AccessDeniedException"
+            raise ClientError({"Error": {"Code": code, "Message": f"User is {reason} because no identity-based "
+                                                                  f"policy allows the {model.name} action"}}, model.name)
+
+    client.meta.events.register(f"before-parameter-build.{client.meta.service_model.service_id.hyphenize()}",
+                                before_parameter_build)
+    return client

@@ -1,0 +1,52 @@
+"""The stage's generated policy, enforced on the handlers' calls (tests/app/iam.py), is no formality."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError
+
+from chalice_app import aws
+from infra import policies
+
+from . import iam
+from .conftest import BUCKET, ENV, REGION
+
+ACCOUNT = "123456789012"
+
+
+def test_what_the_policy_does_not_grant_fails_as_access_denied(world):
+    s3, dynamodb, sagemaker = aws.client("s3"), aws.client("dynamodb"), aws.client("sagemaker")
+    s3.list_objects_v2(Bucket=BUCKET, Prefix="training-data/")  # granted: the run's snapshot
+    with pytest.raises(ClientError, match="AccessDenied.*s3:ListBucket"):
+        s3.list_objects_v2(Bucket=BUCKET, Prefix="")
+    with pytest.raises(ClientError, match="AccessDeniedException.*dynamodb:Scan"):
+        dynamodb.scan(TableName=ENV["PREDICTIONS_TABLE"])
+    with pytest.raises(ClientError, match="AccessDeniedException.*sagemaker:CreateTrainingJob"):
+        sagemaker.create_training_job(TrainingJobName="someone-elses-job", RoleArn=ENV["SAGEMAKER_ROLE_ARN"],
+                                      AlgorithmSpecification={"TrainingImage": "x", "TrainingInputMode": "File"},
+                                      OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/x"},
+                                      ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1,
+                                                      "VolumeSizeInGB": 1},
+                                      StoppingCondition={"MaxRuntimeInSeconds": 60})
+
+
+def test_the_sagemaker_role_is_passed_only_to_sagemaker():
+    policy = json.dumps(policies.policy(ENV))
+    request = {"ModelName": "ip-test-run", "ExecutionRoleArn": ENV["SAGEMAKER_ROLE_ARN"]}
+    assert ("iam:PassRole", ENV["SAGEMAKER_ROLE_ARN"], {"iam:PassedToService": "sagemaker.amazonaws.com"}) in list(
+        iam.checks("sagemaker", "CreateModel", request, REGION, ACCOUNT))
+    assert iam.denial(policy, "sagemaker", "CreateModel", request, REGION, ACCOUNT) is None
+    evaluator = iam.IAMPolicy(policy)
+    for role, service in ((ENV["SAGEMAKER_ROLE_ARN"], "ec2.amazonaws.com"),
+                          (f"arn:aws:iam::{ACCOUNT}:role/admin", "sagemaker.amazonaws.com")):
+        assert evaluator.is_action_permitted("iam:PassRole", role, None, {"iam:PassedToService": service}) != \
+            iam.PermissionResult.PERMITTED, (role, service)
+
+
+def test_a_call_with_no_known_iam_actions_fails_the_test():
+    with pytest.raises(iam.UnmappedCall, match="s3 PutBucketPolicy"):
+        list(iam.checks("s3", "PutBucketPolicy", {"Bucket": BUCKET}, REGION, ACCOUNT))
+    with pytest.raises(iam.UnmappedCall, match="lambda Invoke"):
+        list(iam.checks("lambda", "Invoke", {}, REGION, ACCOUNT))
