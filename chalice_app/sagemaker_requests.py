@@ -76,9 +76,31 @@ def feature_cache_uri(settings: Settings) -> str:
 SOURCE_ENVIRONMENT = {"PIP_NO_DEPS": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
 
 
+# train.py's own default, when a stage neither fixes nor tunes the epochs.
+SCRIPT_DEFAULT_EPOCHS = 10
+
+
+def hyperband_epochs(settings: Settings) -> tuple[int, int] | None:
+    """(MinResource, MaxResource) in epochs when the stage tunes with Hyperband, else None.
+
+    Hyperband gives each trial its epochs itself, so they are not a tuned range: SageMaker takes
+    MaxResource from HyperbandStrategyConfig or infers it from a static `epochs`, and refuses the
+    job when it can do neither. A stage's epochs range becomes the bounds."""
+    if settings.tuning_strategy != "Hyperband":
+        return None
+    epochs = settings.tuning_ranges.get("epochs")
+    if epochs:
+        return int(epochs["min"]), int(epochs["max"])
+    return 1, int(settings.static_hyperparameters.get("epochs", SCRIPT_DEFAULT_EPOCHS))
+
+
 def static_hyperparameters(settings: Settings) -> dict[str, str]:
-    return {"feature-cache": feature_cache_uri(settings), **settings.static_hyperparameters,
-            **sdk_hyperparameters(settings)}
+    static = {"feature-cache": feature_cache_uri(settings), **settings.static_hyperparameters,
+              **sdk_hyperparameters(settings)}
+    bounds = hyperband_epochs(settings)
+    if bounds:  # the trials' ceiling, and the final job's epochs (it early-stops on its own patience)
+        static["epochs"] = str(bounds[1])
+    return static
 
 
 def parameter_ranges(ranges: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -138,8 +160,11 @@ def tuning_job_request(settings: Settings, run_id: str) -> dict[str, Any]:
                            "MaxParallelTrainingJobs": settings.max_parallel_jobs},
         "ParameterRanges": parameter_ranges(settings.tuning_ranges),
     }
-    # Hyperband stops trials itself; the API refuses TrainingJobEarlyStoppingType with it.
-    if settings.tuning_strategy != "Hyperband":
+    bounds = hyperband_epochs(settings)
+    if bounds:
+        config["ParameterRanges"] = parameter_ranges({k: v for k, v in settings.tuning_ranges.items() if k != "epochs"})
+        config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": bounds[0], "MaxResource": bounds[1]}}
+    else:  # Hyperband stops trials itself; the API refuses TrainingJobEarlyStoppingType with it.
         config["TrainingJobEarlyStoppingType"] = settings.early_stopping
     definition = {
         # Nobody reads a trial's report or deploys a trial's model (the final job trains the one

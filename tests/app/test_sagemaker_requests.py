@@ -152,9 +152,25 @@ def test_spot_training_checkpoints_and_waits_longer_than_it_runs():
     assert "EnableManagedSpotTraining" not in requests.final_training_job_request(config(), RUN, {})
 
 
-def test_hyperband_leaves_early_stopping_to_itself():
-    job = requests.tuning_job_request(config(TUNING_STRATEGY="Hyperband"), RUN)["HyperParameterTuningJobConfig"]
+def test_hyperband_gives_the_trials_their_epochs_itself():
+    from local_aws.sagemaker.tuning import make_plan  # the local SageMaker validates as SageMaker does
+
+    request = requests.tuning_job_request(config(TUNING_STRATEGY="Hyperband"), RUN)
+    validate("CreateHyperParameterTuningJob", request)
+    job = request["HyperParameterTuningJobConfig"]
     assert "TrainingJobEarlyStoppingType" not in job
+    # The default ranges tune epochs 2-5: they become Hyperband's resource bounds, not a tuned range.
+    assert job["StrategyConfig"] == {"HyperbandStrategyConfig": {"MinResource": 2, "MaxResource": 5}}
+    assert "epochs" not in {r["Name"] for ranges in job["ParameterRanges"].values() for r in ranges}
+    assert request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] == "5"
+    assert make_plan(request).hyperband == (2, 5)
+    fixed = requests.tuning_job_request(config(TUNING_STRATEGY="Hyperband", TUNING_RANGES='{"lr": {"type": '
+                                               '"continuous", "min": 0.01, "max": 0.1}}',
+                                               STATIC_HYPERPARAMETERS='{"epochs": "8"}'), RUN)
+    assert fixed["HyperParameterTuningJobConfig"]["StrategyConfig"]["HyperbandStrategyConfig"] == {
+        "MinResource": 1, "MaxResource": 8}
+    final = requests.final_training_job_request(config(TUNING_STRATEGY="Hyperband"), RUN, {"lr": "0.05"})
+    assert final["HyperParameters"]["epochs"] == "5"
 
 
 def test_updates_roll_back_on_alarms_only_when_alarms_are_configured():
