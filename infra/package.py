@@ -35,6 +35,28 @@ def resolve_placeholders(template: dict[str, Any], stage: str) -> dict[str, Any]
     return template
 
 
+# IAM resources whose name the template fixes: CloudFormation then wants CAPABILITY_NAMED_IAM.
+_IAM_NAMES = {"AWS::IAM::Role": "RoleName", "AWS::IAM::ManagedPolicy": "ManagedPolicyName",
+              "AWS::IAM::User": "UserName", "AWS::IAM::Group": "GroupName", "AWS::IAM::InstanceProfile":
+              "InstanceProfileName"}
+
+
+def capabilities(template: dict[str, Any]) -> list[str]:
+    """What `aws cloudformation deploy --capabilities` must acknowledge for this template, as
+    CloudFormation refuses it otherwise: named IAM resources, any IAM resource (SAM's functions
+    create roles), the SAM transform."""
+    resources = template.get("Resources", {}).values()
+    types = {resource.get("Type") for resource in resources}
+    needed = []
+    if any(_IAM_NAMES.get(r.get("Type")) in r.get("Properties", {}) for r in resources):
+        needed.append("CAPABILITY_NAMED_IAM")
+    elif any(t and t.startswith("AWS::IAM::") for t in types) or "AWS::Serverless::Function" in types:
+        needed.append("CAPABILITY_IAM")
+    if template.get("Transform"):
+        needed.append("CAPABILITY_AUTO_EXPAND")
+    return needed
+
+
 def package(stage: str, out: Path) -> Path:
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     env = {**os.environ, **{k: v for k, v in stage_env(config, stage).items() if "${" not in v}}
@@ -53,7 +75,9 @@ def main() -> None:
     parser.add_argument("--stage", default="dev", choices=["local", "dev", "prod"])
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    print(package(args.stage, args.out))
+    template = package(args.stage, args.out)
+    print(template)
+    print(f"deploy with --capabilities {' '.join(capabilities(json.loads(template.read_text())))}")
 
 
 if __name__ == "__main__":

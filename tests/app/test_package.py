@@ -15,7 +15,7 @@ from chalice_app.config import settings_from_env
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
 from chalice_app.sagemaker_requests import feature_cache_uri
 from infra import policies
-from infra.package import package
+from infra.package import capabilities, package
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"torch", "torchvision", "smdebug", "sagemaker", "numpy", "PIL"}
@@ -170,3 +170,11 @@ def test_state_changing_routes_need_iam_on_dev(packaged):
                      for method, operation in methods.items() if operation.get("security") == [{"sigv4": []}])
     assert secured == ["POST /runs", "POST /uploads"]
     assert len([m for methods in paths.values() for m in methods]) == 8
+
+
+def test_the_readmes_deploy_acknowledges_every_capability_the_template_needs(packaged):
+    needed = capabilities(json.loads((packaged / "sam.json").read_text()))
+    assert "CAPABILITY_NAMED_IAM" in needed  # the template names its SageMaker role
+    readme = (ROOT / "README.md").read_text()
+    command = readme[readme.index("aws cloudformation deploy"):].split("\n\n")[0]
+    assert all(capability in command for capability in needed), command
