@@ -195,8 +195,10 @@ class TrainingRunner:
             try:
                 returncode = self._execute(name, command, env, cwd, log_path, on_line)
             finally:
-                # Before any final status: whoever reacts to it reads FinalMetricDataList.
+                # Before any final status: whoever reacts to it reads FinalMetricDataList, and a
+                # restarted job its checkpoints (SageMaker syncs them while the job runs).
                 self._record_metrics(name, log_path)
+                self._save_checkpoints(self.backend.training_jobs[name], workdir)
             job = self.backend.training_jobs[name]
             if job.stop_requested:
                 raise JobStopped("The training job was stopped on request")
@@ -216,7 +218,6 @@ class TrainingRunner:
             logger.exception("training job failed", job=name)
             self._fail(name, f"ClientError: {error}"[:FAILURE_REASON_MAX])
         finally:
-            self._save_checkpoints(self.backend.training_jobs[name], workdir)
             shutil.rmtree(workdir, ignore_errors=True)
             with self._lock:
                 self._processes.pop(name, None)

@@ -65,7 +65,8 @@ def test_a_failing_script_fails_the_job_with_its_error(sm, bucket, tiny_source):
     assert job["TrainingJobStatus"] == "Failed"
     assert job["SecondaryStatus"] == "Failed"
     assert "ExecuteUserScriptError" in job["FailureReason"]
-    assert "ValueError: the training data has no images of class 7" in job["FailureReason"]
+    # The toolkit relays the script's stderr in the chunks it happens to read: words, not layout.
+    assert "ValueError" in job["FailureReason"] and "the training data has no images of class 7" in job["FailureReason"]
 
 
 def test_a_missing_channel_fails_the_job_with_a_clear_reason(sm, bucket, tiny_source):
