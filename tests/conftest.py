@@ -12,6 +12,7 @@ import pytest
 
 from training.artifact import pack_model_dir
 from training.demo_data import write_digits
+from training.metrics import DEBUGGER_RULES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # As in the training image (training/debugger.py): smdebug's protobuf code runs on protobuf 6 only in
@@ -28,7 +29,7 @@ TINY_HYPERPARAMETERS = {
     "lr": "0.002",
     "hflip-prob": "0",
     # The final job's in-job Debugger: every rule, evaluated after the last epoch.
-    "debugger-rules": "VanishingGradient,Overfit,Overtraining,PoorWeightInitialization,LossNotDecreasing",
+    "debugger-rules": ",".join(DEBUGGER_RULES),
     "debugger-rule-parameters": "LossNotDecreasing.mode=TRAIN",
 }
 
