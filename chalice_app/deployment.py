@@ -3,6 +3,21 @@
 The registry changes only on SageMaker's word: a model becomes LIVE when the
 endpoint reports InService with its config, and a failed or rolled-back update
 leaves the previous model LIVE.
+
+An endpoint cannot always be pointed at a new config at once: SageMaker accepts only
+DeleteEndpoint on a Failed endpoint (a first CreateEndpoint that failed stays Failed
+until deleted), and refuses UpdateEndpoint while the endpoint is Creating, Updating or
+otherwise busy. Deleting takes minutes, and a Lambda does not wait for it. So the
+gate's step (`_point_endpoint`) deletes a Failed endpoint, or leaves a busy one alone,
+registers the model and moves the run to DEPLOYING with `endpoint_wait` saying what it
+waits for. `resume_deployment` finishes it: the schedule runs it every minute, and each
+event of the endpoint runs it first; it points the endpoint again (creates it once it
+is gone, updates it once it has settled) and drops `endpoint_wait`; from then on the
+endpoint's InService or Failed event ends the run as for any deployment. Each step is
+decided by the endpoint's description, not by the event that triggered it, so a
+repeated or late event or tick finds its work done and does nothing; while a run
+waits, the endpoint's events are not its outcome (a late Failed of the endpoint being
+replaced, the InService of a system update on the live config) and are passed over.
 """
 
 from __future__ import annotations
@@ -19,9 +34,13 @@ from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .predictions import redrive_pending
 from .retraining import end_run, run_for_job
-from .sagemaker_calls import Refused, create_or_refuse, delete_quietly, describe_endpoint
+from .sagemaker_calls import Refused, create_or_refuse, delete_or_refuse, delete_quietly, describe_endpoint
 
 FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
+# States in which SageMaker refuses UpdateEndpoint until they end by themselves.
+BUSY_ENDPOINT_STATES = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+# On a DEPLOYING run: what its deployment waits for before the endpoint can be pointed at it.
+WAIT_FIELD = "endpoint_wait"
 # The endpoint can settle before the gate's Lambda has marked its run DEPLOYING.
 DEPLOYING_STATES = ("TRAINING", "DEPLOYING")
 # How long after its job ended the schedule gates a run that is still TRAINING: the job's own
@@ -64,14 +83,15 @@ def gate_and_deploy(run_id: str, description: dict[str, Any]) -> None:
                        endpoint_config=requests.model_name(config, run_id), training_job=version,
                        artifact=description["ModelArtifacts"]["S3ModelArtifacts"])
     try:
-        _deploy(run_id, description["ModelArtifacts"]["S3ModelArtifacts"])
+        wait = _deploy(run_id, description["ModelArtifacts"]["S3ModelArtifacts"])
     except Refused as refusal:
         store.registry.set_status(version, "FAILED", reason=str(refusal))
         end_run(run_id, ("TRAINING",), "FAILED", str(refusal))
         return
     store.runs.transition(run_id, ("TRAINING",), "DEPLOYING", clock.now(), model_version=version,
-                             test_accuracy=verdict.accuracy, gate=verdict.reason)
-    logger.info("deploying", extra={"run_id": run_id, "model_version": version, "gate": verdict.reason})
+                          test_accuracy=verdict.accuracy, gate=verdict.reason, **({WAIT_FIELD: wait} if wait else {}))
+    logger.info("deploying", extra={"run_id": run_id, "model_version": version, "gate": verdict.reason,
+                                    "waits_for": wait})
 
 
 @tracer.capture_method
@@ -91,16 +111,72 @@ def resume_waiting_gate() -> None:
         gate_and_deploy(holder, description)
 
 
-def _deploy(run_id: str, artifact: str) -> None:
-    """Model, endpoint config, then a new endpoint or a blue/green update of the live one."""
+@tracer.capture_method
+def resume_deployment() -> bool:
+    """Point the endpoint at the config of a DEPLOYING run that waits for it (the module's docstring
+    tells why): the schedule's part, and the first step on each endpoint event. True while it waits."""
+    store = stores()
+    holder = store.runs.lock_holder()
+    run = store.runs.get(holder) if holder else None
+    if not run or run["status"] != "DEPLOYING" or not run.get(WAIT_FIELD):
+        return False
+    try:
+        wait = _point_endpoint(holder)
+    except Refused as refusal:
+        store.registry.set_status(run["model_version"], "FAILED", reason=str(refusal))
+        end_run(holder, ("DEPLOYING",), "FAILED", str(refusal))
+        return False
+    if wait:
+        if wait != run[WAIT_FIELD]:
+            store.runs.transition(holder, ("DEPLOYING",), "DEPLOYING", clock.now(), **{WAIT_FIELD: wait})
+        return True
+    store.runs.transition(holder, ("DEPLOYING",), "DEPLOYING", clock.now(), remove=(WAIT_FIELD,))
+    logger.info("endpoint asked for the waiting model", extra={"run_id": holder, "waited_for": run[WAIT_FIELD]})
+    return False
+
+
+def _deploy(run_id: str, artifact: str) -> str | None:
+    """Model and endpoint config, then the endpoint pointed at them; what that waits for, if anything."""
     config = settings()
     create_or_refuse("create_model", requests.model_request(config, run_id, artifact))
     create_or_refuse("create_endpoint_config", requests.endpoint_config_request(config, run_id))
+    return _point_endpoint(run_id)
+
+
+def _point_endpoint(run_id: str) -> str | None:
+    """A new endpoint, or a blue/green update of the live one, to the run's config.
+
+    None once SageMaker has been asked (or the endpoint already serves or heads for the
+    config); otherwise what the run waits for. A refusal is judged once more on a fresh
+    description: the endpoint may have moved since it was described (UpdateEndpoint refused
+    because a system update just began, a duplicate delivery's delete already under way).
+    """
+    try:
+        return _point_endpoint_once(run_id)
+    except Refused as refusal:
+        logger.info("refused; judging the endpoint again", extra={"run_id": run_id, "reason": str(refusal)})
+        return _point_endpoint_once(run_id)
+
+
+def _point_endpoint_once(run_id: str) -> str | None:
+    config = settings()
+    target = requests.model_name(config, run_id)
     endpoint = describe_endpoint(config.endpoint_name)
     if endpoint is None:
         create_or_refuse("create_endpoint", requests.create_endpoint_request(config, run_id))
-    elif endpoint.get("EndpointConfigName") != requests.model_name(config, run_id):
-        create_or_refuse("update_endpoint", requests.update_endpoint_request(config, run_id))
+        return None
+    status = endpoint["EndpointStatus"]
+    pending = (endpoint.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+    if target in (endpoint.get("EndpointConfigName"), pending):
+        return None  # asked already (a repeated event): the endpoint's own events settle it
+    if status in ("Failed", "Deleting"):
+        if status == "Failed":
+            delete_or_refuse("delete_endpoint", EndpointName=config.endpoint_name)
+        return "the endpoint is being deleted: it is created anew once gone"
+    if status in BUSY_ENDPOINT_STATES:
+        return f"the endpoint is {status}: it is updated once that ends"
+    create_or_refuse("update_endpoint", requests.update_endpoint_request(config, run_id))
+    return None
 
 
 def _fail_deployments(reason: str, keep: str | None = None) -> None:
@@ -117,13 +193,18 @@ def on_endpoint_change(event: EndpointStateChange) -> None:
     detail = event.detail
     if detail.name != config.endpoint_name:
         return
-    if detail.status in FAILED_ENDPOINT_STATES:
-        _fail_deployments(f"endpoint {detail.status}: {detail.failure_reason or 'no reason given'}")
-        return
-    if detail.status != "InService":
+    if resume_deployment():
+        return  # a run waits for the endpoint to be deleted or to settle: this event is not its outcome
+    if detail.status not in (*FAILED_ENDPOINT_STATES, "InService"):
         return
     # Events can arrive late or twice: the endpoint's description is the truth.
     endpoint = describe_endpoint(config.endpoint_name) or {}
+    if detail.status in FAILED_ENDPOINT_STATES:
+        if endpoint.get("EndpointStatus") in FAILED_ENDPOINT_STATES:
+            reason = detail.failure_reason or endpoint.get("FailureReason") or "no reason given"
+            _fail_deployments(f"endpoint {endpoint['EndpointStatus']}: {reason}")
+        # else a late event: the endpoint has been deleted, created anew or has recovered since
+        return
     serving = endpoint.get("EndpointConfigName", detail.config_name)
     model = store.registry.by_endpoint_config(serving) if serving else None
     if model is None:

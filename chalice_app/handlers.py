@@ -74,9 +74,11 @@ def incoming_images(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @metrics.log_metrics
 def quiet_check(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Every minute: end a quiet burst with a run, and finish a start that stalled."""
+    """Every minute: end a quiet burst with a run, finish a start that stalled, gate a job whose
+    rules have ended, and point the endpoint at a deployment that waits for it."""
     retraining.resume_stalled_start()
     deployment.resume_waiting_gate()
+    deployment.resume_deployment()
     outcome = retraining.maybe_start_run()
     logger.info("run check", extra={"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason})
     return {"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason}

@@ -44,6 +44,21 @@ def create_or_refuse(operation: str, request: dict[str, Any]) -> bool:
         raise
 
 
+def delete_or_refuse(operation: str, **request: Any) -> None:
+    """Delete; a resource that is gone already counts as deleted (a repeated event), a permanent
+    refusal is raised as Refused (transient errors still raise ClientError)."""
+    try:
+        getattr(aws.client("sagemaker"), operation)(**request)
+    except ClientError as error:
+        code, message = aws.error_code(error), aws.error_message(error)
+        if code == "ValidationException" and "Could not find" in message:
+            logger.info("already deleted", extra={"operation": operation, "reason": message})
+            return
+        if code in _REFUSALS:
+            raise Refused(f"{operation} was refused: {message}") from error
+        raise
+
+
 def describe_endpoint(name: str) -> dict[str, Any] | None:
     try:
         return aws.client("sagemaker").describe_endpoint(EndpointName=name)

@@ -66,6 +66,9 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
          "Action": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DescribeEndpoint",
                     "sagemaker:InvokeEndpoint", "sagemaker:AddTags"],
          "Resource": [sagemaker("endpoint", env["ENDPOINT_NAME"]), sagemaker("endpoint-config", f"{prefix}-*")]},
+        # A Failed endpoint takes no call but DeleteEndpoint: the next deployment replaces it.
+        {"Sid": "ReplaceFailedEndpoint", "Effect": "Allow", "Action": ["sagemaker:DeleteEndpoint"],
+         "Resource": sagemaker("endpoint", env["ENDPOINT_NAME"])},
         {"Sid": "PassOnlyTheSageMakerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": _wild(env["SAGEMAKER_ROLE_ARN"]),
          "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},

@@ -60,8 +60,9 @@ class Runs:
         return plain(item) if item else None
 
     def transition(self, run_id: str, from_states: tuple[str, ...], to_state: str, now: float,
-                   **fields: Any) -> bool:
-        """Move a run from one of `from_states`; False when it is elsewhere (already moved)."""
+                   remove: tuple[str, ...] = (), **fields: Any) -> bool:
+        """Move a run from one of `from_states` (setting `fields`, dropping the attributes named in
+        `remove`); False when it is elsewhere (already moved)."""
         names = {"#status": "status"}
         values: dict[str, Any] = {":to": to_state, ":now": Decimal(str(now))}
         sets = ["#status = :to", "updated_at = :now"]
@@ -73,10 +74,13 @@ class Runs:
         for index, state in enumerate(from_states):
             values[f":from{index}"] = state
             allowed.append(f":from{index}")
+        for index, name in enumerate(remove):
+            names[f"#r{index}"] = name
+        removal = f" REMOVE {', '.join(f'#r{index}' for index in range(len(remove)))}" if remove else ""
         try:
             self._table.update_item(
                 Key={"pk": "RUN", "sk": run_id},
-                UpdateExpression="SET " + ", ".join(sets),
+                UpdateExpression="SET " + ", ".join(sets) + removal,
                 ConditionExpression=f"attribute_exists(pk) AND #status IN ({', '.join(allowed)})",
                 ExpressionAttributeNames=names, ExpressionAttributeValues=values,
             )

@@ -1,15 +1,20 @@
-"""Quality gate and deployment scenarios: first model, worse model, Debugger veto, blue/green update, rollback."""
+"""Quality gate and deployment scenarios: first model, worse model, Debugger veto, blue/green update, rollback,
+a Failed endpoint replaced, an update that waits for a busy endpoint."""
 
 from __future__ import annotations
 
 import datetime
+import json
 
 import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from chalice_app import aws
 from chalice_app import sagemaker_requests as requests
 from chalice_app.config import settings
+from chalice_app.pipeline import stores
 
 from .conftest import ENV
 from .test_retraining import (TUNED, deploy_model, endpoint_event, runs, start_run, tick, training_done,
@@ -189,8 +194,147 @@ def test_a_failed_endpoint_fails_the_run(world):
     run = run_to_training(world)
     world.finish_training(run["training_job"], 0.9)
     training_done(world, run["training_job"], run["run_id"])
+    world.backend.endpoints[ENDPOINT].endpoint_status = "Failed"  # the event is checked against the description
     world.sagemaker_event("on_endpoint_state", "SageMaker Endpoint State Change", {
         "EndpointName": ENDPOINT, "EndpointStatus": "Failed", "FailureReason": "image pull failed", "Tags": {}})
     [run] = runs(world)
     assert run["status"] == "FAILED" and "image pull failed" in run["reason"]
     assert world.client.http.get("/models/live").status_code == 404
+
+
+def sagemaker_calls() -> list[str]:
+    """The SageMaker operations the handlers call from now on, in order."""
+    calls: list[str] = []
+    aws.client("sagemaker").meta.events.register("before-parameter-build.sagemaker",
+                                                 lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def play_update_endpoint(world) -> list[str]:
+    """UpdateEndpoint played on moto's endpoint as SageMaker answers it (moto has none): refused unless
+    the endpoint is InService, else it goes Updating. Returns a list of statuses: the endpoint moves to
+    the first one just before the next update arrives (a system update SageMaker began meanwhile)."""
+    moves: list[str] = []
+
+    def update(params, **_):
+        request = json.loads(params["body"])
+        endpoint = world.backend.endpoints[request["EndpointName"]]
+        if moves:
+            endpoint.endpoint_status = moves.pop(0)
+        if endpoint.endpoint_status != "InService":
+            raise ClientError({"Error": {"Code": "ValidationException", "Message": (
+                f'Cannot update in-progress endpoint "{endpoint.arn}".' if endpoint.endpoint_status != "Failed"
+                else f'Cannot update endpoint "{endpoint.arn}" in status Failed.')}}, "UpdateEndpoint")
+        endpoint.endpoint_status = "Updating"
+        return AWSResponse(None, 200, {}, None), {"EndpointArn": endpoint.arn}
+
+    aws.client("sagemaker").meta.events.register("before-call.sagemaker.UpdateEndpoint", update)
+    return moves
+
+
+def changes(calls: list[str]) -> list[str]:
+    return [call for call in calls if not call.startswith("Describe")]
+
+
+def state(world) -> tuple:
+    """All a repeated event or tick could change: runs, registry, endpoint, SageMaker's configs and models."""
+    endpoint = world.backend.endpoints.get(ENDPOINT)
+    models = world.client.http.get("/models").json_body["items"]
+    return (runs(world), models, world.client.http.get("/models/live").json_body,
+            endpoint and (endpoint.endpoint_status, endpoint.endpoint_config_name),
+            sorted(world.backend.endpoint_configs), sorted(world.backend._models))
+
+
+def test_a_failed_first_endpoint_is_deleted_and_created_anew_with_the_next_model(world, monkeypatch):
+    calls = sagemaker_calls()
+    play_update_endpoint(world)
+    first = run_to_training(world)
+    world.finish_training(first["training_job"], 0.9)
+    training_done(world, first["training_job"], first["run_id"])
+    world.backend.endpoints[ENDPOINT].endpoint_status = "Failed"  # the first CreateEndpoint failed
+    endpoint_event(world, "Failed", f"ip-test-{first['run_id']}")
+    first = world.client.http.get(f"/runs/{first['run_id']}").json_body
+    assert first["status"] == "FAILED"
+
+    # SageMaker deletes asynchronously: Deleting, then gone (moto deletes at once).
+    monkeypatch.setattr(world.backend, "delete_endpoint",
+                        lambda name: setattr(world.backend.endpoints[name], "endpoint_status", "Deleting"))
+    run = run_to_training(world)
+    world.finish_training(run["training_job"], 0.85)
+    calls.clear()
+    training_done(world, run["training_job"], run["run_id"])
+    assert changes(calls) == ["CreateModel", "CreateEndpointConfig", "DeleteEndpoint"], "not UpdateEndpoint"
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYING" and "being deleted" in run["endpoint_wait"], run
+    assert {m["model_version"]: m["status"] for m in world.client.http.get("/models").json_body["items"]} == {
+        first["model_version"]: "FAILED", run["model_version"]: "DEPLOYING"}
+
+    # While it is Deleting: the schedule, its events and a late copy of the first Failed event change nothing.
+    before, calls[:] = state(world), []
+    tick(world)
+    endpoint_event(world, "Deleting", f"ip-test-{first['run_id']}")
+    endpoint_event(world, "Failed", f"ip-test-{first['run_id']}")
+    training_done(world, run["training_job"], run["run_id"])
+    assert state(world) == before and changes(calls) == []
+
+    # Gone: the schedule creates the endpoint with the new config; its InService makes the model LIVE.
+    del world.backend.endpoints[ENDPOINT]
+    tick(world)
+    assert changes(calls) == ["CreateEndpoint"]
+    assert world.sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"] == f"ip-test-{run['run_id']}"
+    assert "endpoint_wait" not in world.client.http.get(f"/runs/{run['run_id']}").json_body
+    endpoint_event(world, "InService", f"ip-test-{run['run_id']}")
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYED" and live(world)["model_version"] == run["model_version"]
+    assert stores().runs.lock_holder() is None, "the lock was released"
+
+    # Every event again, late and twice: nothing changes, nothing is called but descriptions.
+    before, calls[:] = state(world), []
+    for _ in range(2):
+        tick(world)
+        endpoint_event(world, "Failed", f"ip-test-{first['run_id']}")
+        endpoint_event(world, "InService", f"ip-test-{run['run_id']}")
+        training_done(world, run["training_job"], run["run_id"])
+    assert state(world) == before and changes(calls) == []
+
+
+@pytest.mark.parametrize("busy", ["when the gate looks", "when the update arrives"])
+def test_an_update_waits_while_the_endpoint_is_busy_then_goes_out(world, busy):
+    first = deploy_model(world, accuracy=0.8)
+    old_config = f"ip-test-{first['run_id']}"
+    moves, calls = play_update_endpoint(world), sagemaker_calls()
+    run = run_to_training(world)
+    new_config = f"ip-test-{run['run_id']}"
+    world.finish_training(run["training_job"], 0.95)
+    if busy == "when the gate looks":
+        world.backend.endpoints[ENDPOINT].endpoint_status = "SystemUpdating"
+    else:
+        moves.append("SystemUpdating")  # described InService, then refused as in progress
+    training_done(world, run["training_job"], run["run_id"])
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYING" and "SystemUpdating" in run["endpoint_wait"], run
+    assert changes(calls).count("UpdateEndpoint") == (0 if busy == "when the gate looks" else 1)
+
+    # The schedule waits; the InService that ends the system update (on the live config) is no
+    # rollback of this run: its update goes out then.
+    tick(world)
+    assert world.backend.endpoints[ENDPOINT].endpoint_status == "SystemUpdating"
+    world.backend.endpoints[ENDPOINT].endpoint_status = "InService"
+    calls.clear()
+    endpoint_event(world, "InService", old_config)
+    endpoint_event(world, "InService", old_config)  # delivered twice
+    assert changes(calls) == ["UpdateEndpoint"]
+    assert world.backend.endpoints[ENDPOINT].endpoint_status == "Updating"
+    run = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert run["status"] == "DEPLOYING" and "endpoint_wait" not in run, run
+    tick(world)
+    assert changes(calls) == ["UpdateEndpoint"]
+
+    # SageMaker finishes the update: the new model goes live.
+    endpoint = world.backend.endpoints[ENDPOINT]
+    endpoint.endpoint_status, endpoint.endpoint_config_name = "InService", new_config
+    endpoint_event(world, "InService", new_config)
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "DEPLOYED"
+    models = {m["model_version"]: m["status"] for m in world.client.http.get("/models").json_body["items"]}
+    assert models == {first["model_version"]: "RETIRED", run["model_version"]: "LIVE"}
+    assert stores().runs.lock_holder() is None

@@ -50,3 +50,13 @@ def test_a_call_with_no_known_iam_actions_fails_the_test():
         list(iam.checks("s3", "PutBucketPolicy", {"Bucket": BUCKET}, REGION, ACCOUNT))
     with pytest.raises(iam.UnmappedCall, match="lambda Invoke"):
         list(iam.checks("lambda", "Invoke", {}, REGION, ACCOUNT))
+
+
+def test_delete_endpoint_is_granted_on_the_stages_endpoint_only():
+    """A Failed endpoint takes only DeleteEndpoint: the deployment replaces it, and may delete nothing else."""
+    policy = json.dumps(policies.policy(ENV))
+    assert iam.denial(policy, "sagemaker", "DeleteEndpoint", {"EndpointName": ENV["ENDPOINT_NAME"]},
+                      REGION, ACCOUNT) is None
+    for name in ("someone-elses-endpoint", f"{ENV['ENDPOINT_NAME']}-2", "ip-test-r270115080202-abcdef"):
+        assert "sagemaker:DeleteEndpoint" in iam.denial(policy, "sagemaker", "DeleteEndpoint", {"EndpointName": name},
+                                                        REGION, ACCOUNT)
