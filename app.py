@@ -12,11 +12,20 @@ import os
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalice_app import api, handlers
+from chalice_app.config import settings
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
 from chalice_app.invocations import MAX_IMAGES_PER_REQUEST
 from chalice_app.observability import logger, metrics
 
 app = Chalice(app_name="image-pipeline")
+
+# Read the settings at cold start, where Lambda runs this module (its runtime sets
+# AWS_LAMBDA_FUNCTION_NAME): a bad stage setting fails the container's start with its ConfigError
+# message rather than every invocation answering 500. Elsewhere the module is imported before the
+# environment is set (tests, packaging, the local stack, which checks the stage before it starts).
+# settings() keeps its cache: the handlers get these very settings.
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    settings()
 
 TRAINING_QUEUE = os.environ.get("TRAINING_QUEUE", "image-pipeline-training-data")
 INCOMING_QUEUE = os.environ.get("INCOMING_QUEUE", "image-pipeline-incoming")

@@ -25,10 +25,26 @@ _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
 # Presigned upload URLs must be SigV4 (the only signature newer regions accept).
 _S3_CONFIG = _CONFIG.merge(Config(signature_version="s3v4"))
 
+# InvokeEndpoint must end inside the Lambda that makes it (`lambda_timeout` 120 s in
+# .chalice/config.json; tests/app/test_aws_clients.py holds the sum below to it). SageMaker gives
+# a model 60 s to answer, so the read timeout is 70 s; botocore's defaults (60 s connect, 60 s read)
+# with _CONFIG's retries (max_attempts 5 is 5 retries: 6 attempts) could keep one call going for 720 s.
+# Worst case here:
+# (RUNTIME_CONNECT_TIMEOUT + RUNTIME_READ_TIMEOUT) x RUNTIME_MAX_ATTEMPTS = (5 + 70) x 1 = 75 s < 120 s.
+# A second 70 s attempt cannot fit, so the call is not retried in the Lambda: a failed invocation is
+# its records' failure in the batch response, and SQS delivers them again.
+RUNTIME_CONNECT_TIMEOUT = 5
+RUNTIME_READ_TIMEOUT = 70
+RUNTIME_MAX_ATTEMPTS = 1
+_RUNTIME_CONFIG = _CONFIG.merge(Config(connect_timeout=RUNTIME_CONNECT_TIMEOUT, read_timeout=RUNTIME_READ_TIMEOUT,
+                                       retries={"mode": "standard",
+                                                "total_max_attempts": RUNTIME_MAX_ATTEMPTS}))
+_CONFIGS = {"s3": _S3_CONFIG, "sagemaker-runtime": _RUNTIME_CONFIG}
+
 
 @lru_cache(maxsize=None)
 def _make(service: str) -> Any:
-    return boto3.session.Session().client(service, config=_S3_CONFIG if service == "s3" else _CONFIG)
+    return boto3.session.Session().client(service, config=_CONFIGS.get(service, _CONFIG))
 
 
 def client(service: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -50,6 +51,10 @@ DEFAULT_RULE_POLICY: dict[str, str] = {
 }
 
 
+# What SageMaker allows in a name, lower case only (ARNs carry names lower-cased).
+NAME_PREFIX_PATTERN = re.compile(r"^[a-z0-9](-*[a-z0-9])*$")
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -59,9 +64,32 @@ def _json(env: dict[str, str], name: str, default: Any) -> Any:
     if raw is None or raw == "":
         return default
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as error:
         raise ConfigError(f"{name} is not valid JSON: {error}") from error
+    if not isinstance(value, type(default)):
+        raise ConfigError(f"{name} must be a JSON {'object' if isinstance(default, dict) else 'array'}, "
+                          f"not {raw!r}")
+    return value
+
+
+def _number(env: dict[str, str], name: str, default: Any, kind: type) -> Any:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {noun}, not {raw!r}") from None
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    return _number(env, name, default, int)
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float)
 
 
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
@@ -159,6 +187,11 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
     # Tuning job names are limited to 32 characters; the run id takes 20 of them.
     if len(prefix) > 11:
         raise ConfigError(f"NAME_PREFIX {prefix!r} is longer than 11 characters")
+    # SageMaker lower-cases names in its ARNs, and the policies scope sagemaker:* to "<prefix>-*":
+    # an upper-case prefix would name jobs the policies do not match.
+    if not NAME_PREFIX_PATTERN.fullmatch(prefix):
+        raise ConfigError(f"NAME_PREFIX {prefix!r} must be lower-case letters, digits and inner hyphens "
+                          f"({NAME_PREFIX_PATTERN.pattern})")
     static = {**DEFAULT_STATIC_HYPERPARAMETERS, **_json(env, "STATIC_HYPERPARAMETERS", {})}
     return Settings(
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -185,25 +218,25 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         static_hyperparameters={k: str(v) for k, v in static.items()},
         tuning_ranges=_json(env, "TUNING_RANGES", DEFAULT_TUNING_RANGES),
         tuning_strategy=env.get("TUNING_STRATEGY", "Bayesian"),
-        max_training_jobs=int(env.get("MAX_TRAINING_JOBS", "4")),
-        max_parallel_jobs=int(env.get("MAX_PARALLEL_JOBS", "2")),
+        max_training_jobs=_int(env, "MAX_TRAINING_JOBS", 4),
+        max_parallel_jobs=_int(env, "MAX_PARALLEL_JOBS", 2),
         early_stopping=env.get("EARLY_STOPPING", "Auto"),
         spot_training=_bool(env, "SPOT_TRAINING", False),
-        max_runtime_seconds=int(env.get("MAX_RUNTIME_SECONDS", "3600")),
-        max_wait_seconds=int(env.get("MAX_WAIT_SECONDS", "7200")),
-        quiet_window_seconds=int(env.get("QUIET_WINDOW_SECONDS", "300")),
-        min_images=int(env.get("MIN_IMAGES", "20")),
-        gate_margin=float(env.get("GATE_MARGIN", "0.0")),
+        max_runtime_seconds=_int(env, "MAX_RUNTIME_SECONDS", 3600),
+        max_wait_seconds=_int(env, "MAX_WAIT_SECONDS", 7200),
+        quiet_window_seconds=_int(env, "QUIET_WINDOW_SECONDS", 300),
+        min_images=_int(env, "MIN_IMAGES", 20),
+        gate_margin=_float(env, "GATE_MARGIN", 0.0),
         rollback_alarms=tuple(_json(env, "ROLLBACK_ALARMS", [])),
-        max_image_bytes=int(env.get("MAX_IMAGE_BYTES", str(6 * 1024 * 1024))),
-        top_k=int(env.get("TOP_K", "5")),
-        upload_url_seconds=int(env.get("UPLOAD_URL_SECONDS", "900")),
+        max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 6 * 1024 * 1024),
+        top_k=_int(env, "TOP_K", 5),
+        upload_url_seconds=_int(env, "UPLOAD_URL_SECONDS", 900),
         debugger_service=_choice(env, "DEBUGGER_SERVICE", "in-job", DEBUGGER_SERVICES),
         debugger_rules=_debugger_rules(env),
         debugger_rule_policy=_rule_policy(env),
         debugger_rule_parameters={rule: {k: str(v) for k, v in params.items()}
                                   for rule, params in _json(env, "DEBUGGER_RULE_PARAMETERS", {}).items()},
-        debug_save_interval=int(env.get("DEBUG_SAVE_INTERVAL", "100")),
+        debug_save_interval=_int(env, "DEBUG_SAVE_INTERVAL", 100),
     )
 
 

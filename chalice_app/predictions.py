@@ -97,7 +97,8 @@ def classify_messages(batch: Mapping[str, Sequence[Upload]]) -> list[str]:
     return failed
 
 
-@tracer.capture_method
+# Its return (Upload keys, exceptions among the values) is not JSON: X-Ray could not serialise it.
+@tracer.capture_method(capture_response=False)
 def classify_batch(uploads: Sequence[Upload]) -> dict[Upload, Outcome]:
     """Classify these uploads together; each one's outcome."""
     unique = list(dict.fromkeys(uploads))

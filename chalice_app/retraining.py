@@ -73,7 +73,8 @@ def wait_reason(burst: Burst | None, now: float, quiet_window: float, *, manual:
     return None
 
 
-@tracer.capture_method
+# A StartOutcome is not JSON; the handlers log it.
+@tracer.capture_method(capture_response=False)
 def maybe_start_run(*, manual: bool = False) -> StartOutcome:
     """Start a run when a quiet or committed burst waits and no run is active (or by hand)."""
     config, store = settings(), stores()

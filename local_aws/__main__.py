@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+from chalice_app.config import ConfigError
+
 from .stack import DEFAULT_PORTS, Stack, StackOptions
 from .stage import parse_overrides
 
@@ -56,7 +58,11 @@ def _interrupt(*_: object) -> None:
 
 def up(argv: list[str]) -> int:
     args = up_parser().parse_args(argv)
-    stack = Stack(options_from(args))
+    try:
+        stack = Stack(options_from(args))  # checks the stage's settings before anything starts
+    except ConfigError as error:
+        print(f"python -m local_aws up: stage {args.stage!r}: {error}", file=sys.stderr, flush=True)
+        return 2
     # Ctrl-C stops the stack even when started from a shell that ignores SIGINT in background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does

@@ -31,6 +31,8 @@ from typing import Any
 import boto3
 from aws_lambda_powertools import Logger
 
+from chalice_app.config import settings_from_env
+
 from . import infra, moto_state
 from .ports import free_port
 from .stage import REPO_ROOT, Stage, handler_environment, load_stage
@@ -74,6 +76,9 @@ class Stack:
         self.restored: dict[str, int] = {}
         self._moto = self._sagemaker = self._dispatcher = self._api = None
         self._api_thread: threading.Thread | None = None
+        # The handlers' settings, checked before anything starts: a bad value (malformed JSON, an
+        # unknown rule, a non-integer) is the stage's ConfigError here, not a 500 from every handler.
+        settings_from_env(self.environment)
 
     @property
     def environment(self) -> dict[str, str]:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from chalice_app.config import settings_from_env
+from chalice_app.config import ConfigError, settings_from_env
 from infra.images import resolve
 from infra.policies import stage_env
 
-CONFIG = json.loads((Path(__file__).resolve().parents[2] / ".chalice" / "config.json").read_text())
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
 
 
 @pytest.mark.parametrize("stage", ["local", "dev", "prod"])
@@ -32,3 +37,54 @@ def test_the_images_are_the_ones_the_sagemaker_sdk_resolves_for_the_region():
     for stage in CONFIG["stages"]:
         env = stage_env(CONFIG, stage)
         assert {name: env[name] for name in images} == images, f"run python -m infra.images --write ({stage})"
+
+
+def valid_env(**changes: str) -> dict[str, str]:
+    return {**stage_env(CONFIG, "local"), **changes}
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("MAX_TRAINING_JOBS", "four", "MAX_TRAINING_JOBS must be an integer, not 'four'"),
+    ("QUIET_WINDOW_SECONDS", "1.5", "QUIET_WINDOW_SECONDS must be an integer"),
+    ("GATE_MARGIN", "a bit", "GATE_MARGIN must be a number, not 'a bit'"),
+    ("TUNING_RANGES", "{lr: 1}", "TUNING_RANGES is not valid JSON"),
+    ("TUNING_RANGES", "[1, 2]", "TUNING_RANGES must be a JSON object"),
+    ("DEBUGGER_RULE_POLICY", '["veto"]', "DEBUGGER_RULE_POLICY must be a JSON object"),
+    ("DEBUGGER_RULES", "Overfit,NoSuchRule", "DEBUGGER_RULES names unknown rules ['NoSuchRule']"),
+])
+def test_a_malformed_setting_is_a_config_error_naming_it(name, value, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        settings_from_env(valid_env(**{name: value}))
+
+
+def test_numbers_are_read_and_an_empty_one_is_its_default():
+    settings = settings_from_env(valid_env(MAX_TRAINING_JOBS="7", GATE_MARGIN="0.25", TOP_K=""))
+    assert (settings.max_training_jobs, settings.gate_margin, settings.top_k) == (7, 0.25, 5)
+
+
+@pytest.mark.parametrize("prefix", ["IP-dev", "ip_dev", "ip.dev", "-ip", "ip-", "ip dev", ""])
+def test_the_name_prefix_must_be_a_lower_case_sagemaker_name(prefix):
+    with pytest.raises(ConfigError, match="NAME_PREFIX"):
+        settings_from_env(valid_env(NAME_PREFIX=prefix))
+
+
+@pytest.mark.parametrize("prefix", ["ip-dev", "a", "ip--2", "0abc"])
+def test_lower_case_prefixes_are_accepted(prefix):
+    assert settings_from_env(valid_env(NAME_PREFIX=prefix)).name_prefix == prefix
+
+
+def import_app_in_lambda(**changes: str) -> subprocess.CompletedProcess:
+    """`import app` as Lambda's runtime does at a cold start (it sets AWS_LAMBDA_FUNCTION_NAME)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update(valid_env(**changes), AWS_LAMBDA_FUNCTION_NAME="image-pipeline-local-on_incoming_image",
+               AWS_DEFAULT_REGION="us-east-1", POWERTOOLS_TRACE_DISABLED="true")
+    return subprocess.run([sys.executable, "-c", "import app"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_bad_setting_fails_the_lambda_cold_start_with_its_message():
+    started = import_app_in_lambda(DEBUGGER_RULES="Overfit,NoSuchRule")
+    assert started.returncode != 0
+    assert "ConfigError: DEBUGGER_RULES names unknown rules ['NoSuchRule']" in started.stderr
+    healthy = import_app_in_lambda()
+    assert healthy.returncode == 0, healthy.stderr
