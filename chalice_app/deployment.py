@@ -33,7 +33,7 @@ from .events import EndpointStateChange, TrainingJobStateChange
 from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .predictions import redrive_pending
-from .retraining import end_run, run_for_job
+from .retraining import STALLED_STEP_SECONDS, end_run, run_for_job
 from .sagemaker_calls import Refused, create_or_refuse, delete_or_refuse, delete_quietly, describe_endpoint
 
 FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
@@ -43,9 +43,6 @@ BUSY_ENDPOINT_STATES = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 WAIT_FIELD = "endpoint_wait"
 # The endpoint can settle before the gate's Lambda has marked its run DEPLOYING.
 DEPLOYING_STATES = ("TRAINING", "DEPLOYING")
-# How long after its job ended the schedule gates a run that is still TRAINING: the job's own
-# Completed event normally does it within seconds.
-GATE_GRACE_SECONDS = 120
 
 
 @tracer.capture_method
@@ -107,7 +104,7 @@ def resume_waiting_gate() -> None:
     ended = description.get("TrainingEndTime")
     if description.get("TrainingJobStatus") != "Completed" or ended is None:
         return
-    if clock.now() - ended.timestamp() > GATE_GRACE_SECONDS and not gate.pending_rules(description):
+    if clock.now() - ended.timestamp() > STALLED_STEP_SECONDS and not gate.pending_rules(description):
         gate_and_deploy(holder, description)
 
 

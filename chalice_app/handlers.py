@@ -77,6 +77,7 @@ def quiet_check(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Every minute: end a quiet burst with a run, finish a start that stalled, gate a job whose
     rules have ended, and point the endpoint at a deployment that waits for it."""
     retraining.resume_stalled_start()
+    retraining.resume_stalled_tuning()
     deployment.resume_waiting_gate()
     deployment.resume_deployment()
     outcome = retraining.maybe_start_run()

@@ -27,6 +27,8 @@ from .store.arrivals import Burst
 # A run that took the lock but never reached TUNING (its Lambda died mid-start)
 # is resumed by the schedule after this long.
 STALLED_START_SECONDS = 300
+# How long after its SageMaker job ended the schedule takes over a step whose event never came.
+STALLED_STEP_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -185,13 +187,35 @@ def _live_artifact() -> str | None:
 def on_tuning_change(event: TuningJobStateChange) -> None:
     detail = event.detail
     run_id = run_for_job(detail.name, detail.tags, "TUNING")
-    if run_id is None:
+    if run_id is not None:
+        _tuning_ended(run_id, detail.name, detail.status, detail.failure_reason)
+
+
+@tracer.capture_method
+def resume_stalled_tuning() -> None:
+    """A run still TUNING a while after its tuning job ended lost the job's event (EventBridge
+    delivers at least once, but a Lambda that keeps failing drops it): the schedule's part."""
+    store = stores()
+    holder = store.runs.lock_holder()
+    run = store.runs.get(holder) if holder else None
+    if not run or run["status"] != "TUNING" or not run.get("tuning_job"):
         return
-    if detail.status != "Completed":
-        end_run(run_id, ("TUNING",), "FAILED", f"tuning job {detail.status}: {detail.failure_reason or 'no reason given'}")
+    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=run["tuning_job"])
+    ended = description.get("HyperParameterTuningEndTime")
+    if (description["HyperParameterTuningJobStatus"] in ("Completed", "Failed", "Stopped") and ended is not None
+            and clock.now() - ended.timestamp() > STALLED_STEP_SECONDS):
+        logger.warning("resuming a run whose tuning event was lost", extra={"run_id": holder})
+        _tuning_ended(holder, run["tuning_job"], description["HyperParameterTuningJobStatus"],
+                      description.get("FailureReason"))
+
+
+def _tuning_ended(run_id: str, name: str, status: str, failure_reason: str | None) -> None:
+    if status != "Completed":
+        end_run(run_id, ("TUNING",), "FAILED", f"tuning job {status}: {failure_reason or 'no reason given'}")
         return
     # The event does not carry the best job; the description does.
-    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=detail.name)
+    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
     best = description.get("BestTrainingJob")
     if not best or not best.get("TunedHyperParameters"):
         end_run(run_id, ("TUNING",), "FAILED", "tuning completed without a best training job")

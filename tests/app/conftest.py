@@ -15,6 +15,7 @@ import os
 import uuid
 from functools import lru_cache
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.sagemaker.models import sagemaker_backends
+from moto.sagemaker.models import FakeTrainingJob, HyperParameterTuningJob, sagemaker_backends
 
 from infra import policies
 from training.metrics import VERDICT_VALUES
@@ -147,6 +148,8 @@ class World:
 
     def finish_tuning(self, name: str, tuned: dict[str, str], objective: float = 0.9) -> None:
         job = self.backend.hyper_parameter_tuning_jobs[name]
+        job.hyper_parameter_tuning_job_status = "Completed"
+        job.hyper_parameter_tuning_end_time = datetime.fromtimestamp(self.clock[0], tz=timezone.utc)
         job.best_training_job = {**job.best_training_job, "TrainingJobName": f"{name}-003-abcdef",
                                  "TunedHyperParameters": tuned,
                                  "FinalHyperParameterTuningJobObjectiveMetric": {
@@ -157,6 +160,9 @@ class World:
         """The job's final metrics: test accuracy and its own rule verdict lines (in-job Debugger);
         `managed`: the managed Debugger's rule statuses instead."""
         job = self.backend.training_jobs[name]
+        if job.training_job_status != "Completed":  # a job ends once; its rule statuses may change after
+            job.training_job_status = "Completed"
+            job.training_end_time = datetime.fromtimestamp(self.clock[0], tz=timezone.utc)
         stamp = job.creation_time
         job.final_metric_data_list = ([] if accuracy is None else
                                       [{"MetricName": "test:accuracy", "Value": accuracy, "Timestamp": stamp}])
@@ -206,6 +212,18 @@ def world(app_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                                                                   "stages": {STAGE: {}}}))
     now = [1_800_000_000.0]
     monkeypatch.setattr(clock, "now", lambda: now[0])
+    # moto ends a job the moment it is created, at the wall clock's time; here it runs until the test
+    # finishes it (World.finish_tuning, finish_training), on the world's clock, as the schedule sees it.
+    later = datetime.fromtimestamp(now[0] + 10 * 86400, tz=timezone.utc)
+    for job_class, status, end in ((HyperParameterTuningJob, "hyper_parameter_tuning_job_status",
+                                    "hyper_parameter_tuning_end_time"),
+                                   (FakeTrainingJob, "training_job_status", "training_end_time")):
+        def running(job, *args, _create=job_class.__init__, _status=status, _end=end, **kwargs):
+            _create(job, *args, **kwargs)
+            setattr(job, _status, "InProgress")
+            setattr(job, _end, later)
+
+        monkeypatch.setattr(job_class, "__init__", running)
     with mock_aws():
         dynamodb, sqs, s3 = (boto3.client(s, region_name=REGION) for s in ("dynamodb", "sqs", "s3"))
         resources = TEMPLATE["Resources"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 
@@ -262,3 +263,18 @@ def test_handlers_log_with_correlation_ids_and_emit_metrics(world, capsys, caplo
     assert "too few images" in refusal["reason"]
     [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
     assert emf["RunsRefused"] == [1.0] and emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ImagePipeline"
+
+
+def test_a_run_whose_tuning_event_was_lost_goes_on_from_the_schedule(world):
+    run = start_run(world)
+    world.finish_tuning(run["tuning_job"], TUNED)
+    tuning = world.backend.hyper_parameter_tuning_jobs[run["tuning_job"]]
+    tuning.hyper_parameter_tuning_end_time = datetime.datetime.fromtimestamp(world.clock[0], tz=datetime.timezone.utc)
+    tick(world)  # the event may still come: the schedule leaves the step to it for a while
+    assert runs(world)[0]["status"] == "TUNING" and not world.backend.training_jobs
+    world.advance(300)
+    tick(world)
+    run = runs(world)[0]
+    assert run["status"] == "TRAINING" and run["training_job"] in world.backend.training_jobs
+    tuning_done(world, run)  # the event arrives after all: nothing happens twice
+    assert list(world.backend.training_jobs) == [run["training_job"]] and runs(world)[0]["status"] == "TRAINING"
