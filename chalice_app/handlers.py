@@ -74,8 +74,9 @@ def incoming_images(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @metrics.log_metrics
 def quiet_check(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Every minute: end a quiet burst with a run, finish a start that stalled, gate a job whose
-    rules have ended, and point the endpoint at a deployment that waits for it."""
+    """Every minute: end a quiet burst with a run, and take over the steps whose events never came or
+    could not act yet (a stalled start, a tuning job ended unheard, a job whose rules have ended, an
+    endpoint a deployment waits for)."""
     retraining.resume_stalled_start()
     retraining.resume_stalled_tuning()
     deployment.resume_waiting_gate()
