@@ -11,7 +11,9 @@ arguments. With neither, the session does nothing, at no cost.
 Whatever the config says, the collections the rules of `training.rules`
 read (losses, weights, biases, gradients, relu_input) are saved.
 
-Three fixes for smdebug 1.0.34 (frozen since 2023), all applied here and nowhere else:
+Four fixes for smdebug 1.0.34 (frozen since 2023), all applied here and nowhere else:
+- its generated protobuf code predates protobuf 4, and the images keep protobuf 6: importing
+  this module chooses protobuf's pure-Python implementation, before smdebug imports protobuf;
 - numpy 2 removed `ndarray.tostring`, which smdebug's writer calls: arrays reach
   the writer as a view that answers it (`apply_numpy2_shim`);
 - bfloat16 tensors (autocast on a GPU) have no numpy type: they are saved as float32;
