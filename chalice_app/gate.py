@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from training.metrics import GATE_METRIC, ISSUES, LIVE_GATE_METRIC, NO_ISSUES, RULE_METRIC_PREFIX, verdict_of
 
-VETO = "veto"
+from .config import VETO
+
 # The managed Debugger may still be evaluating when the job reports Completed.
 PENDING_STATUSES = ("InProgress",)
 

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -45,6 +44,7 @@ from chalice_app.config import Settings
 from chalice_app.sagemaker_requests import model_request
 from conformance.environments import add_override_argument, ensure_environment, progress
 from infra.frameworks import INFERENCE
+from local_aws.ports import free_port
 
 CONTAINER_ML_DIR = "/opt/ml"
 REGION = "us-east-1"
@@ -91,12 +91,6 @@ def container_environment(base: Path) -> dict[str, str]:
     # Container paths (/opt/ml/...) point into this run's base dir.
     return {key: str(base) + value[len(CONTAINER_ML_DIR):] if value.startswith(CONTAINER_ML_DIR + "/") else value
             for key, value in env.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unpack(model_tar: Path, base: Path) -> Path:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from botocore.exceptions import ClientError
+from moto.core import DEFAULT_ACCOUNT_ID
 
 from chalice_app import aws
 from infra import policies
@@ -13,7 +14,7 @@ from infra import policies
 from . import iam
 from .conftest import BUCKET, ENV, REGION
 
-ACCOUNT = "123456789012"
+ACCOUNT = DEFAULT_ACCOUNT_ID
 
 
 def test_what_the_policy_does_not_grant_fails_as_access_denied(world):
