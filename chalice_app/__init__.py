@@ -4,7 +4,8 @@
     config.py              Settings from the stage's environment
     sagemaker_requests.py  pure builders of every SageMaker request
     sagemaker_calls.py     the thin edge that sends them (a repeated create is a success)
-    manifest.py, gate.py, images.py   pure decisions: the data snapshot, the quality gate, is-it-an-image
+    manifest.py, gate.py   pure decisions: the data snapshot, the quality gate
+                           (what an image is: training/image_contract.py, vendored with the app)
     invocations.py         pure builders of batched InvokeEndpoint requests and readers of their answers
     store/                 DynamoDB: arrivals and bursts, runs and the lock, the model registry, predictions
                            (items.py: the paged query they share)

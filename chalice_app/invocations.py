@@ -9,7 +9,7 @@ labels per image, in order:
      "predictions": [[{"label": str, "probability": float}, ...], ...per image]}
 
 Groups keep each request under InvokeEndpoint's payload limit and the endpoint's own
-limit of images per request.
+limit of images per request (training.image_contract.MAX_IMAGES_PER_REQUEST).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from training.image_contract import MAX_IMAGES_PER_REQUEST
+
 IMAGE_TYPE = "application/x-image"
 JSON_TYPE = "application/json"
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's request payload limit
-MAX_IMAGES_PER_REQUEST = 64  # the endpoint's (inference.MAX_IMAGES_PER_REQUEST)
 _JSON_FRAME = len('{"images": []}')
 
 
@@ -67,3 +68,21 @@ def labels_per_image(body: bytes, count: int, k: int) -> tuple[list[list[dict[st
     ranked = [sorted(row, key=lambda p: p["probability"], reverse=True)[:k] for row in rows]
     return ([[{"label": p["label"], "probability": float(p["probability"])} for p in row] for row in ranked],
             payload["model_version"])
+
+
+_TRACEBACK = "\nTraceback (most recent call last):"
+
+
+def endpoint_message(original: str) -> str:
+    """The endpoint's own words in the body of its error answer (a ModelError's OriginalMessage):
+    `{"status", "error"}` from the local endpoint host, `{"code", "type", "message"}` from
+    TorchServe, or SageMaker's inference toolkit's text (the message, then its traceback)."""
+    try:
+        document = json.loads(original)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        for field in ("error", "message"):
+            if isinstance(document.get(field), str) and document[field].strip():
+                return document[field].strip()
+    return original.split(_TRACEBACK, 1)[0].strip() or original

@@ -361,6 +361,8 @@ def run_checks(port: int, classes: list[str]) -> list[dict[str, Any]]:
 
     checks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("ping", ping), ("jpeg", image("jpeg", jpeg, "image/jpeg")), ("png", image("png", png, "image/png")),
+        ("gif", image("gif", make_image("GIF", seed=3), "image/gif")),
+        ("bmp", image("bmp", make_image("BMP", seed=4), "application/x-image")),
         ("json_batch", json_batch), ("top_k_header", top_k_header), ("corrupt_image_4xx", corrupt),
         ("unsupported_type_415", unsupported),
     ]

@@ -8,8 +8,9 @@ from the artefact's `code/` directory and calls, per worker and per request:
     prediction = predict_fn(request, model)                   preprocess, batched forward
     body, content_type = output_fn(prediction, accept)        top-k JSON
 
-Request bodies: `image/jpeg`, `image/png`, `image/webp`, `application/x-image` (format
-sniffed from the magic bytes), or `application/json` as
+Request bodies: an accepted image (`training.image_contract`: JPEG, PNG, GIF's first
+frame, BMP, WebP) as its own `image/...` type or `application/x-image` (the format is
+sniffed from the magic bytes either way), or `application/json` as
 `{"image": "<base64>"}` or `{"images": ["<base64>", ...]}`, with an optional `"top_k"`.
 k may also come from the `X-Amzn-SageMaker-Custom-Attributes: top_k=3` header; the body
 wins; the default is DEFAULT_TOP_K, capped at the number of classes.
@@ -20,8 +21,9 @@ Answer (the Lambda side parses exactly this):
      "predictions": [[{"label": str, "probability": float}, ...top k...], ...per image]}
 
 A bad request raises RequestError with an HTTP status (400, 406, 413, 415) and a
-message. Where SageMaker's inference toolkit is installed, RequestError is one of its
-BaseInferenceToolkitError, so the real container answers with that status too.
+message (the contract's own for what is not an accepted image; the Lambda stores it as
+the FAILED reason). Where SageMaker's inference toolkit is installed, RequestError is one
+of its BaseInferenceToolkitError, so the real container answers with that status too.
 
 Decoding and preprocessing are training's own (`training.presets`): the eval preset is
 rebuilt from the artefact's `preprocessing.json`, so train and serve tensors are equal.
@@ -41,9 +43,9 @@ from typing import Any
 
 import torch
 
+from training.image_contract import MAX_IMAGES_PER_REQUEST, MIME_TYPES
 from training.model import ModelSpec, build_model
 from training.presets import (
-    MAX_PIXELS,
     ClassificationPresetEval,
     ImageDecodeError,
     ImageTooLargeError,
@@ -64,13 +66,12 @@ except ImportError:  # the repository and the local endpoint host
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image")
+IMAGE_TYPES = (*MIME_TYPES, "application/x-image")
 JSON_TYPE = "application/json"
 ACCEPTED_TYPES = (*IMAGE_TYPES, JSON_TYPE)
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 DEFAULT_TOP_K = 5
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's cap on a real-time invocation payload
-MAX_IMAGES_PER_REQUEST = 64
 
 
 class RequestError(_StatusError):
@@ -233,14 +234,14 @@ def _images_from_json(body: bytes) -> tuple[list[tuple[str, bytes]], int | None]
 
 
 def _decode(data: bytes, where: str) -> torch.Tensor:
-    if not data:
-        raise RequestError(400, f"{where}: empty image")
+    """`where` names the image in a JSON body; a raw body's message is the decoder's alone."""
+    prefix = f"{where}: " if where else ""
     try:
-        return decode_rgb(data, max_pixels=MAX_PIXELS)
+        return decode_rgb(data)
     except ImageTooLargeError as error:
-        raise RequestError(413, f"{where}: {error}") from None
+        raise RequestError(413, f"{prefix}{error}") from None
     except ImageDecodeError as error:
-        raise RequestError(400, f"{where}: {error}") from None
+        raise RequestError(400, f"{prefix}{error}") from None
 
 
 def input_fn(request_body: bytes | str, request_content_type: str | None, context: Any = None) -> InferenceRequest:
@@ -263,7 +264,7 @@ def input_fn(request_body: bytes | str, request_content_type: str | None, contex
         payloads, body_top_k = _images_from_json(body)
         top_k = body_top_k if body_top_k is not None else top_k
     else:
-        payloads = [("body", body)]
+        payloads = [("", body)]
     return InferenceRequest([_decode(data, where) for where, data in payloads], top_k)
 
 

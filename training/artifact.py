@@ -7,7 +7,7 @@
     metadata.json         version, training job, hyperparameters, final metrics
     code/inference.py     the SageMaker inference handler
     code/requirements.txt its requirements
-    code/training/{__init__,presets,model}.py   the modules inference imports
+    code/training/{__init__,image_contract,presets,model}.py   the modules inference imports
 
 `code/` mirrors the repository's import paths, so `inference.py` imports
 `training.presets` the same way in the repo, in the source dir and in the endpoint.
@@ -25,6 +25,7 @@ CODE_FILES = {
     "code/inference.py": REPO_ROOT / "inference" / "inference.py",
     "code/requirements.txt": REPO_ROOT / "inference" / "requirements.txt",
     "code/training/__init__.py": REPO_ROOT / "training" / "__init__.py",
+    "code/training/image_contract.py": REPO_ROOT / "training" / "image_contract.py",
     "code/training/presets.py": REPO_ROOT / "training" / "presets.py",
     "code/training/model.py": REPO_ROOT / "training" / "model.py",
 }

@@ -47,8 +47,8 @@ FORMAT = 1  # bump when the entry's layout changes: older entries become misses
 MAGIC = f"trunk-features/{FORMAT}\n".encode()
 SPLITS = ("train", "valid", "test")
 WARM_POOL_CACHE_ENV = "SAGEMAKER_MANAGED_WARMPOOL_CACHE_DIRECTORY"
-# The code that decides the features: the eval preprocessing and the trunk's structure.
-CODE_FILES = ("presets.py", "model.py")
+# The code that decides the features: which images decode and how, and the trunk's structure.
+CODE_FILES = ("image_contract.py", "presets.py", "model.py")
 
 
 @dataclass(frozen=True)

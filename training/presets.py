@@ -3,8 +3,9 @@
 Training builds its eval transform from these classes and saves its parameters in the
 model artefact (`preprocessing.json`); serving rebuilds the very same class from that
 file, so an image gives the same tensor in both places. Only torch, torchvision and
-torchvision's own dependencies (Pillow, numpy) are imported here: this module travels
-inside `model.tar.gz` (`code/training/presets.py`).
+torchvision's own dependencies (Pillow, numpy) are imported here, with the standard-library
+`training.image_contract` (what an accepted image is): both travel inside `model.tar.gz`
+(`code/training/`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,24 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from training.image_contract import (
+    EMPTY,
+    MAX_IMAGE_BYTES,
+    MAX_PIXELS,
+    NOT_AN_IMAGE,
+    ImageFormat,
+    bytes_refusal,
+    pixels_refusal,
+    sniff,
+)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-# A pixel-bomb guard, checked from the header before any decoding: a 50-megapixel photo
-# decodes to 150 MB of RGB; a few-kilobyte PNG can claim far more than that.
-MAX_PIXELS = 50_000_000
-FORMATS = ("jpeg", "png", "webp")
+# Decoded by Pillow rather than torchvision: libpng errors inside torchvision's decode_png
+# (a bad IDAT CRC, a broken zlib stream) kill the whole process where Pillow raises; its
+# decode_gif returns every frame, and it reads no BMP at all.
+_PILLOW_DECODES = {"PNG", "GIF", "BMP"}
 
 
 class ImageDecodeError(ValueError):
@@ -35,76 +46,68 @@ class ImageDecodeError(ValueError):
 
 
 class ImageTooLargeError(ImageDecodeError):
-    """The header claims more pixels than the limit allows."""
+    """The image is over the byte limit, or its header claims more pixels than the limit allows."""
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    format: str
+    format: ImageFormat
     width: int
     height: int
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The image format named by the magic bytes (one of FORMATS), or None."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
-def probe_image(data: bytes) -> ImageInfo:
+def probe_image(data: bytes, max_bytes: int | None = MAX_IMAGE_BYTES) -> ImageInfo:
     """Format and size read from the header alone; nothing is decoded."""
     if not data:
-        raise ImageDecodeError("empty image")
-    image_format = sniff_format(data)
+        raise ImageDecodeError(EMPTY)
+    too_large = bytes_refusal(len(data), max_bytes) if max_bytes is not None else None
+    if too_large:
+        raise ImageTooLargeError(too_large)
+    image_format = sniff(data)
     if image_format is None:
-        raise ImageDecodeError("not an image: expected JPEG, PNG or WebP data")
+        raise ImageDecodeError(NOT_AN_IMAGE)
     try:
         # Pillow's open() parses the header lazily and decodes nothing until load().
-        with Image.open(io.BytesIO(data), formats=[image_format.upper()]) as image:
+        with Image.open(io.BytesIO(data), formats=[image_format.pillow]) as image:
             width, height = image.size
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"image too large: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageDecodeError(f"truncated or corrupt {image_format.upper()} header: {error}") from error
+        raise ImageDecodeError(f"truncated or corrupt {image_format.name} header: {error}") from error
     return ImageInfo(image_format, width, height)
 
 
-def _decode_png(data: bytes) -> torch.Tensor:
-    # libpng errors inside torchvision's decode_png (a bad IDAT CRC, a broken zlib
-    # stream) kill the whole process; Pillow raises an exception instead.
-    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+def _decode_with_pillow(data: bytes, pillow_format: str) -> torch.Tensor:
+    with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:  # a GIF opens at its first frame
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the high byte
             grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
             rgb = np.repeat(grey[:, :, None], 3, axis=2)
-        else:  # RGBA, LA, P (with or without transparency), L, 16-bit RGB: alpha dropped
+        else:  # RGBA, LA, P (with or without transparency), L, 1, 16-bit RGB: alpha dropped
             rgb = np.asarray(image.convert("RGB"))
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
-def decode_rgb(data: bytes, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
-    """Decode JPEG, PNG or WebP bytes to a uint8 RGB tensor (3, H, W).
+def decode_rgb(data: bytes, max_pixels: int | None = MAX_PIXELS,
+               max_bytes: int | None = MAX_IMAGE_BYTES) -> torch.Tensor:
+    """Decode an accepted image (image_contract.FORMATS; a GIF's first frame) to a uint8 RGB
+    tensor (3, H, W).
 
     Grey, palette, CMYK, alpha and 16-bit images all come out as 8-bit RGB (alpha
-    dropped, as Pillow's convert("RGB") does); EXIF orientation is applied. The size
-    is checked from the header before decoding (ImageTooLargeError).
+    dropped, as Pillow's convert("RGB") does); EXIF orientation is applied. The byte size
+    and the pixel count (from the header) are checked before decoding (ImageTooLargeError).
     """
-    info = probe_image(data)
-    if max_pixels is not None and info.width * info.height > max_pixels:
-        raise ImageTooLargeError(
-            f"image too large: {info.width}x{info.height} pixels, the limit is {max_pixels} pixels")
+    info = probe_image(data, max_bytes)
+    too_large = pixels_refusal(info.width, info.height, max_pixels) if max_pixels is not None else None
+    if too_large:
+        raise ImageTooLargeError(too_large)
     try:
-        if info.format == "png":
-            return _decode_png(data)
+        if info.format.pillow in _PILLOW_DECODES:
+            return _decode_with_pillow(data, info.format.pillow)
         buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         image = decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, ValueError, OSError, SyntaxError, EOFError, zlib.error) as error:
-        raise ImageDecodeError(f"truncated or corrupt {info.format.upper()} image: {error}") from error
+        raise ImageDecodeError(f"truncated or corrupt {info.format.name} image: {error}") from error
     if image.dtype != torch.uint8:
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalice_app import gate, images, manifest
+from chalice_app import gate, manifest
 from chalice_app.events import (ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN, TrainingJobStateChange,
                                 s3_records)
 
@@ -79,14 +79,15 @@ def test_s3_notifications_decode_keys_and_skip_test_events():
 
 def test_manifest_entries_for_both_layouts():
     prefix = "training-data/"
-    objects = [("training-data/cat/1.png", '"e1"'), ("training-data/test/dog/2.jpg", '"e2"'),
-               ("training-data/_COMMIT", '"e3"'), ("training-data/notes.txt", '"e4"'), ("training-data/a/b/c/d.png", "")]
+    objects = [("training-data/cat/1.png", '"e1"', 1), ("training-data/test/dog/2.jpg", '"e2"', 2),
+               ("training-data/_COMMIT", '"e3"', 0), ("training-data/notes.txt", '"e4"', 4),
+               ("training-data/a/b/c/d.png", "", 5)]
     entries = manifest.build(objects, prefix)
     assert [(e.key, e.label, e.etag) for e in entries] == [("training-data/cat/1.png", "cat", "e1"),
                                                            ("training-data/test/dog/2.jpg", "dog", "e2")]
     assert entries[1].split == "test" and entries[0].split in {"train", "valid", "test"}
     line = json.loads(manifest.to_jsonl(entries).splitlines()[0])
-    assert set(line) == {"key", "label", "split", "etag"}
+    assert set(line) == {"key", "label", "split", "etag", "size"} and line["size"] == 1
     assert manifest.is_commit_marker("training-data/_COMMIT", prefix)
 
 
@@ -123,10 +124,12 @@ def test_the_gate_prefers_the_live_model_scored_on_the_same_test_split(same_spli
 
 
 def test_images_are_recognised_by_their_bytes():
-    assert images.check_image(png_bytes(1), 10_000) is None
-    assert images.image_format(b"\xff\xd8\xff\xe0rest") == "jpeg"
-    assert images.image_format(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
-    assert "not a JPEG" in images.check_image(b"%PDF-1.7", 10_000)
+    from training import image_contract
+
+    assert image_contract.refusal(png_bytes(1), 10_000) is None
+    assert image_contract.sniff(b"\xff\xd8\xff\xe0rest").name == "JPEG"
+    assert image_contract.sniff(b"RIFF\0\0\0\0WEBPVP8 ").name == "WebP"
+    assert image_contract.refusal(b"%PDF-1.7", 10_000) == image_contract.NOT_AN_IMAGE
 
 
 def test_a_burst_waits_until_it_is_quiet_or_committed():
@@ -136,12 +139,11 @@ def test_a_burst_waits_until_it_is_quiet_or_committed():
     def burst(last: float, pending: bool = True, committed: bool = False) -> Burst:
         return Burst(pending=pending, last_arrival=last, arrivals=5, committed=committed, version=3)
 
-    assert wait_reason(None, 100, 60, manual=False) == "no new training data"
-    assert wait_reason(burst(0, pending=False), 100, 60, manual=False) == "no new training data"
-    assert wait_reason(burst(50), 100, 60, manual=False) == "the upload burst is still going on"
-    assert wait_reason(burst(40), 100, 60, manual=False) is None
-    assert wait_reason(burst(99, committed=True), 100, 60, manual=False) is None
-    assert wait_reason(None, 100, 60, manual=True) is None
+    assert wait_reason(None, 100, 60) == "no new training data"
+    assert wait_reason(burst(0, pending=False), 100, 60) == "no new training data"
+    assert wait_reason(burst(50), 100, 60) == "the upload burst is still going on"
+    assert wait_reason(burst(40), 100, 60) is None
+    assert wait_reason(burst(99, committed=True), 100, 60) is None
 
 
 def test_endpoint_states_in_the_events_spelling_read_as_the_apis():

@@ -42,6 +42,28 @@ def webp(height: int = 48, width: int = 64) -> bytes:
     return encode(rgb_image(height, width), "WEBP", lossless=True)
 
 
+def gif(height: int = 48, width: int = 64) -> bytes:
+    return encode(rgb_image(height, width), "GIF")
+
+
+def bmp(height: int = 48, width: int = 64) -> bytes:
+    return encode(rgb_image(height, width), "BMP")
+
+
+def bmp_palette(height: int = 48, width: int = 64) -> bytes:
+    return encode(rgb_image(height, width).convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "BMP")
+
+
+def animated_gif_frames(height: int = 48, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Two solid frames (exact in a GIF's palette): red, then blue."""
+    return (np.full((height, width, 3), (255, 0, 0), np.uint8), np.full((height, width, 3), (0, 0, 255), np.uint8))
+
+
+def animated_gif(height: int = 48, width: int = 64) -> bytes:
+    first, second = (Image.fromarray(frame) for frame in animated_gif_frames(height, width))
+    return encode(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+
+
 def with_orientation(fmt: str, orientation: int = 6) -> bytes:
     image = rgb_image()
     exif = image.getexif()
@@ -121,6 +143,20 @@ def corrupt_png_idat() -> bytes:
 def png_bomb(side: int = 100_000) -> bytes:
     """A few hundred bytes claiming side x side pixels (with one real row's worth of data)."""
     return raw_png(side, side, 8, 2, b"\x00" * 64)
+
+
+def gif_bomb(side: int = 60_000) -> bytes:
+    """A small GIF whose logical screen claims side x side pixels (at most 65535 a side)."""
+    data = bytearray(gif(16, 16))
+    data[6:10] = struct.pack("<HH", side, side)
+    return bytes(data)
+
+
+def bmp_bomb(side: int = 20_000) -> bytes:
+    """A small BMP whose header claims side x side pixels (Pillow refuses over 2**31 outright)."""
+    data = bytearray(bmp(16, 16))
+    data[18:26] = struct.pack("<ii", side, side)
+    return bytes(data)
 
 
 def jpeg_bomb(side: int = 60_000) -> bytes:

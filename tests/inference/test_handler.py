@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from inference import inference as handler
 from inference.inference import ACCEPTED_TYPES, RequestError
 from tests.inference import images
+from training.image_contract import NOT_AN_IMAGE
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,10 @@ def test_model_fn_refuses_weights_that_are_not_plain_tensors(model_dir, tmp_path
     ("application/x-image", images.png()),
     ("application/x-image", images.webp()),
     ("image/jpeg; charset=binary", images.jpeg()),
+    ("image/gif", images.gif()),
+    ("image/bmp", images.bmp()),
+    ("application/x-image", images.animated_gif()),
+    ("application/x-image", images.bmp()),
 ])
 def test_every_image_content_type(model, content_type, data):
     check_contract(answer(model, data, content_type), model, 1, min(5, model.num_classes))
@@ -130,7 +136,7 @@ def expect_error(status: int, body, content_type, match: str, context=None) -> R
 
 
 def test_unsupported_content_types_are_415_listing_the_accepted_ones():
-    for content_type in ("text/plain", "image/gif", "application/octet-stream", "", None):
+    for content_type in ("text/plain", "image/tiff", "application/octet-stream", "", None):
         error = expect_error(415, images.png(), content_type, "unsupported content type")
         assert all(accepted in str(error) for accepted in ACCEPTED_TYPES)
 
@@ -139,7 +145,9 @@ def test_unsupported_content_types_are_415_listing_the_accepted_ones():
     (b"", "image/jpeg", "empty body"),
     ("", "application/json", "empty body"),
     (b"not an image at all", "image/png", "not an image"),
-    (images.encode(images.rgb_image(), "GIF"), "application/x-image", "not an image"),
+    (images.encode(images.rgb_image(), "TIFF"), "application/x-image", "not an image"),
+    (images.gif(96, 128)[:60], "image/gif", "truncated or corrupt"),
+    (images.bmp(96, 128)[:200], "image/bmp", "truncated or corrupt"),
     (images.jpeg(96, 128)[:300], "image/jpeg", "truncated or corrupt"),
     (images.png(96, 128)[:-40], "image/png", "truncated or corrupt"),
     (images.webp(96, 128)[:200], "image/webp", "truncated or corrupt"),
@@ -162,6 +170,18 @@ def test_bad_input_is_400_with_a_message(body, content_type, match):
     expect_error(400, body, content_type, match)
 
 
+def test_what_is_not_an_image_gets_the_contracts_message():
+    assert str(expect_error(400, b"%PDF-1.7", "application/x-image", "not an image")) == NOT_AN_IMAGE
+    several = json.dumps({"images": [b64(images.png()), b64(b"%PDF-1.7")]})
+    assert str(expect_error(400, several, "application/json", "not an image")) == f"images[1]: {NOT_AN_IMAGE}"
+
+
+def test_gif_and_bmp_are_answered_as_their_rgb_conversion(model):
+    for data in (images.gif(), images.bmp()):
+        converted = images.encode(Image.open(io.BytesIO(data)).convert("RGB"), "PNG")
+        assert answer(model, data, "application/x-image") == answer(model, converted, "image/png")
+
+
 def test_a_bad_top_k_header_is_400():
     expect_error(400, images.png(), "image/png", "positive integer",
                  context={"X-Amzn-SageMaker-Custom-Attributes": "top_k=-1"})
@@ -170,6 +190,8 @@ def test_a_bad_top_k_header_is_400():
 @pytest.mark.parametrize("body, content_type", [
     (images.png_bomb(), "image/png"),
     (images.jpeg_bomb(), "image/jpeg"),
+    (images.gif_bomb(), "image/gif"),
+    (images.bmp_bomb(), "application/x-image"),
     (json.dumps({"images": [b64(images.png()), b64(images.png_bomb())]}), "application/json"),
 ])
 def test_pixel_bombs_are_413(body, content_type):
@@ -197,7 +219,7 @@ def test_the_artefact_carries_its_serving_code(model_tar, model_dir):
     with tarfile.open(model_tar) as archive:
         names = set(archive.getnames())
     assert {"code/inference.py", "code/requirements.txt", "code/training/presets.py", "code/training/model.py",
-            "code/training/__init__.py", "model.pth", "classes.json", "preprocessing.json"} <= names
+            "code/training/__init__.py", "code/training/image_contract.py", "model.pth", "classes.json", "preprocessing.json"} <= names
     assert (model_dir / "code" / "inference.py").read_text() == Path(handler.__file__).read_text()
 
 

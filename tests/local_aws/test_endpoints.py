@@ -81,6 +81,24 @@ def test_an_endpoint_serves_its_model(runtime, live_endpoint):
     assert "0" in json.dumps(prediction)  # the class names come back with the probabilities
 
 
+def test_what_the_model_refuses_is_a_model_error_carrying_the_endpoints_own_message(runtime, live_endpoint):
+    from chalice_app.invocations import endpoint_message
+    from training.image_contract import NOT_AN_IMAGE
+
+    with pytest.raises(runtime.exceptions.ModelError) as raised:
+        runtime.invoke_endpoint(EndpointName=live_endpoint, ContentType="application/x-image", Body=b"%PDF-1.7")
+    response = raised.value.response
+    assert response["OriginalStatusCode"] == 400 and "Received client error (400)" in response["Error"]["Message"]
+    assert endpoint_message(response["OriginalMessage"]) == NOT_AN_IMAGE
+
+
+def test_a_gif_is_served(runtime, live_endpoint):
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(digit_png())).save(buffer, format="GIF")
+    answer = runtime.invoke_endpoint(EndpointName=live_endpoint, ContentType="image/gif", Body=buffer.getvalue())
+    assert len(json.loads(answer["Body"].read())["predictions"]) == 1
+
+
 class Hammer:
     """Invokes the endpoint in a loop while an update runs; every failure is kept."""
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from tests.inference import images
 from training import data
+from training.image_contract import MAX_IMAGE_BYTES, NOT_AN_IMAGE
 from training.splits import stable_split
 
 
@@ -60,3 +65,22 @@ def test_no_channel_and_bad_manifest_give_clear_errors(tmp_path):
     (tmp_path / "m" / "run.jsonl").write_text('{"key": "training-data/a/1.png", "label": "a", "split": "holdout"}\n')
     with pytest.raises(data.DataError, match="split must be one of"):
         data.discover({"manifest": tmp_path / "m", "training": tmp_path})
+
+
+def test_every_accepted_format_is_training_data_and_anything_else_is_set_aside_with_the_reason(tmp_path):
+    made = {"a.gif": images.animated_gif(), "b.bmp": images.bmp(), "c.png": images.png(), "d.jpg": images.jpeg(),
+            "e.webp": images.webp()}
+    (tmp_path / "cat").mkdir()
+    for name, content in made.items():
+        (tmp_path / "cat" / name).write_bytes(content)
+    (tmp_path / "cat" / "notes.gif").write_bytes(b"a text file named like an image")
+    (tmp_path / "cat" / "huge.png").write_bytes(images.png() + bytes(MAX_IMAGE_BYTES))
+    decoded = data.decode_all(data.discover({"training": tmp_path}))
+    assert sorted(s.path.name for s in decoded.samples) == sorted(made)
+    rejected = {Path(path).name: reason for path, reason in decoded.rejected}
+    assert rejected == {"notes.gif": NOT_AN_IMAGE,
+                        "huge.png": f"image too large: {len(images.png()) + MAX_IMAGE_BYTES} bytes, "
+                                    f"the limit is {MAX_IMAGE_BYTES} bytes"}
+    for name in ("a.gif", "b.bmp"):  # a GIF's first frame, a BMP: Pillow's RGB conversion, pixel for pixel
+        expected = np.asarray(Image.open(io.BytesIO(made[name])).convert("RGB"))
+        assert np.array_equal(decoded.pixels[tmp_path / "cat" / name].permute(1, 2, 0).numpy(), expected)

@@ -1,0 +1,1 @@
+../../training/image_contract.py
