@@ -1,4 +1,5 @@
-"""The data set snapshot a run trains on: one JSON line per image (key, label, split, eTag).
+"""The data set snapshot a run trains on: one JSON line per image (key, label, split, eTag, size),
+and the same images as SageMaker's ManifestFile, so a job downloads exactly these objects.
 
 Two layouts are accepted under the training prefix: `<label>/<file>` (split from a
 stable hash of the key, so an image keeps its split as the data grows) and
@@ -10,10 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from training.image_contract import MAX_IMAGE_BYTES, has_image_suffix
 from training.splits import SPLITS, stable_split
 
 COMMIT_MARKER = "_COMMIT"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
@@ -22,22 +23,24 @@ class Entry:
     label: str
     split: str
     etag: str
+    size: int = 0  # bytes, from the listing: the jobs' volume is sized from the total
 
 
-def entry_for(key: str, etag: str, prefix: str) -> Entry | None:
-    if not key.startswith(prefix) or not key.lower().endswith(IMAGE_SUFFIXES):
+def entry_for(key: str, etag: str, prefix: str, size: int = 0) -> Entry | None:
+    # An image training would refuse (image_contract) is not counted as data.
+    if not key.startswith(prefix) or not has_image_suffix(key) or size > MAX_IMAGE_BYTES:
         return None
     parts = key[len(prefix):].split("/")
     if len(parts) == 3 and parts[0] in SPLITS:
-        return Entry(key=key, label=parts[1], split=parts[0], etag=etag)
+        return Entry(key=key, label=parts[1], split=parts[0], etag=etag, size=size)
     if len(parts) == 2:
-        return Entry(key=key, label=parts[0], split=stable_split(key), etag=etag)
+        return Entry(key=key, label=parts[0], split=stable_split(key), etag=etag, size=size)
     return None
 
 
-def build(objects: list[tuple[str, str]], prefix: str) -> list[Entry]:
-    """Entries for (key, eTag) pairs, sorted by key so the same data gives the same manifest."""
-    entries = (entry_for(key, etag.strip('"'), prefix) for key, etag in sorted(objects))
+def build(objects: list[tuple[str, str, int]], prefix: str) -> list[Entry]:
+    """Entries for listed (key, eTag, size) objects, sorted by key so the same data gives the same manifest."""
+    entries = (entry_for(key, etag.strip('"'), prefix, size) for key, etag, size in sorted(objects))
     return [entry for entry in entries if entry is not None]
 
 
@@ -56,6 +59,19 @@ def refusal(entries: list[Entry], min_images: int) -> str | None:
 
 def to_jsonl(entries: list[Entry]) -> str:
     return "".join(json.dumps(asdict(entry), sort_keys=True) + "\n" for entry in entries)
+
+
+def to_manifest_file(entries: list[Entry], bucket: str, prefix: str) -> str:
+    """SageMaker's ManifestFile (S3DataSource): `[{"prefix": "s3://bucket/prefix/"}, "rel/key", ...]`.
+
+    File mode puts each object in the channel at its key relative to the prefix, so
+    `training-data/cat/1.png` arrives as `cat/1.png`: the layouts the training code reads."""
+    relative = [entry.key[len(prefix):] for entry in entries]
+    return json.dumps([{"prefix": f"s3://{bucket}/{prefix}"}, *relative])
+
+
+def total_bytes(entries: list[Entry]) -> int:
+    return sum(entry.size for entry in entries)
 
 
 def is_commit_marker(key: str, prefix: str) -> bool:

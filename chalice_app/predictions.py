@@ -5,6 +5,11 @@ final (redeliveries), one registry read and one InvokeEndpoint per group of imag
 serve the rest (the endpoint runs one batched forward pass), and each image's item
 is written on its own. Each image still succeeds or fails alone.
 
+The batch goes one invoke group at a time: read its objects, invoke, store, release,
+then the next group. Groups are planned from the sizes the notifications announce, so
+at most one request's bytes are held (64 images of 6 MiB would be 384 MiB in a 512 MB
+Lambda); an object that has grown since its notification waits for a later group.
+
 Nothing is dropped: an image before any endpoint is PENDING (re-driven when a
 model goes live), a bad image is FAILED with the reason, and anything transient
 (throttling, a 5xx) is that record's failure in the batch response, so SQS
@@ -16,14 +21,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 from urllib.parse import quote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
-from . import aws, clock, images, invocations
+import training.image_contract as image_contract
+
+from . import aws, clock, invocations
 from .config import settings
 from .events import S3Record
 from .observability import logger, metrics, tracer
@@ -34,14 +41,16 @@ _NO_ENDPOINT = ("not found", "Could not find", "not in service", "InService")
 
 @dataclass(frozen=True)
 class Upload:
-    """One S3 notification for incoming/: the object's key and the eTag it announced."""
+    """One S3 notification for incoming/: the object's key and the eTag and size it announced
+    (0: not announced; the size plans the invoke groups and is no part of the upload's identity)."""
 
     key: str
     etag: str
+    size: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, record: S3Record) -> "Upload":
-        return cls(record.key, record.etag.strip('"'))
+        return cls(record.key, record.etag.strip('"'), record.size)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,13 @@ def _is_bad_input(error: ClientError) -> bool:
         status = error.response.get("OriginalStatusCode") or 400
         return 400 <= int(status) < 500
     return code in {"ValidationError", "ValidationException"}
+
+
+def _refusal(error: ClientError) -> str:
+    """What a person reads on the FAILED image: the endpoint's own message, not the SDK's wrapper
+    ('Received client error (400) from primary with message "..."')."""
+    original = error.response.get("OriginalMessage")
+    return invocations.endpoint_message(original) if original else aws.error_message(error)
 
 
 def _endpoint_missing(error: ClientError) -> bool:
@@ -104,21 +120,46 @@ def classify_batch(uploads: Sequence[Upload]) -> dict[Upload, Outcome]:
     unique = list(dict.fromkeys(uploads))
     final = stores().predictions.final_etags(upload.key for upload in unique)
     outcomes: dict[Upload, Outcome] = {u: "DUPLICATE" for u in unique if final.get(u.key) == u.etag}
-    readable: list[Image] = []
-    for upload in unique:
-        if upload not in outcomes:
-            read = _attempt(_read, upload)
-            if isinstance(read, Image):
-                readable.append(read)
-            else:
-                outcomes[upload] = read
-    if readable:
-        outcomes.update(_classify(readable))
+    todo = [upload for upload in unique if upload not in outcomes]
+    live = bool(todo) and stores().registry.live() is not None
+    while todo:
+        planned = len(invocations.groups(planned_sizes(todo, settings().max_image_bytes))[0])
+        group_outcomes, grown = _classify_group(todo[:planned], live)
+        outcomes.update(group_outcomes)
+        # A grown object leads the next group: alone there if need be, so it is read then.
+        todo = grown + todo[planned:]
     return outcomes
 
 
-def _read(upload: Upload) -> Image | str:
-    """The object's bytes, or the status stored for an object that cannot be classified."""
+def planned_sizes(uploads: Sequence[Upload], max_image_bytes: int) -> list[int]:
+    """The sizes that plan the invoke groups: as announced, or the largest image accepted where
+    the notification said none (a re-drive of an item stored before sizes were)."""
+    return [upload.size or max_image_bytes for upload in uploads]
+
+
+def _classify_group(uploads: Sequence[Upload], live: bool) -> tuple[dict[Upload, Outcome], list[Upload]]:
+    """Read these uploads, invoke once for the readable ones, store; the bytes go when this returns.
+    Also the uploads whose object outgrew the group (replaced since its notification)."""
+    outcomes: dict[Upload, Outcome] = {}
+    group: list[Image] = []
+    grown: list[Upload] = []
+    for upload in uploads:
+        read = _attempt(_read, upload, [len(image.data) for image in group])
+        if isinstance(read, Image):
+            group.append(read)
+        elif isinstance(read, Upload):
+            grown.append(read)
+        else:
+            outcomes[upload] = read
+    if group:
+        outcomes.update(_invoke_or_errors(group) if live else _store_pending(group, "no model is live yet"))
+    return outcomes, grown
+
+
+def _read(upload: Upload, held: Sequence[int] = ()) -> Image | Upload | str:
+    """The object's bytes; or the status stored for an object that cannot be classified; or, for an
+    object that no longer fits one request with the `held` images, the upload with its real size
+    (its body unread)."""
     config = settings()
     try:
         obj = aws.client("s3").get_object(Bucket=config.bucket, Key=upload.key)
@@ -127,12 +168,15 @@ def _read(upload: Upload) -> Image | str:
             return _save(upload.key, upload.etag, "FAILED", error="the object no longer exists")
         raise
     etag = obj.get("ETag", upload.etag).strip('"')
-    if obj["ContentLength"] > config.max_image_bytes:
+    too_large = image_contract.bytes_refusal(obj["ContentLength"], config.max_image_bytes)
+    if too_large:
         obj["Body"].close()
-        reason = f"the object is {obj['ContentLength']} bytes, over the {config.max_image_bytes}-byte limit"
-        return _save(upload.key, etag, "FAILED", error=reason)
+        return _save(upload.key, etag, "FAILED", error=too_large)
+    if held and len(invocations.groups([*held, obj["ContentLength"]])) > 1:
+        obj["Body"].close()
+        return replace(upload, size=obj["ContentLength"])
     data = obj["Body"].read()
-    reason = images.check_image(data, config.max_image_bytes)
+    reason = image_contract.refusal(data, config.max_image_bytes)
     if reason:
         return _save(upload.key, etag, "FAILED", error=reason)
     return Image(upload, etag, data)
@@ -142,19 +186,21 @@ def _store_each(group: Sequence[Image], status: str, **fields: Any) -> dict[Uplo
     return {image.upload: _attempt(_save, image.upload.key, image.etag, status, **fields) for image in group}
 
 
-def _classify(readable: Sequence[Image]) -> dict[Upload, Outcome]:
-    if stores().registry.live() is None:
-        return _store_each(readable, "PENDING", error="no model is live yet")
-    outcomes: dict[Upload, Outcome] = {}
-    for indices in invocations.groups([len(image.data) for image in readable]):
-        outcomes.update(_invoke_or_errors([readable[index] for index in indices]))
-    return outcomes
+def _store_pending(group: Sequence[Image], reason: str) -> dict[Upload, Outcome]:
+    # The size rides on the re-drive message, which plans its group as a notification's does.
+    return {image.upload: _attempt(_save, image.upload.key, image.etag, "PENDING", error=reason,
+                                   size=len(image.data)) for image in group}
 
 
 def _invoke_or_errors(group: Sequence[Image]) -> dict[Upload, Outcome]:
     try:
         return _invoke(group)
     except Exception as error:  # noqa: BLE001 - transient (throttled, 5xx, timeout): SQS delivers them again
+        # Logged here with its traceback, then dropped from it: the traceback's frames hold this
+        # group's bytes, which must go before the next group is read.
+        logger.warning("invocation failed; SQS delivers its records again", exc_info=error,
+                       extra={"keys": [image.upload.key for image in group]})
+        error = error.with_traceback(None)
         return {image.upload: error for image in group}
 
 
@@ -167,11 +213,11 @@ def _invoke(group: Sequence[Image]) -> dict[Upload, Outcome]:
             **invocations.invoke_request(config.endpoint_name, [image.data for image in group]))
     except ClientError as error:
         if _endpoint_missing(error):
-            return _store_each(group, "PENDING", error=aws.error_message(error))
+            return _store_pending(group, aws.error_message(error))
         if not _is_bad_input(error):
             raise
         if len(group) == 1:
-            return _store_each(group, "FAILED", error=aws.error_message(error))
+            return _store_each(group, "FAILED", error=_refusal(error))
         # The endpoint refuses a request when one of its images is bad: ask for each alone,
         # so the bad one is FAILED with its own reason and the others are classified.
         outcomes: dict[Upload, Outcome] = {}
@@ -195,11 +241,11 @@ def _save(key: str, etag: str, status: str, **fields: Any) -> str:
     return "DUPLICATE"
 
 
-def redrive_message(bucket: str, key: str, etag: str) -> str:
+def redrive_message(bucket: str, key: str, etag: str, size: int = 0) -> str:
     """An S3-notification-shaped message, so re-driven images take the normal path."""
     return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Redrive",
                                     "s3": {"bucket": {"name": bucket},
-                                           "object": {"key": quote_plus(key), "eTag": etag}}}]})
+                                           "object": {"key": quote_plus(key), "eTag": etag, "size": size}}}]})
 
 
 @tracer.capture_method
@@ -213,7 +259,8 @@ def redrive_pending() -> int:
     queue_url = sqs.get_queue_url(QueueName=config.incoming_queue)["QueueUrl"]
     for start in range(0, len(pending), 10):
         chunk = pending[start:start + 10]
-        entries = [{"Id": str(i), "MessageBody": redrive_message(config.bucket, item["image_key"], item["etag"])}
+        entries = [{"Id": str(i), "MessageBody": redrive_message(config.bucket, item["image_key"], item["etag"],
+                                                                item.get("size", 0))}
                    for i, item in enumerate(chunk)]
         result = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
         if result.get("Failed"):

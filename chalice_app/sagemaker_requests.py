@@ -9,15 +9,18 @@ resource and SageMaker answers ResourceInUse instead of running it twice.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, RULE_METRIC_DEFINITIONS, format_rule_parameters
 
+from . import manifest
 from .config import Settings
 
 FINAL_ROLE = "final"
 TUNING_ROLE = "tuning"
 ROLE_TAG = "pipeline-role"
+VARIANT_NAME = "AllTraffic"  # the endpoint's one production variant (its autoscaling target too)
 RUN_TAG = "pipeline-run"
 # Keys SageMaker adds to a tuned job's hyperparameters that are not the script's.
 _TUNER_KEYS = {"_tuning_objective_metric"}
@@ -46,6 +49,37 @@ def run_id_from_job_name(settings: Settings, job_name: str) -> str | None:
 
 def manifest_key(settings: Settings, run_id: str) -> str:
     return f"{settings.manifest_prefix}{run_id}.jsonl"
+
+
+def manifest_file_key(settings: Settings, run_id: str) -> str:
+    """The run's images as SageMaker's ManifestFile (the `training` channel). The `manifest`
+    channel is the S3Prefix of manifest_key: this key must not start with it."""
+    return f"{settings.manifest_prefix}{run_id}.manifest"
+
+
+def manifest_puts(settings: Settings, run_id: str, entries: list[manifest.Entry]) -> list[dict[str, Any]]:
+    """PutObject's parameters for the run's two manifests: labels and splits, and the channel's files."""
+    return [
+        {"Bucket": settings.bucket, "Key": manifest_key(settings, run_id),
+         "Body": manifest.to_jsonl(entries).encode(), "ContentType": "application/jsonl"},
+        {"Bucket": settings.bucket, "Key": manifest_file_key(settings, run_id),
+         "Body": manifest.to_manifest_file(entries, settings.bucket, settings.training_prefix).encode(),
+         "ContentType": "application/json"},
+    ]
+
+
+# The ML storage volume (ResourceConfig.VolumeSizeInGB) holds the channels that File mode copies
+# and whatever the job writes: model, checkpoints, output data, the feature cache. Twice the data
+# leaves room for scratch of the data's own size, and the headroom for the model side (a ResNet-50
+# and its checkpoints are a few hundred MB). A run recorded before sizes were kept gets the old 30 GB.
+VOLUME_HEADROOM_GB = 5
+LEGACY_VOLUME_GB = 30
+
+
+def volume_size_gb(data_bytes: int | None) -> int:
+    if data_bytes is None:
+        return LEGACY_VOLUME_GB
+    return math.ceil(2 * data_bytes / 1024**3) + VOLUME_HEADROOM_GB
 
 
 def _tags(run_id: str, role: str) -> list[dict[str, str]]:
@@ -119,28 +153,29 @@ def parameter_ranges(ranges: dict[str, dict[str, Any]]) -> dict[str, list[dict[s
     return out
 
 
-def _channel(name: str, uri: str) -> dict[str, Any]:
+def _channel(name: str, uri: str, data_type: str = "S3Prefix") -> dict[str, Any]:
     return {
         "ChannelName": name,
-        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
+        "DataSource": {"S3DataSource": {"S3DataType": data_type, "S3Uri": uri,
                                         "S3DataDistributionType": "FullyReplicated"}},
         "InputMode": "File",
     }
 
 
 def input_channels(settings: Settings, run_id: str) -> list[dict[str, Any]]:
-    return [_channel("training", settings.s3_uri(settings.training_prefix)),
+    """The run's images only (its ManifestFile, not the whole training prefix), and its manifest."""
+    return [_channel("training", settings.s3_uri(manifest_file_key(settings, run_id)), "ManifestFile"),
             _channel("manifest", settings.s3_uri(manifest_key(settings, run_id)))]
 
 
-def _job_resources(settings: Settings, run_id: str, purpose: str) -> dict[str, Any]:
+def _job_resources(settings: Settings, run_id: str, purpose: str, data_bytes: int | None) -> dict[str, Any]:
     """What a tuning trial and the final job share: image, role, data, output, limits, spot."""
     stopping: dict[str, Any] = {"MaxRuntimeInSeconds": settings.max_runtime_seconds}
     resources: dict[str, Any] = {
         "RoleArn": settings.sagemaker_role_arn,
         "InputDataConfig": input_channels(settings, run_id),
         "OutputDataConfig": {"S3OutputPath": settings.s3_uri(f"{settings.output_prefix}{purpose}/")},
-        "ResourceConfig": {"InstanceType": settings.training_instance_type, "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "ResourceConfig": {"InstanceType": settings.training_instance_type, "InstanceCount": 1, "VolumeSizeInGB": volume_size_gb(data_bytes)},
         "StoppingCondition": stopping,
         "Environment": dict(SOURCE_ENVIRONMENT),
     }
@@ -152,7 +187,8 @@ def _job_resources(settings: Settings, run_id: str, purpose: str) -> dict[str, A
     return resources
 
 
-def tuning_job_request(settings: Settings, run_id: str) -> dict[str, Any]:
+def tuning_job_request(settings: Settings, run_id: str, *, data_bytes: int | None = None) -> dict[str, Any]:
+    """`data_bytes`: the manifest's total (None: a run recorded before sizes were kept)."""
     config: dict[str, Any] = {
         "Strategy": settings.tuning_strategy,
         "HyperParameterTuningJobObjective": dict(OBJECTIVE_METRIC),
@@ -172,7 +208,7 @@ def tuning_job_request(settings: Settings, run_id: str) -> dict[str, Any]:
         "StaticHyperParameters": {**static_hyperparameters(settings), "report": "off"},
         "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
                                    "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
-        **_job_resources(settings, run_id, "tuning"),
+        **_job_resources(settings, run_id, "tuning", data_bytes),
     }
     definition["OutputDataConfig"]["CompressionType"] = "NONE"
     return {
@@ -190,18 +226,18 @@ def _rule(settings: Settings, name: str) -> dict[str, Any]:
 
 
 def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str, str],
-                               live_artifact: str | None = None) -> dict[str, Any]:
+                               live_artifact: str | None = None, *, data_bytes: int | None = None) -> dict[str, Any]:
     """The final job: static + best tuned hyperparameters, with the Debugger rules and the profiler.
 
     The job evaluates the rules itself and prints each verdict as a metric line (in-job, the
     default); with DEBUGGER_SERVICE=managed, SageMaker's Debugger runs them instead, for accounts
     that still have it. `live_artifact` (the live model's model.tar.gz) becomes the `live`
     channel: the job scores it on its own test split, so the gate compares both models on the
-    same images.
+    same images. `data_bytes` as for the tuning job, whose trials get the same resources.
     """
     hyperparameters = {**static_hyperparameters(settings),
                        **{k: str(v) for k, v in tuned.items() if k not in _TUNER_KEYS}}
-    resources = _job_resources(settings, run_id, "final")
+    resources = _job_resources(settings, run_id, "final", data_bytes)
     if live_artifact:
         resources["InputDataConfig"].append(_channel("live", live_artifact))
     definitions = [dict(d) for d in METRIC_DEFINITIONS]
@@ -266,7 +302,7 @@ def model_request(settings: Settings, run_id: str, artifact_uri: str) -> dict[st
 def endpoint_config_request(settings: Settings, run_id: str) -> dict[str, Any]:
     return {
         "EndpointConfigName": model_name(settings, run_id),
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name(settings, run_id),
+        "ProductionVariants": [{"VariantName": VARIANT_NAME, "ModelName": model_name(settings, run_id),
                                 "InitialInstanceCount": 1, "InstanceType": settings.inference_instance_type}],
         "Tags": _tags(run_id, FINAL_ROLE),
     }

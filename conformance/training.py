@@ -97,10 +97,12 @@ def upload_run(s3, settings: Settings, scratch: Path, source: bytes) -> None:
     objects = []
     for path in sorted((scratch / "digits").rglob("*.png")):
         image_key = settings.training_prefix + path.relative_to(scratch / "digits").as_posix()
-        etag = s3.put_object(Bucket=settings.bucket, Key=image_key, Body=path.read_bytes())["ETag"]
-        objects.append((image_key, etag))
+        body = path.read_bytes()
+        etag = s3.put_object(Bucket=settings.bucket, Key=image_key, Body=body)["ETag"]
+        objects.append((image_key, etag, len(body)))
     entries = manifest.build(objects, settings.training_prefix)
-    s3.put_object(Bucket=settings.bucket, Key=requests.manifest_key(settings, RUN_ID), Body=manifest.to_jsonl(entries))
+    for put in requests.manifest_puts(settings, RUN_ID, entries):
+        s3.put_object(**put)
     log("uploaded", images=len(entries), source_bytes=len(source))
 
 

@@ -7,6 +7,7 @@ calls reach moto in server mode.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -66,6 +67,69 @@ def download_prefix(s3, uri: str, target: Path, cache: Path | None = None) -> in
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):
                 jobs.append((item["Key"], item.get("ETag", ""), target / item["Key"][len(base):]))
+    _fetch_all(s3, bucket, jobs, cache)
+    return len(jobs)
+
+
+class ManifestError(ValueError):
+    """A ManifestFile channel's manifest is not one SageMaker can read: the job fails with this."""
+
+
+def parse_manifest(text: str, uri: str) -> tuple[str, str, list[str]]:
+    """(bucket, prefix, relative keys) of a ManifestFile: a JSON array, `{"prefix": "s3://b/p/"}` then
+    one or more keys relative to it (the S3DataSource reference). Anything else is refused."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"the manifest file {uri} is not valid JSON: {error}") from None
+    if not isinstance(document, list) or not document or not isinstance(document[0], dict) \
+            or not isinstance(document[0].get("prefix"), str):
+        raise ManifestError(f"the manifest file {uri} must be a JSON array whose first element is "
+                            '{"prefix": "s3://bucket/prefix/"}')
+    try:
+        bucket, prefix = split_s3_uri(document[0]["prefix"])
+    except ValueError as error:
+        raise ManifestError(f"the manifest file {uri}: its prefix is {error}") from None
+    suffixes = document[1:]
+    if not suffixes:
+        raise ManifestError(f"the manifest file {uri} names no objects after its prefix")
+    bad = [suffix for suffix in suffixes if not isinstance(suffix, str) or not suffix or suffix.endswith("/")
+           or suffix.startswith("/") or ".." in suffix.split("/")]
+    if bad:
+        raise ManifestError(f"the manifest file {uri}: entries after the prefix must be object keys relative "
+                            f"to it, not {bad[0]!r}")
+    return bucket, prefix, suffixes
+
+
+def download_manifest(s3, uri: str, target: Path, cache: Path | None = None) -> int:
+    """Download the objects a ManifestFile names, each at its key relative to the manifest's prefix
+    (`training-data/` + `cat/1.png` lands as `cat/1.png`); returns the count. A malformed manifest or
+    a missing object raises: the job fails, as on AWS.
+
+    AWS fetches each object; here one listing of the prefix learns the ETags the cache needs
+    (a listing page answers for 1,000 keys, a HEAD for one)."""
+    bucket, key = split_s3_uri(uri)
+    try:
+        text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    except s3.exceptions.NoSuchKey:
+        raise ManifestError(f"the manifest file {uri} does not exist") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"the manifest file {uri} is not UTF-8 text") from None
+    data_bucket, prefix, suffixes = parse_manifest(text, uri)
+    etags = {item["Key"]: item.get("ETag", "")
+             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=data_bucket, Prefix=prefix)
+             for item in page.get("Contents", [])}
+    missing = [suffix for suffix in suffixes if prefix + suffix not in etags]
+    if missing:
+        raise ManifestError(f"{len(missing)} object(s) named by the manifest file {uri} do not exist, "
+                            f"e.g. s3://{data_bucket}/{prefix}{missing[0]}")
+    jobs = [(prefix + suffix, etags[prefix + suffix], target / suffix) for suffix in dict.fromkeys(suffixes)]
+    _fetch_all(s3, data_bucket, jobs, cache)
+    return len(jobs)
+
+
+def _fetch_all(s3, bucket: str, jobs: list[tuple[str, str, Path]], cache: Path | None) -> None:
+    """Fetch (key, eTag, local path) jobs, linking what the cache holds with the same ETag."""
     for parent in {local.parent for _, _, local in jobs} | ({cache} if cache is not None else set()):
         parent.mkdir(parents=True, exist_ok=True)
 
@@ -95,7 +159,6 @@ def download_prefix(s3, uri: str, target: Path, cache: Path | None = None) -> in
             missing.append((key, etag, local))
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(fetch, missing))
-    return len(jobs)
 
 
 # Every cached object keeps this mtime until something writes to it (see `_place`).

@@ -143,9 +143,9 @@ class TrainingRunner:
                     f"The local SageMaker runs script mode only: hyperparameter {needed!r} is required")
         for channel in params.get("InputDataConfig", []):
             source = channel["DataSource"].get("S3DataSource")
-            if not source or source.get("S3DataType", "S3Prefix") != "S3Prefix":
-                raise ValidationException(
-                    f"Channel {channel['ChannelName']!r}: the local SageMaker supports S3DataSource with S3Prefix only")
+            if not source or source.get("S3DataType", "S3Prefix") not in ("S3Prefix", "ManifestFile"):
+                raise ValidationException(f"Channel {channel['ChannelName']!r}: the local SageMaker supports "
+                                          "S3DataSource with S3Prefix or ManifestFile only")
             if channel.get("InputMode", "File") != "File":
                 raise ValidationException(f"Channel {channel['ChannelName']!r}: only File input mode is supported")
 
@@ -245,8 +245,14 @@ class TrainingRunner:
         for channel in job.request.get("InputDataConfig", []):
             target = workdir / "input" / "data" / channel["ChannelName"]
             target.mkdir(parents=True, exist_ok=True)
-            uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-            if aws.download_prefix(s3, uri, target, cache=self.settings.state_dir / "cache" / "s3") == 0:
+            source, cache = channel["DataSource"]["S3DataSource"], self.settings.state_dir / "cache" / "s3"
+            uri = source["S3Uri"]
+            if source.get("S3DataType") == "ManifestFile":
+                try:
+                    aws.download_manifest(s3, uri, target, cache=cache)
+                except aws.ManifestError as error:
+                    raise RuntimeError(f"Data download failed: channel {channel['ChannelName']}: {error}") from None
+            elif aws.download_prefix(s3, uri, target, cache=cache) == 0:
                 raise RuntimeError(f"Data download failed: no objects under {uri} for channel {channel['ChannelName']}")
         checkpoints = job.request.get("CheckpointConfig")
         if checkpoints:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,7 +20,7 @@ from botocore.stub import Stubber
 
 from chalice_app import invocations
 
-from .conftest import ENV, png_bytes
+from .conftest import BUCKET, ENV, png_bytes
 from .test_retraining import deploy_model
 
 FN, QUEUE = "on_incoming_image", ENV["INCOMING_QUEUE"]
@@ -51,7 +52,7 @@ class Images:
 @contextmanager
 def endpoint(*calls: tuple[Images, Any]):
     """The runtime expects these requests, in order, and answers each: the endpoint's JSON, or
-    an error (code, message, HTTP status)."""
+    an error (code, message, HTTP status[, the error's modeled fields])."""
     from chalice_app import aws
 
     stubber = Stubber(aws._make("sagemaker-runtime"))
@@ -60,9 +61,10 @@ def endpoint(*calls: tuple[Images, Any]):
         expected = {"EndpointName": ENV["ENDPOINT_NAME"], "ContentType": content_type,
                     "Accept": invocations.JSON_TYPE, "Body": images}
         if isinstance(reply, tuple):
-            code, message, status = reply
+            code, message, status, *fields = reply
             stubber.add_client_error("invoke_endpoint", service_error_code=code, service_message=message,
-                                     http_status_code=status, expected_params=expected)
+                                     http_status_code=status, expected_params=expected,
+                                     modeled_fields=fields[0] if fields else None)
         else:
             body = json.dumps(reply).encode()
             stubber.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)),
@@ -116,12 +118,21 @@ def test_bad_images_fail_with_a_reason_and_nothing_is_dropped(world):
     world.upload("incoming/huge.png", png_bytes(1)[:16] + b"\0" * 60_000)
     world.upload("incoming/fine.png", png_bytes(2))
     world.drain(FN, QUEUE)
-    assert "not a JPEG, PNG" in prediction(world, "notes.png")["error"]
-    assert prediction(world, "empty.jpg")["error"] == "the object is empty"
-    assert "over the 50000-byte limit" in prediction(world, "huge.png")["error"]
+    assert prediction(world, "notes.png")["error"] == "not an image: expected one of JPEG, PNG, GIF, BMP, WebP"
+    assert prediction(world, "empty.jpg")["error"] == "empty image: no bytes"
+    assert prediction(world, "huge.png")["error"] == "image too large: 60016 bytes, the limit is 50000 bytes"
     assert prediction(world, "fine.png")["status"] == "PENDING"
     statuses = [item["status"] for item in world.client.http.get("/predictions").json_body["items"]]
     assert sorted(statuses) == ["FAILED", "FAILED", "FAILED", "PENDING"]
+
+
+def test_an_image_deleted_before_its_turn_is_failed_not_dead_lettered(world):
+    """S3 answers NoSuchKey only to a caller that may list incoming/ (else 403, retried until the DLQ)."""
+    world.upload("incoming/gone.png", png_bytes(1))
+    world.s3.delete_object(Bucket=BUCKET, Key="incoming/gone.png")
+    world.drain(FN, QUEUE)  # fails the test on any record reported failed
+    item = prediction(world, "gone.png")
+    assert item["status"] == "FAILED" and item["error"] == "the object no longer exists"
 
 
 def test_every_event_delivered_twice_makes_one_prediction(world):
@@ -218,9 +229,90 @@ def test_redriven_messages_look_like_s3_notifications(world):
     from chalice_app.events import s3_records
     from chalice_app.predictions import redrive_message
 
-    [record] = s3_records(redrive_message("b", "incoming/a b+c.png", "abc"))
-    assert (record.bucket, record.key, record.etag) == ("b", "incoming/a b+c.png", "abc")
+    [record] = s3_records(redrive_message("b", "incoming/a b+c.png", "abc", 1234))
+    assert (record.bucket, record.key, record.etag, record.size) == ("b", "incoming/a b+c.png", "abc", 1234)
     assert json.loads(redrive_message("b", "k", "e"))["Records"][0]["eventName"].startswith("ObjectCreated")
+
+
+def big_image(seed: int, size: int) -> bytes:
+    """An object the Lambda takes for a PNG (it reads the signature, never the pixels), `size` bytes."""
+    return png_bytes(seed)[:16] + bytes([seed]) * (size - 16)
+
+
+@contextmanager
+def held_bytes(world, sizes: dict[str, int]):
+    """The bytes of incoming images the handler holds, over its calls: an object's bytes are held from
+    its GetObject until its item is stored. Yields the list of (call, held) as they happened."""
+    from chalice_app import aws
+
+    trace: list[tuple[str, int]] = []
+    held = [0]
+
+    def on(event: str, change: Callable[[dict], int]) -> Callable[..., None]:
+        def record(params: dict, **_: Any) -> None:
+            held[0] += change(params)
+            trace.append((event, held[0]))
+        return record
+
+    table = ENV["PREDICTIONS_TABLE"]
+    hooks = [(aws.client("s3"), "before-parameter-build.s3.GetObject", on("read", lambda p: sizes.get(p["Key"], 0))),
+             (aws.table(table).meta.client, "before-parameter-build.dynamodb.PutItem",
+              on("store", lambda p: -sizes.get(p["Item"]["image_key"], 0) if p["TableName"] == table else 0))]
+    for client, event, hook in hooks:
+        client.meta.events.register(event, hook)
+    try:
+        yield trace
+    finally:
+        for client, event, hook in hooks:
+            client.meta.events.unregister(event, hook)
+
+
+def test_a_batch_over_one_request_s_bytes_is_read_invoked_and_stored_one_group_at_a_time(world, monkeypatch):
+    from chalice_app import config
+
+    deploy_model(world)
+    monkeypatch.setenv("MAX_IMAGE_BYTES", str(3 * 2**20))
+    config.settings.cache_clear()
+    # 1.5 MB each: three fit one request's 6 MiB of base64 JSON, a fourth would not.
+    pictures = [big_image(seed, 1_500_000) for seed in range(6)]
+    sizes = {}
+    for seed, picture in enumerate(pictures):
+        world.upload(f"incoming/big-{seed}.png", picture)
+        sizes[f"incoming/big-{seed}.png"] = len(picture)
+    with held_bytes(world, sizes) as trace:
+        result = deliver_once(world, (Images(*pictures[:3]), answer("v1", images=3)),
+                              (Images(*pictures[3:]), answer("v1", images=3)))
+
+    assert not result["failed"] and len(result["messages"]) == 6
+    assert [prediction(world, f"big-{seed}.png")["status"] for seed in range(6)] == ["OK"] * 6
+    # Read, invoke, store, release: one group's bytes at most, never the batch's 9 MB.
+    assert [event for event, _ in trace] == ["read"] * 3 + ["store"] * 3 + ["read"] * 3 + ["store"] * 3
+    assert max(held for _, held in trace) == 3 * 1_500_000 and trace[-1][1] == 0
+
+
+def test_an_object_grown_since_its_notification_waits_for_a_later_group(world, monkeypatch):
+    from chalice_app import config
+
+    deploy_model(world)
+    monkeypatch.setenv("MAX_IMAGE_BYTES", str(3 * 2**20))
+    config.settings.cache_clear()
+    a, b, small, grown = (big_image(1, 1_500_000), big_image(2, 1_500_000), big_image(3, 100),
+                          big_image(4, 2_000_000))
+    world.upload("incoming/a.png", a)
+    world.upload("incoming/b.png", b)
+    world.upload("incoming/c.png", small)
+    world.upload("incoming/c.png", grown)  # replaced: the first notification announces 100 bytes
+    sizes = {"incoming/a.png": len(a), "incoming/b.png": len(b), "incoming/c.png": len(grown)}
+    with held_bytes(world, sizes) as trace:
+        # Planned: a, b and the small c together; read, c no longer fits beside a and b.
+        result = deliver_once(world, (Images(a, b), answer("v1", images=2)),
+                              (Images(grown, grown), answer("v1", images=2)))
+
+    assert not result["failed"]
+    assert prediction(world, "c.png")["status"] == "OK" and prediction(world, "c.png")["etag"] == world.s3.head_object(
+        Bucket=BUCKET, Key="incoming/c.png")["ETag"].strip('"')
+    # c's first GetObject read no body (it was put back for the next group), and a and b went first.
+    assert [event for event, _ in trace] == ["read"] * 3 + ["store"] * 2 + ["read"] * 2 + ["store"] * 2
 
 
 # --- the requests, as pure functions ------------------------------------------------------

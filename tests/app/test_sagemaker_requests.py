@@ -84,9 +84,37 @@ def test_tuning_uses_the_seed_ranges_the_objective_and_the_metric_regexes():
     assert static["feature-cache"] == f"s3://{ENV['BUCKET']}/sagemaker/trunk-features/"
     # Trials draw no report and leave their models uncompressed; the final job does both (below).
     assert static["report"] == "off" and definition["OutputDataConfig"]["CompressionType"] == "NONE"
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
-    assert channels == {"training": f"s3://{ENV['BUCKET']}/training-data/",
-                        "manifest": f"s3://{ENV['BUCKET']}/manifests/{RUN}.jsonl"}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in definition["InputDataConfig"]}
+    # The run's images only, through its ManifestFile; its labels and splits in the manifest channel.
+    assert channels["training"]["S3DataType"] == "ManifestFile"
+    assert channels["training"]["S3Uri"] == f"s3://{ENV['BUCKET']}/manifests/{RUN}.manifest"
+    assert channels["manifest"]["S3DataType"] == "S3Prefix"
+    assert channels["manifest"]["S3Uri"] == f"s3://{ENV['BUCKET']}/manifests/{RUN}.jsonl"
+    # The manifest channel's prefix is the .jsonl's key: it must not take in the ManifestFile too.
+    assert not requests.manifest_file_key(config(), RUN).startswith(requests.manifest_key(config(), RUN))
+
+
+@pytest.mark.parametrize(("data_bytes", "volume"), [(0, 5), (1, 6), (2**30, 7), (int(10.2 * 2**30), 26), (None, 30)])
+def test_the_jobs_volume_is_sized_from_the_run_s_data(data_bytes, volume):
+    tuning = requests.tuning_job_request(config(), RUN, data_bytes=data_bytes)
+    final = requests.final_training_job_request(config(), RUN, {}, data_bytes=data_bytes)
+    assert tuning["TrainingJobDefinition"]["ResourceConfig"]["VolumeSizeInGB"] == volume
+    assert final["ResourceConfig"] == tuning["TrainingJobDefinition"]["ResourceConfig"]
+    validate("CreateTrainingJob", final)
+
+
+def test_the_run_s_manifests_are_its_labels_and_sagemaker_s_manifest_file_of_its_images():
+    from chalice_app import manifest
+
+    entries = manifest.build([("training-data/dog/2.png", '"e2"', 20), ("training-data/cat/1.png", '"e1"', 10),
+                              ("training-data/train/cat/3.png", '"e3"', 30)], "training-data/")
+    puts = {put["Key"]: put for put in requests.manifest_puts(config(), RUN, entries)}
+    assert set(puts) == {f"manifests/{RUN}.jsonl", f"manifests/{RUN}.manifest"}
+    assert json.loads(puts[f"manifests/{RUN}.manifest"]["Body"]) == [
+        {"prefix": f"s3://{ENV['BUCKET']}/training-data/"}, "cat/1.png", "dog/2.png", "train/cat/3.png"]
+    lines = [json.loads(line) for line in puts[f"manifests/{RUN}.jsonl"]["Body"].splitlines()]
+    assert [(e["key"], e["size"]) for e in lines] == [(e.key, e.size) for e in entries]
+    assert manifest.total_bytes(entries) == 60
 
 
 def test_the_final_job_evaluates_its_debugger_rules_itself_and_reports_them_as_metrics():

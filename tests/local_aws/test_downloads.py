@@ -3,6 +3,7 @@ channel, and fetched again once a job has written into it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,46 @@ def test_a_changed_object_is_fetched_again(s3, bucket, tmp_path):
     aws.download_prefix(s3, f"s3://{bucket}/{key}", tmp_path / "job2", cache=cache)
     assert Path(tmp_path / "job2" / "x.txt").read_bytes() == b"new"
     assert Path(tmp_path / "job1" / "x.txt").read_bytes() == b"old"
+
+
+def test_a_manifest_file_channel_holds_only_the_objects_it_names_at_their_relative_keys(s3, bucket, tmp_path, gets):
+    prefix = unique("data")
+    for name in ("cat/1.png", "dog/2.png", "cat/3.png"):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=name.encode())
+    manifest = f"{unique('manifests')}/run.manifest"
+    s3.put_object(Bucket=bucket, Key=manifest, Body=json.dumps([{"prefix": f"s3://{bucket}/{prefix}/"},
+                                                                "cat/1.png", "dog/2.png"]).encode())
+    uri, cache = f"s3://{bucket}/{manifest}", tmp_path / "cache"
+
+    assert aws.download_manifest(s3, uri, tmp_path / "job1", cache=cache) == 2
+    files = sorted(p.relative_to(tmp_path / "job1").as_posix() for p in (tmp_path / "job1").rglob("*") if p.is_file())
+    assert files == ["cat/1.png", "dog/2.png"]  # the label folders, as File mode lays out a prefix
+    assert (tmp_path / "job1" / "dog" / "2.png").read_bytes() == b"dog/2.png"
+    aws.download_manifest(s3, uri, tmp_path / "job2", cache=cache)
+    assert sorted(gets) == sorted([manifest, manifest, f"{prefix}/cat/1.png", f"{prefix}/dog/2.png"])  # cached
+
+
+@pytest.mark.parametrize(("document", "reason"), [
+    ("not json", "is not valid JSON"),
+    (json.dumps({"prefix": "s3://b/p/"}), "must be a JSON array whose first element is"),
+    (json.dumps(["cat/1.png", {"prefix": "s3://b/p/"}]), "must be a JSON array whose first element is"),
+    (json.dumps([{"prefix": "b/p/"}, "cat/1.png"]), "its prefix is not an S3 URI"),
+    (json.dumps([{"prefix": "s3://b/p/"}]), "names no objects"),
+    (json.dumps([{"prefix": "s3://b/p/"}, "cat/1.png", 7]), "not 7"),
+    (json.dumps([{"prefix": "s3://b/p/"}, "../../etc/passwd"]), "relative to it"),
+])
+def test_a_malformed_manifest_file_is_refused_with_what_is_wrong(document, reason):
+    with pytest.raises(aws.ManifestError, match=reason):
+        aws.parse_manifest(document, "s3://b/run.manifest")
+
+
+def test_a_manifest_file_naming_a_missing_object_is_refused(s3, bucket, tmp_path):
+    prefix = unique("data")
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/cat/1.png", Body=b"1")
+    manifest = f"{unique('manifests')}/run.manifest"
+    s3.put_object(Bucket=bucket, Key=manifest, Body=json.dumps([{"prefix": f"s3://{bucket}/{prefix}/"},
+                                                                "cat/1.png", "cat/gone.png"]).encode())
+    with pytest.raises(aws.ManifestError, match=f"do not exist, e.g. s3://{bucket}/{prefix}/cat/gone.png"):
+        aws.download_manifest(s3, f"s3://{bucket}/{manifest}", tmp_path / "job")
+    with pytest.raises(aws.ManifestError, match="does not exist"):
+        aws.download_manifest(s3, f"s3://{bucket}/{manifest}-none", tmp_path / "job")

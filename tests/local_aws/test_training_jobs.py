@@ -79,6 +79,43 @@ def test_a_missing_channel_fails_the_job_with_a_clear_reason(sm, bucket, tiny_so
     assert "no objects under" in job["FailureReason"] and "nothing-here" in job["FailureReason"]
 
 
+def manifest_channel(s3, bucket: str, document: bytes) -> dict:
+    key = f"{unique('manifests')}/run.manifest"
+    s3.put_object(Bucket=bucket, Key=key, Body=document)
+    return {"ChannelName": "train", "DataSource": {"S3DataSource": {
+        "S3DataType": "ManifestFile", "S3Uri": f"s3://{bucket}/{key}", "S3DataDistributionType": "FullyReplicated"}}}
+
+
+def test_a_manifest_file_channel_downloads_only_the_objects_it_names(sm, s3, bucket, tiny_source, service):
+    prefix = unique("pool")
+    for name in ("cat/picked.txt", "dog/also.txt", "cat/left-out.txt"):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=b"x")
+    definition = job_definition(bucket, tiny_source)
+    definition["InputDataConfig"] = [manifest_channel(s3, bucket, json.dumps(
+        [{"prefix": f"s3://{bucket}/{prefix}/"}, "cat/picked.txt", "dog/also.txt"]).encode())]
+    name = unique("manifest")
+    sm.create_training_job(TrainingJobName=name, HyperParameters=sdk_hyperparameters("train.py", tiny_source),
+                           **definition)
+    job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE)
+
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    log = requests.get(f"{service.url}/_local/training-jobs/{name}/log", timeout=5).text
+    assert "files ['also.txt', 'picked.txt']" in log
+
+
+def test_a_malformed_manifest_file_fails_the_job_with_a_clear_reason(sm, s3, bucket, tiny_source):
+    definition = job_definition(bucket, tiny_source)
+    definition["InputDataConfig"] = [manifest_channel(s3, bucket, b'{"prefix": "s3://b/p/"}')]
+    name = unique("badmanifest")
+    sm.create_training_job(TrainingJobName=name, HyperParameters=sdk_hyperparameters("train.py", tiny_source),
+                           **definition)
+    job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE)
+
+    assert job["TrainingJobStatus"] == "Failed"
+    assert job["FailureReason"].startswith("ClientError: Data download failed: channel train: the manifest file")
+    assert "must be a JSON array" in job["FailureReason"]
+
+
 def test_stop_ends_a_running_job_as_stopped(sm, bucket, tiny_source):
     name = unique("stop")
     sm.create_training_job(TrainingJobName=name,
