@@ -1,7 +1,7 @@
 """The HTTP API's logic: each function takes plain arguments and returns a JSON-ready dict.
 
 Errors are Chalice's view errors, which Chalice turns into JSON bodies with the
-right status code (400, 404, 409, 422).
+right status code (400, 404, 409).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import uuid
 from typing import Any
 from urllib.parse import unquote
 
-from chalice import BadRequestError, ConflictError, NotFoundError, UnprocessableEntityError
+from chalice import BadRequestError, ConflictError, NotFoundError
+
+from training.image_contract import SUFFIXES, has_image_suffix
 
 from . import aws, retraining
 from .config import settings
-from .manifest import IMAGE_SUFFIXES
 from .pipeline import stores
 from .store.predictions import decode_cursor
-from .store.runs import ACTIVE
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RUN_ID = re.compile(r"^r\d{12}-[0-9a-f]{6}$")
@@ -54,8 +54,8 @@ def list_predictions(limit: str | None, cursor: str | None) -> dict[str, Any]:
 
 def _filename(body: dict[str, Any]) -> str:
     name = str(body.get("filename") or "image.jpg").rsplit("/", 1)[-1]
-    if not name.lower().endswith(IMAGE_SUFFIXES):
-        raise BadRequestError(f"filename must end with one of {', '.join(IMAGE_SUFFIXES)}")
+    if not has_image_suffix(name):
+        raise BadRequestError(f"filename must end with one of {', '.join(SUFFIXES)}")
     return name
 
 
@@ -110,13 +110,10 @@ def get_run(run_id: str) -> dict[str, Any]:
 
 
 def start_run() -> dict[str, Any]:
-    """Start a run by hand (on the data as it is now)."""
-    outcome = retraining.maybe_start_run(manual=True)
-    if outcome.started:
-        return get_run(outcome.run_id)
-    run = stores().runs.get(outcome.run_id) if outcome.run_id else None
-    if run and run["status"] in ACTIVE:
+    """Ask for a run by hand, on the data as it is when it starts: the run, STARTING (the route
+    answers 202); the schedule lists the data and starts tuning within a minute, off the request.
+    Too little data shows on the run as REFUSED, with the reason."""
+    outcome = retraining.request_run()
+    if not outcome.started:
         raise ConflictError(outcome.reason)
-    if run and run["status"] == "REFUSED":
-        raise UnprocessableEntityError(outcome.reason)
-    raise ConflictError(outcome.reason)
+    return get_run(outcome.run_id)

@@ -25,15 +25,17 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
 
 from . import aws, clock, gate
 from . import sagemaker_requests as requests
+from . import scaling
 from .config import settings
-from .events import EndpointStateChange, TrainingJobStateChange
+from .events import JOB_ENDED, EndpointStateChange, TrainingJobStateChange
 from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .predictions import redrive_pending
-from .retraining import STALLED_STEP_SECONDS, end_run, run_for_job
+from .retraining import end_run, run_for_job
 from .sagemaker_calls import Refused, create_or_refuse, delete_or_refuse, delete_quietly, describe_endpoint
 
 FAILED_ENDPOINT_STATES = ("Failed", "UpdateRollbackFailed", "OutOfService")
@@ -52,14 +54,17 @@ def on_training_change(event: TrainingJobStateChange) -> None:
     if detail.tags.get(requests.ROLE_TAG) != requests.FINAL_ROLE:
         return  # a tuning trial: the tuning job's own event covers it
     run_id = run_for_job(detail.name, detail.tags, "TRAINING")
-    if run_id is None:
-        return
-    if detail.status != "Completed":
-        end_run(run_id, ("TRAINING",), "FAILED",
-                f"final training job {detail.status}: {detail.failure_reason or 'no reason given'}")
+    if run_id is not None:
+        _training_ended(run_id, detail.name, detail.status, detail.failure_reason)
+
+
+def _training_ended(run_id: str, name: str, status: str, failure_reason: str | None,
+                    description: dict[str, Any] | None = None) -> None:
+    if status != "Completed":
+        end_run(run_id, ("TRAINING",), "FAILED", f"final training job {status}: {failure_reason or 'no reason given'}")
         return
     # Metrics and rule results are in the description, not in the event.
-    gate_and_deploy(run_id, aws.client("sagemaker").describe_training_job(TrainingJobName=detail.name))
+    gate_and_deploy(run_id, description or aws.client("sagemaker").describe_training_job(TrainingJobName=name))
 
 
 @tracer.capture_method
@@ -92,20 +97,39 @@ def gate_and_deploy(run_id: str, description: dict[str, Any]) -> None:
 
 
 @tracer.capture_method
-def resume_waiting_gate() -> None:
-    """Gate a run whose final job ended while its managed Debugger rules still ran (or whose
-    Completed event was lost): the schedule's part, once the job has been over a while."""
-    store = stores()
-    holder = store.runs.lock_holder()
-    run = store.runs.get(holder) if holder else None
-    if not run or run["status"] != "TRAINING" or not run.get("training_job"):
+def reconcile_training(run: dict[str, Any], now: float, age: float) -> None:
+    """The schedule's part in a TRAINING run, once its final job has ended `age` ago: the job's
+    event was lost, or came while its managed Debugger rules still ran (they end with no event).
+    The gate waits again while a rule runs."""
+    name = run.get("training_job")
+    if not name:
         return
-    description = aws.client("sagemaker").describe_training_job(TrainingJobName=run["training_job"])
-    ended = description.get("TrainingEndTime")
-    if description.get("TrainingJobStatus") != "Completed" or ended is None:
+    description = aws.client("sagemaker").describe_training_job(TrainingJobName=name)
+    status, ended = description["TrainingJobStatus"], description.get("TrainingEndTime")
+    if status in JOB_ENDED and ended is not None and now - ended.timestamp() > age:
+        _training_ended(run["run_id"], name, status, description.get("FailureReason"), description)
+
+
+@tracer.capture_method
+def reconcile_deployment(run: dict[str, Any], now: float, age: float) -> None:
+    """The schedule's part in a DEPLOYING run: point the endpoint for a run that waits for it (at
+    once, every tick); once the endpoint has settled `age` ago with the run still DEPLOYING, its
+    event was lost: end the deployment as that event would have. A busy endpoint is left alone, and
+    so is one the run has not waited `age` for (a description may lag a call just made)."""
+    if run.get(WAIT_FIELD):
+        resume_deployment()
         return
-    if clock.now() - ended.timestamp() > STALLED_STEP_SECONDS and not gate.pending_rules(description):
-        gate_and_deploy(holder, description)
+    if now - run["updated_at"] <= age:
+        return
+    config = settings()
+    endpoint = describe_endpoint(config.endpoint_name)
+    if endpoint is None:
+        _fail_deployments(f"the endpoint {config.endpoint_name} no longer exists")
+        return
+    if endpoint["EndpointStatus"] in (*FAILED_ENDPOINT_STATES, "InService") and \
+            now - endpoint["LastModifiedTime"].timestamp() > age:
+        logger.warning("settling a deployment whose endpoint event was lost", extra={"run_id": run["run_id"]})
+        settle_deployments(endpoint)
 
 
 @tracer.capture_method
@@ -186,7 +210,7 @@ def _fail_deployments(reason: str, keep: str | None = None) -> None:
 
 @tracer.capture_method
 def on_endpoint_change(event: EndpointStateChange) -> None:
-    config, store = settings(), stores()
+    config = settings()
     detail = event.detail
     if detail.name != config.endpoint_name:
         return
@@ -195,20 +219,28 @@ def on_endpoint_change(event: EndpointStateChange) -> None:
     if detail.status not in (*FAILED_ENDPOINT_STATES, "InService"):
         return
     # Events can arrive late or twice: the endpoint's description is the truth.
-    endpoint = describe_endpoint(config.endpoint_name) or {}
-    if detail.status in FAILED_ENDPOINT_STATES:
-        if endpoint.get("EndpointStatus") in FAILED_ENDPOINT_STATES:
-            reason = detail.failure_reason or endpoint.get("FailureReason") or "no reason given"
-            _fail_deployments(f"endpoint {endpoint['EndpointStatus']}: {reason}")
-        # else a late event: the endpoint has been deleted, created anew or has recovered since
+    endpoint = describe_endpoint(config.endpoint_name)
+    if endpoint is None or (detail.status in FAILED_ENDPOINT_STATES) != (
+            endpoint["EndpointStatus"] in FAILED_ENDPOINT_STATES):
+        return  # a late event: the endpoint has been deleted, created anew, has failed or recovered since
+    settle_deployments(endpoint, detail.failure_reason)
+
+
+def settle_deployments(endpoint: dict[str, Any], failure_reason: str | None = None) -> None:
+    """What the endpoint's description says of the deployments under way: failed, they fail; on a
+    DEPLOYING model's config, it goes live; InService on the live model's config, an update rolled back."""
+    store = stores()
+    if endpoint["EndpointStatus"] in FAILED_ENDPOINT_STATES:
+        reason = failure_reason or endpoint.get("FailureReason") or "no reason given"
+        _fail_deployments(f"endpoint {endpoint['EndpointStatus']}: {reason}")
         return
-    serving = endpoint.get("EndpointConfigName", detail.config_name)
+    serving = endpoint.get("EndpointConfigName")
     model = store.registry.by_endpoint_config(serving) if serving else None
     if model is None:
         return
     if model["status"] == "DEPLOYING":
         _promote(model)
-    elif model["status"] == "LIVE" and endpoint.get("EndpointStatus") == "InService":
+    elif model["status"] == "LIVE" and endpoint["EndpointStatus"] == "InService":
         # Settled on the live config while another deployment waits: the update rolled back.
         reason = endpoint.get("FailureReason") or "the endpoint update rolled back to the live model"
         _fail_deployments(reason, keep=model["model_version"])
@@ -216,6 +248,9 @@ def on_endpoint_change(event: EndpointStateChange) -> None:
 
 
 def _promote(model: dict[str, Any]) -> None:
+    # Before the model is LIVE: a transient failure here fails the event, whose redelivery finds
+    # the model still DEPLOYING and comes back (a LIVE model is never promoted again).
+    autoscale_endpoint()
     store = stores()
     previous = store.registry.promote(model, clock.now())
     if previous and previous["endpoint_config"] != model["endpoint_config"]:
@@ -225,3 +260,25 @@ def _promote(model: dict[str, Any]) -> None:
     metrics.add_metric(name="ModelsDeployed", unit=MetricUnit.Count, value=1)
     end_run(model["run_id"], DEPLOYING_STATES, "DEPLOYED", f"model {model['model_version']} is live")
     redrive_pending()
+
+
+# Application Auto Scaling's answers that retrying cannot change.
+_AUTOSCALING_REFUSALS = {"ValidationException", "AccessDeniedException", "LimitExceededException",
+                         "FailedResourceAccessException", "ObjectNotFoundException"}
+
+
+def autoscale_endpoint() -> None:
+    """Register the endpoint's variant for autoscaling and put its target-tracking policy (both
+    calls create or update: a repeat changes nothing). The variant keeps its name across
+    deployments, so the scaling stays when UpdateEndpoint changes only the model. A refusal is
+    logged and counted, not raised: the endpoint serves at its instance count all the same."""
+    config = settings()
+    autoscaling = aws.client("application-autoscaling")
+    try:
+        autoscaling.register_scalable_target(**scaling.scalable_target_request(config))
+        autoscaling.put_scaling_policy(**scaling.scaling_policy_request(config))
+    except ClientError as error:
+        if aws.error_code(error) not in _AUTOSCALING_REFUSALS:
+            raise
+        logger.error("endpoint autoscaling refused", extra={"reason": aws.error_message(error)})
+        metrics.add_metric(name="AutoscalingRefused", unit=MetricUnit.Count, value=1)

@@ -135,11 +135,13 @@ def _pattern(detail_type: str, detail: dict | None = None) -> dict:
     return pattern
 
 
+# A tuning or training job's terminal states: the ones whose events drive a run on.
+JOB_ENDED = ("Completed", "Failed", "Stopped")
 # EventBridge patterns the app subscribes to. Only terminal states matter; the
 # training rule matches only the pipeline's final jobs (Tags is a map in the event).
-TUNING_PATTERN = _pattern(TUNING_DETAIL_TYPE, {"HyperParameterTuningJobStatus": ["Completed", "Failed", "Stopped"]})
+TUNING_PATTERN = _pattern(TUNING_DETAIL_TYPE, {"HyperParameterTuningJobStatus": list(JOB_ENDED)})
 TRAINING_PATTERN = _pattern(
     TRAINING_DETAIL_TYPE,
-    {"TrainingJobStatus": ["Completed", "Failed", "Stopped"], "Tags": {"pipeline-role": ["final"]}},
+    {"TrainingJobStatus": list(JOB_ENDED), "Tags": {"pipeline-role": ["final"]}},
 )
 ENDPOINT_PATTERN = _pattern(ENDPOINT_DETAIL_TYPE)

@@ -12,7 +12,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from . import deployment, predictions, retraining
+from . import deployment, predictions, reconcile, retraining
 from .config import settings
 from .events import EndpointStateChange, TrainingJobStateChange, TuningJobStateChange, s3_records
 from .observability import logger, metrics, tracer
@@ -74,13 +74,11 @@ def incoming_images(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @metrics.log_metrics
 def quiet_check(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Every minute: end a quiet burst with a run, and take over the steps whose events never came or
-    could not act yet (a stalled start, a tuning job ended unheard, a job whose rules have ended, an
-    endpoint a deployment waits for)."""
-    retraining.resume_stalled_start()
-    retraining.resume_stalled_tuning()
-    deployment.resume_waiting_gate()
-    deployment.resume_deployment()
+    """Every minute: drive the active run on where its event never came or could not act yet (a
+    start a person asked for, a stalled start, a job or endpoint that settled unheard, a job whose
+    rules have ended, an endpoint a deployment waits for: see reconcile.py), then end a quiet burst
+    with a run."""
+    reconcile.reconcile()
     outcome = retraining.maybe_start_run()
     logger.info("run check", extra={"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason})
     return {"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason}

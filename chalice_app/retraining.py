@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from . import aws, clock, manifest
 from . import sagemaker_requests as requests
 from .config import settings
-from .events import S3Record, TuningJobStateChange
+from .events import JOB_ENDED, S3Record, TuningJobStateChange
 from .observability import logger, metrics, tracer
 from .pipeline import stores
 from .sagemaker_calls import Refused, create_or_refuse
 from .store.arrivals import Burst
-
-# A run that took the lock but never reached TUNING (its Lambda died mid-start)
-# is resumed by the schedule after this long.
-STALLED_START_SECONDS = 300
-# How long after its SageMaker job ended the schedule takes over a step whose event never came.
-STALLED_STEP_SECONDS = 120
-
 
 @dataclass(frozen=True)
 class StartOutcome:
@@ -64,10 +58,8 @@ def record_arrivals(records: list[S3Record]) -> int:
     return new
 
 
-def wait_reason(burst: Burst | None, now: float, quiet_window: float, *, manual: bool) -> str | None:
-    """Why no run should start from this burst yet; None when one should (a person may always start one)."""
-    if manual:
-        return None
+def wait_reason(burst: Burst | None, now: float, quiet_window: float) -> str | None:
+    """Why no run should start from this burst yet; None when one should."""
     if burst is None or not burst.pending:
         return "no new training data"
     if not burst.is_quiet(now, quiet_window):
@@ -75,60 +67,105 @@ def wait_reason(burst: Burst | None, now: float, quiet_window: float, *, manual:
     return None
 
 
+def run_day(now: float) -> str:
+    """The UTC day a run started at `now` counts against: its id's yymmdd."""
+    return datetime.fromtimestamp(now, timezone.utc).strftime("%y%m%d")
+
+
+def cap_reason(started_today: int, cap: int, now: float) -> str | None:
+    """Why new data may start no run today (each run costs a tuning job); None under the cap."""
+    if started_today < cap:
+        return None
+    tomorrow = (datetime.fromtimestamp(now, timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d")
+    return (f"{started_today} runs started today, the most MAX_RUNS_PER_DAY allows ({cap}); "
+            f"the data waits for {tomorrow} UTC")
+
+
 # A StartOutcome is not JSON; the handlers log it.
 @tracer.capture_method(capture_response=False)
-def maybe_start_run(*, manual: bool = False) -> StartOutcome:
-    """Start a run when a quiet or committed burst waits and no run is active (or by hand)."""
+def maybe_start_run() -> StartOutcome:
+    """Start a run when a quiet or committed burst waits and no run is active (a person's start:
+    request_run)."""
     config, store = settings(), stores()
     now = clock.now()
     burst = store.arrivals.current()
-    reason = wait_reason(burst, now, config.quiet_window_seconds, manual=manual)
+    reason = wait_reason(burst, now, config.quiet_window_seconds)
     if reason:
         return StartOutcome(False, None, reason)
     holder = store.runs.lock_holder()
     if holder:
         # The burst stays pending: it becomes the next run when this one ends.
         return StartOutcome(False, holder, f"run {holder} is active; new data will start a run after it")
+    capped = cap_reason(store.runs.started_on(run_day(now)), config.max_runs_per_day, now)
+    if capped:
+        # The burst stays pending (not claimed): the first check of the next day starts its run.
+        logger.warning("daily run cap reached", extra={"reason": capped})
+        return StartOutcome(False, None, capped)
     run_id = new_run_id(now)
     if not store.runs.take_lock(run_id, now):
         return StartOutcome(False, None, "another run started at the same moment")
     if burst is not None and burst.pending and not store.arrivals.claim(burst):
         store.runs.release_lock(run_id)
         return StartOutcome(False, None, "the upload burst changed while starting; the next check retries")
-    return _launch(run_id, "manual" if manual else "data", now)
+    return _launch(run_id, "data", now)
+
+
+def request_run() -> StartOutcome:
+    """A person's start, as the API takes it: the lock and the run, STARTING, in one write; the
+    schedule's next tick snapshots the data and creates the tuning job (resume_start), as listing
+    the data may outlast an API request. `started` is False when another run holds the lock."""
+    store = stores()
+    now = clock.now()
+    run_id = new_run_id(now)
+    if store.runs.begin(run_id, now, status="STARTING", trigger="manual"):
+        logger.info("run requested", extra={"run_id": run_id})
+        return StartOutcome(True, run_id, "requested: the schedule starts it within a minute")
+    holder = store.runs.lock_holder()
+    return StartOutcome(False, holder, f"run {holder} is active; start another once it has ended" if holder
+                        else "another run started at the same moment")
 
 
 def _snapshot() -> list[manifest.Entry]:
     config = settings()
     paginator = aws.client("s3").get_paginator("list_objects_v2")
-    objects = [(obj["Key"], obj.get("ETag", ""))
+    objects = [(obj["Key"], obj.get("ETag", ""), obj.get("Size", 0))
                for page in paginator.paginate(Bucket=config.bucket, Prefix=config.training_prefix)
                for obj in page.get("Contents", [])]
     return manifest.build(objects, config.training_prefix)
 
 
-def _launch(run_id: str, trigger: str, now: float) -> StartOutcome:
+def _launch(run_id: str, trigger: str, now: float, created_at: float | None = None) -> StartOutcome:
+    """Snapshot the data, record the run and its manifest, start tuning (`created_at`: when a person
+    asked for the run, if before now)."""
     config, store = settings(), stores()
+    since = {} if created_at is None else {"created_at": created_at}
     entries = _snapshot()
     refusal = manifest.refusal(entries, config.min_images)
     labels = sorted({entry.label for entry in entries})
     if refusal:
         store.runs.create(run_id, now, status="REFUSED", reason=refusal, trigger=trigger, images=len(entries),
-                          labels=labels)
+                          labels=labels, **since)
         store.runs.release_lock(run_id)
         logger.warning("run refused", extra={"run_id": run_id, "reason": refusal})
         metrics.add_metric(name="RunsRefused", unit=MetricUnit.Count, value=1)
         return StartOutcome(False, run_id, refusal)
     store.runs.create(run_id, now, status="STARTING", trigger=trigger, images=len(entries), labels=labels,
-                      manifest=config.s3_uri(requests.manifest_key(config, run_id)))
-    aws.client("s3").put_object(Bucket=config.bucket, Key=requests.manifest_key(config, run_id),
-                                Body=manifest.to_jsonl(entries).encode(), ContentType="application/jsonl")
+                      manifest=config.s3_uri(requests.manifest_key(config, run_id)),
+                      data_bytes=manifest.total_bytes(entries), **since)
+    for put in requests.manifest_puts(config, run_id, entries):
+        aws.client("s3").put_object(**put)
     return _start_tuning(run_id, now)
+
+
+def _data_bytes(run_id: str) -> int | None:
+    """The run's images' total size, which sizes its jobs' volume (None: recorded before sizes were)."""
+    run = stores().runs.get(run_id) or {}
+    return run.get("data_bytes")
 
 
 def _start_tuning(run_id: str, now: float) -> StartOutcome:
     config, store = settings(), stores()
-    request = requests.tuning_job_request(config, run_id)
+    request = requests.tuning_job_request(config, run_id, data_bytes=_data_bytes(run_id))
     try:
         create_or_refuse("create_hyper_parameter_tuning_job", request)
     except Refused as refusal:
@@ -141,14 +178,26 @@ def _start_tuning(run_id: str, now: float) -> StartOutcome:
 
 
 @tracer.capture_method
-def resume_stalled_start() -> None:
-    """Finish a start whose Lambda died after taking the lock (the tuning name makes it safe)."""
+def resume_start(run: dict[str, Any], now: float, age: float) -> None:
+    """The schedule's part in a STARTING run: launch a run a person asked for (it has no manifest
+    yet) at once; give a run whose Lambda died after its snapshot its tuning job once it has
+    stalled for `age` (the tuning job's name makes a repeat safe)."""
+    if "manifest" not in run:
+        relaunch(run["run_id"], run.get("trigger", "manual"), run["created_at"])
+    elif now - run["updated_at"] > age:
+        logger.warning("resuming a stalled start", extra={"run_id": run["run_id"]})
+        _start_tuning(run["run_id"], now)
+
+
+def relaunch(run_id: str, trigger: str, created_at: float | None = None) -> None:
+    """Launch a run that holds the lock but has no snapshot yet (requested, or its Lambda died
+    before it recorded one). It snapshots everything uploaded: a pending burst is claimed, and one
+    that changes meanwhile stays pending for the next run."""
     store = stores()
-    holder = store.runs.lock_holder()
-    run = store.runs.get(holder) if holder else None
-    if run and run["status"] == "STARTING" and clock.now() - run["updated_at"] > STALLED_START_SECONDS:
-        logger.warning("resuming a stalled start", extra={"run_id": holder})
-        _start_tuning(holder, clock.now())
+    burst = store.arrivals.current()
+    if burst is not None and burst.pending:
+        store.arrivals.claim(burst)
+    _launch(run_id, trigger, clock.now(), created_at)
 
 
 def end_run(run_id: str, from_states: tuple[str, ...], status: str, reason: str, **fields: object) -> None:
@@ -192,37 +241,35 @@ def on_tuning_change(event: TuningJobStateChange) -> None:
 
 
 @tracer.capture_method
-def resume_stalled_tuning() -> None:
-    """A run still TUNING a while after its tuning job ended lost the job's event (EventBridge
-    delivers at least once, but a Lambda that keeps failing drops it): the schedule's part."""
-    store = stores()
-    holder = store.runs.lock_holder()
-    run = store.runs.get(holder) if holder else None
-    if not run or run["status"] != "TUNING" or not run.get("tuning_job"):
+def reconcile_tuning(run: dict[str, Any], now: float, age: float) -> None:
+    """The schedule's part in a TUNING run: once its tuning job has ended `age` ago and the run is
+    still TUNING, the job's event was lost (a Lambda that keeps failing drops it): do its step."""
+    name = run.get("tuning_job")
+    if not name:
         return
-    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(
-        HyperParameterTuningJobName=run["tuning_job"])
-    ended = description.get("HyperParameterTuningEndTime")
-    if (description["HyperParameterTuningJobStatus"] in ("Completed", "Failed", "Stopped") and ended is not None
-            and clock.now() - ended.timestamp() > STALLED_STEP_SECONDS):
-        logger.warning("resuming a run whose tuning event was lost", extra={"run_id": holder})
-        _tuning_ended(holder, run["tuning_job"], description["HyperParameterTuningJobStatus"],
-                      description.get("FailureReason"))
+    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    status, ended = description["HyperParameterTuningJobStatus"], description.get("HyperParameterTuningEndTime")
+    if status in JOB_ENDED and ended is not None and now - ended.timestamp() > age:
+        logger.warning("resuming a run whose tuning event was lost", extra={"run_id": run["run_id"]})
+        _tuning_ended(run["run_id"], name, status, description.get("FailureReason"), description)
 
 
-def _tuning_ended(run_id: str, name: str, status: str, failure_reason: str | None) -> None:
+def _tuning_ended(run_id: str, name: str, status: str, failure_reason: str | None,
+                  description: dict[str, Any] | None = None) -> None:
     if status != "Completed":
         end_run(run_id, ("TUNING",), "FAILED", f"tuning job {status}: {failure_reason or 'no reason given'}")
         return
     # The event does not carry the best job; the description does.
-    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    description = description or aws.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name)
     best = description.get("BestTrainingJob")
     if not best or not best.get("TunedHyperParameters"):
         end_run(run_id, ("TUNING",), "FAILED", "tuning completed without a best training job")
         return
     config = settings()
     tuned = best["TunedHyperParameters"]
-    request = requests.final_training_job_request(config, run_id, tuned, _live_artifact())
+    request = requests.final_training_job_request(config, run_id, tuned, _live_artifact(),
+                                                  data_bytes=_data_bytes(run_id))
     try:
         create_or_refuse("create_training_job", request)
     except Refused as refusal:

@@ -3,7 +3,8 @@
 A run moves STARTING → TUNING → TRAINING → DEPLOYING → DEPLOYED, or ends REFUSED,
 REJECTED or FAILED. Every transition is a conditional write from the states it may
 leave, so a redelivered event finds the run already moved and does nothing.
-The lock (LOCK/RUN) names the one active run; taking it is a conditional put.
+The lock (LOCK/RUN) names the one active run; taking it is a conditional put
+(with the run's first record in the same transaction, for a run a person asks for).
 """
 
 from __future__ import annotations
@@ -36,9 +37,31 @@ class Runs:
                 return False
             raise
 
-    def lock_holder(self) -> str | None:
+    def begin(self, run_id: str, now: float, **fields: Any) -> bool:
+        """Take the lock and record the run in one transaction, so neither is ever without the
+        other; False when another run holds the lock."""
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=[
+                {"Put": {"TableName": self._table.name, "ConditionExpression": "attribute_not_exists(pk)",
+                         "Item": {**LOCK_KEY, "run_id": run_id, "taken_at": Decimal(str(now))}}},
+                {"Put": {"TableName": self._table.name, "Item": self._item(run_id, now, fields)}},
+            ])
+            return True
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons", [])
+            if aws.error_code(error) == "TransactionCanceledException" and reasons and \
+                    reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+
+    def lock(self) -> dict[str, Any] | None:
+        """The lock: the run that holds it (`run_id`) and when it was taken (`taken_at`)."""
         item = self._table.get_item(Key=LOCK_KEY, ConsistentRead=True).get("Item")
-        return item["run_id"] if item else None
+        return plain(item) if item else None
+
+    def lock_holder(self) -> str | None:
+        lock = self.lock()
+        return lock["run_id"] if lock else None
 
     def release_lock(self, run_id: str) -> None:
         """Release the lock if `run_id` holds it (a repeated release is harmless)."""
@@ -50,10 +73,13 @@ class Runs:
                 raise
 
     # Runs -----------------------------------------------------------------
-    def create(self, run_id: str, now: float, **fields: Any) -> None:
-        item = {"pk": "RUN", "sk": run_id, "run_id": run_id, "created_at": Decimal(str(now)),
+    @staticmethod
+    def _item(run_id: str, now: float, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"pk": "RUN", "sk": run_id, "run_id": run_id, "created_at": Decimal(str(now)),
                 "updated_at": Decimal(str(now)), **dynamo(fields)}
-        self._table.put_item(Item=item)
+
+    def create(self, run_id: str, now: float, **fields: Any) -> None:
+        self._table.put_item(Item=self._item(run_id, now, fields))
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"pk": "RUN", "sk": run_id}, ConsistentRead=True).get("Item")
@@ -89,6 +115,20 @@ class Runs:
             if aws.is_conditional_failure(error):
                 return False
             raise
+
+    def started_on(self, day: str) -> int:
+        """How many runs started on `day` (yymmdd, as run ids begin r<yymmdd>), refused ones aside."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :day)",
+            "FilterExpression": "#status <> :refused", "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":pk": "RUN", ":day": f"r{day}", ":refused": "REFUSED"}, "Select": "COUNT"}
+        count = 0
+        while True:
+            page = self._table.query(**query)
+            count += page["Count"]
+            if "LastEvaluatedKey" not in page:
+                return count
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def recent(self, limit: int, start_after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """Runs newest first (run ids sort by start time), and the id to continue after."""

@@ -8,7 +8,9 @@ from urllib.parse import parse_qs, urlparse
 import requests
 
 from .conftest import BUCKET, png_bytes
-from .test_retraining import start_run
+from chalice_app import aws
+
+from .test_retraining import deliver_training_uploads, runs, start_run, tick, tuning_done, tuning_jobs
 
 
 def test_predictions_list_newest_first_in_pages(world):
@@ -59,6 +61,33 @@ def test_runs_list_get_and_manual_start_conflict(world):
     assert world.client.http.get(f"/runs/{run['run_id']}").json_body["tuning_job"] == run["tuning_job"]
     response = world.client.http.post("/runs")
     assert response.status_code == 409 and run["run_id"] in response.json_body["Message"]
+
+
+def test_a_manual_start_answers_202_at_once_and_the_schedule_starts_the_run(world):
+    world.upload_training(20)
+    deliver_training_uploads(world)  # a burst, not yet quiet
+    calls: list[str] = []
+    for service in ("s3", "sagemaker"):
+        aws.client(service).meta.events.register(f"before-call.{service}", lambda model, **_: calls.append(model.name))
+    response = world.client.http.post("/runs")
+    run = response.json_body
+    assert response.status_code == 202 and response.headers["Location"] == f"runs/{run['run_id']}"
+    assert run["status"] == "STARTING" and run["trigger"] == "manual"
+    assert calls == [], "the request lists no data and creates no job"
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body == run
+    conflict = world.client.http.post("/runs")
+    assert conflict.status_code == 409 and run["run_id"] in conflict.json_body["Message"]
+
+    tick(world)  # the schedule's next minute
+    assert {"ListObjectsV2", "CreateHyperParameterTuningJob"} <= set(calls)
+    started = world.client.http.get(f"/runs/{run['run_id']}").json_body
+    assert started["status"] == "TUNING" and started["images"] == 20 and started["created_at"] == run["created_at"]
+    tick(world)
+    assert tuning_jobs(world) == [started["tuning_job"]]
+    # The run took the burst it snapshotted: when it ends, no second run starts on the same data.
+    world.advance(61)
+    tuning_done(world, started, "Failed")
+    assert [r["run_id"] for r in runs(world)] == [run["run_id"]] and world.client.http.post("/runs").status_code == 202
 
 
 def test_models_list_is_empty_before_any_deployment(world):

@@ -17,8 +17,8 @@ from chalice_app.config import settings
 from chalice_app.pipeline import stores
 
 from .conftest import ENV
-from .test_retraining import (TUNED, deploy_model, endpoint_event, runs, start_run, tick, training_done,
-                              tuning_done)
+from .test_retraining import (TUNED, deploy_model, endpoint_event, reconcile_age, runs, start_run, tick,
+                              training_done, tuning_done)
 
 ENDPOINT = ENV["ENDPOINT_NAME"]
 
@@ -43,7 +43,7 @@ def test_the_first_model_that_passes_goes_live(world):
     assert endpoint["EndpointConfigName"] == f"ip-test-{run['run_id']}"
     model = world.sagemaker.describe_model(ModelName=f"ip-test-{run['run_id']}")
     assert model["PrimaryContainer"]["ModelDataUrl"].endswith("/output/model.tar.gz")
-    assert world.client.http.post("/runs").json_body["status"] == "TUNING", "the lock was released"
+    assert world.client.http.post("/runs").status_code == 202, "the lock was released"
 
 
 def test_a_worse_model_is_rejected_and_the_live_model_untouched(world):
@@ -336,3 +336,149 @@ def test_an_update_waits_while_the_endpoint_is_busy_then_goes_out(world, busy):
     models = {m["model_version"]: m["status"] for m in world.client.http.get("/models").json_body["items"]}
     assert models == {first["model_version"]: "RETIRED", run["model_version"]: "LIVE"}
     assert stores().runs.lock_holder() is None
+
+
+def at_world_time(world) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(world.clock[0], tz=datetime.timezone.utc)
+
+
+@pytest.mark.parametrize("outcome", ["Completed", "Failed"])
+def test_a_run_whose_final_training_event_was_lost_goes_on_from_the_schedule(world, outcome):
+    run = run_to_training(world)
+    world.advance(86400)
+    tick(world)  # a final job still at work is left alone, however long it takes
+    assert runs(world)[0]["status"] == "TRAINING"
+    world.finish_training(run["training_job"], 0.9)
+    world.backend.training_jobs[run["training_job"]].training_job_status = outcome
+    world.advance(reconcile_age())
+    tick(world)  # the event may still come (or Lambda's retries of it)
+    assert runs(world)[0]["status"] == "TRAINING" and world.backend.endpoints == {}
+    world.advance(1)
+    tick(world)
+    run = runs(world)[0]
+    if outcome == "Completed":  # gated and deployed as the event would have
+        assert run["status"] == "DEPLOYING" and run["test_accuracy"] == 0.9 and "no live model yet" in run["gate"]
+        endpoint = world.sagemaker.describe_endpoint(EndpointName=ENDPOINT)
+        assert endpoint["EndpointConfigName"] == f"ip-test-{run['run_id']}"
+    else:
+        assert run["status"] == "FAILED" and "final training job Failed" in run["reason"]
+        assert stores().runs.lock_holder() is None
+    before = state(world)
+    training_done(world, run["training_job"], run["run_id"], outcome)  # the event arrives after all
+    tick(world)
+    assert state(world) == before
+
+
+@pytest.mark.parametrize("outcome", ["InService", "Failed", "RolledBack"])
+def test_a_deployment_whose_endpoint_event_was_lost_is_settled_by_the_schedule(world, outcome):
+    first = deploy_model(world, accuracy=0.8) if outcome == "RolledBack" else None
+    play_update_endpoint(world)
+    run = run_to_training(world)
+    world.finish_training(run["training_job"], 0.95)
+    training_done(world, run["training_job"], run["run_id"])
+    endpoint = world.backend.endpoints[ENDPOINT]
+    if first is None:
+        endpoint.endpoint_status = "Creating"  # moto's endpoint is InService at once
+    assert endpoint.endpoint_status in ("Creating", "Updating")
+    world.advance(86400)
+    tick(world)  # an endpoint still at work is left alone
+    assert runs(world)[0]["status"] == "DEPLOYING"
+
+    # SageMaker settles the endpoint; its event is lost.
+    endpoint.endpoint_status = "Failed" if outcome == "Failed" else "InService"
+    endpoint.failure_reason = "image pull failed" if outcome == "Failed" else None
+    endpoint.last_modified_time = at_world_time(world)
+    world.advance(reconcile_age())
+    tick(world)
+    assert runs(world)[0]["status"] == "DEPLOYING"
+    world.advance(1)
+    tick(world)
+    run = runs(world)[0]
+    if outcome == "InService":
+        assert run["status"] == "DEPLOYED" and live(world)["model_version"] == run["model_version"]
+    elif outcome == "Failed":
+        assert run["status"] == "FAILED" and "endpoint Failed: image pull failed" in run["reason"]
+        assert world.client.http.get("/models/live").status_code == 404
+    else:
+        assert run["status"] == "FAILED" and "rolled back" in run["reason"]
+        assert live(world)["model_version"] == first["model_version"]
+    assert stores().runs.lock_holder() is None
+    before = state(world)
+    endpoint_event(world, endpoint.endpoint_status, endpoint.endpoint_config_name)  # the event after all
+    tick(world)
+    assert state(world) == before
+
+
+def autoscaling(world):
+    import boto3
+
+    return boto3.client("application-autoscaling", region_name=world.sagemaker.meta.region_name)
+
+
+def test_a_model_going_live_registers_the_variant_for_autoscaling_on_invocations_per_instance(world, monkeypatch):
+    monkeypatch.setenv("ENDPOINT_MAX_INSTANCES", "3")
+    settings.cache_clear()
+    run = deploy_model(world)
+    assert run["status"] == "DEPLOYED"
+    client = autoscaling(world)
+    [target] = client.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert target["ResourceId"] == f"endpoint/{ENDPOINT}/variant/AllTraffic"
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
+    [policy] = client.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert policy["PolicyType"] == "TargetTrackingScaling" and tracking["TargetValue"] == 30.0
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+
+    endpoint_event(world, "InService", f"ip-test-{run['run_id']}")  # redelivered: nothing more
+    assert len(client.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
+    assert len(client.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]) == 1
+
+
+def test_a_transient_autoscaling_error_leaves_the_model_deploying_for_the_event_s_retry(world):
+    run = run_to_training(world)
+    world.finish_training(run["training_job"], 0.9, {"Overfit": "NoIssuesFound"})
+    training_done(world, run["training_job"], run["run_id"])
+    stubber = Stubber(aws._make("application-autoscaling"))
+    stubber.add_client_error("register_scalable_target", "ConcurrentUpdateException", "busy", 400)
+    aws.use_client("application-autoscaling", stubber.client)
+    with stubber:
+        with pytest.raises(ClientError):  # the handler fails: EventBridge delivers the event again
+            endpoint_event(world, "InService", f"ip-test-{run['run_id']}")
+    aws.use_client("application-autoscaling", None)
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "DEPLOYING"
+    endpoint_event(world, "InService", f"ip-test-{run['run_id']}")
+    assert world.client.http.get(f"/runs/{run['run_id']}").json_body["status"] == "DEPLOYED"
+    assert autoscaling(world).describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+
+
+def test_a_refused_autoscaling_request_does_not_keep_the_model_from_going_live(world):
+    stubber = Stubber(aws._make("application-autoscaling"))
+    stubber.add_client_error("register_scalable_target", "ValidationException", "no such variant", 400)
+    aws.use_client("application-autoscaling", stubber.client)
+    try:
+        with stubber:
+            run = deploy_model(world)
+    finally:
+        aws.use_client("application-autoscaling", None)
+    assert run["status"] == "DEPLOYED" and live(world)["run_id"] == run["run_id"]
+
+
+def test_the_autoscaling_requests_match_the_service_model():
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    from chalice_app import scaling
+    from chalice_app.config import settings_from_env
+
+    model = botocore.session.get_session().get_service_model("application-autoscaling")
+    config = settings_from_env({**ENV, "ENDPOINT_MAX_INSTANCES": "4", "TARGET_INVOCATIONS_PER_INSTANCE": "45"})
+    for operation, request in (("RegisterScalableTarget", scaling.scalable_target_request(config)),
+                               ("PutScalingPolicy", scaling.scaling_policy_request(config))):
+        report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
+        assert not report.has_errors(), report.generate_report()
+    assert scaling.scalable_target_request(config)["MaxCapacity"] == 4
+    assert scaling.scaling_policy_request(config)["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 45.0
+    assert [scaling.incoming_concurrency(n) for n in (1, 2, 4)] == [2, 4, 8]
+    with pytest.raises(ValueError, match="ENDPOINT_MAX_INSTANCES must be at least 1"):
+        settings_from_env({**ENV, "ENDPOINT_MAX_INSTANCES": "0"})

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from chalice_app import aws
+from chalice_app.config import settings
+from chalice_app.pipeline import stores
 from training.metrics import DEBUGGER_RULES
 
 from .conftest import BUCKET, ENV
@@ -105,6 +107,32 @@ def test_a_burst_of_200_uploads_becomes_one_tuning_job(world):
     assert entries[0]["key"].startswith("training-data/") and entries[0]["etag"]
 
 
+def test_a_run_s_jobs_download_only_its_images_on_a_volume_sized_from_them(world):
+    world.upload("training-data/notes.txt", b"not an image")  # under the prefix, not in the run
+    run = start_run(world)
+    world.upload_training(4)  # arrives during the run: the next run's data
+    manifest_uri = f"s3://{BUCKET}/manifests/{run['run_id']}.manifest"
+    document = json.loads(world.s3.get_object(Bucket=BUCKET, Key=f"manifests/{run['run_id']}.manifest")["Body"].read())
+    entries = [json.loads(line) for line in world.s3.get_object(
+        Bucket=BUCKET, Key=f"manifests/{run['run_id']}.jsonl")["Body"].read().splitlines()]
+    # SageMaker's ManifestFile: the prefix, then each image of the snapshot relative to it.
+    assert document[0] == {"prefix": f"s3://{BUCKET}/training-data/"}
+    assert document[1:] == [e["key"].removeprefix("training-data/") for e in entries] and len(entries) == 20
+    assert sum(e["size"] for e in entries) == run["data_bytes"] > 0
+
+    definition = world.sagemaker.describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=run["tuning_job"])["TrainingJobDefinition"]
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in definition["InputDataConfig"]}
+    assert channels["training"]["S3DataType"] == "ManifestFile" and channels["training"]["S3Uri"] == manifest_uri
+    assert definition["ResourceConfig"]["VolumeSizeInGB"] == 6  # a few KB of images: 1 GB for them, 5 headroom
+
+    world.finish_tuning(run["tuning_job"], TUNED)
+    tuning_done(world, run)
+    final = world.sagemaker.describe_training_job(TrainingJobName=f"ip-test-{run['run_id']}-final")
+    assert final["InputDataConfig"] == definition["InputDataConfig"]  # the trials' data, the trials' volume
+    assert final["ResourceConfig"] == definition["ResourceConfig"]
+
+
 def test_every_event_delivered_twice_starts_one_job(world):
     world.upload_training(30)
     deliver_training_uploads(world, duplicate=True)
@@ -159,7 +187,7 @@ def test_tuning_failed_marks_the_run_failed_and_releases_the_lock(world):
     [run] = runs(world)
     assert run["status"] == "FAILED" and "Stopped" in run["reason"]
     response = world.client.http.post("/runs")
-    assert response.status_code == 202 and response.json_body["status"] == "TUNING"
+    assert response.status_code == 202 and response.json_body["status"] == "STARTING"
 
 
 @pytest.mark.parametrize("uploads, reason", [
@@ -176,8 +204,12 @@ def test_too_little_data_refuses_the_run_with_a_reason(world, uploads, reason):
     [run] = runs(world)
     assert run["status"] == "REFUSED" and reason in run["reason"]
     assert tuning_jobs(world) == []
-    response = world.client.http.post("/runs")
-    assert response.status_code == 422 and reason in response.json_body["Message"]
+    response = world.client.http.post("/runs")  # a person's start is refused the same way, on its run
+    assert response.status_code == 202
+    tick(world)
+    run = world.client.http.get(f"/runs/{response.json_body['run_id']}").json_body
+    assert run["status"] == "REFUSED" and reason in run["reason"] and run["trigger"] == "manual"
+    assert world.client.http.post("/runs").status_code == 202, "the lock was released"
 
 
 def test_the_final_job_gets_the_best_hyperparameters_its_debugger_rules_and_tags(world):
@@ -265,16 +297,97 @@ def test_handlers_log_with_correlation_ids_and_emit_metrics(world, capsys, caplo
     assert emf["RunsRefused"] == [1.0] and emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ImagePipeline"
 
 
-def test_a_run_whose_tuning_event_was_lost_goes_on_from_the_schedule(world):
+def reconcile_age() -> int:
+    """How long the schedule leaves a step to its event (RECONCILE_AFTER_SECONDS)."""
+    return settings().reconcile_after_seconds
+
+
+def throttled(service: str, operation: str) -> Callable[[], None]:
+    """Make the handlers' `service` client fail `operation` as a throttled call does; returns the undo."""
+    client = aws.table(ENV["PIPELINE_TABLE"]).meta.client if service == "dynamodb" else aws.client(service)
+    events = client.meta.events
+
+    def throttle(**_):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, operation)
+
+    events.register(f"before-call.{service}.{operation}", throttle)
+    return lambda: events.unregister(f"before-call.{service}.{operation}", throttle)
+
+
+@pytest.mark.parametrize("outcome", ["Completed", "Failed"])
+def test_a_run_whose_tuning_event_was_lost_goes_on_from_the_schedule(world, outcome):
     run = start_run(world)
+    world.advance(86400)
+    tick(world)  # a tuning job still at work is left alone, however long it takes
+    assert runs(world)[0]["status"] == "TUNING"
     world.finish_tuning(run["tuning_job"], TUNED)
-    tuning = world.backend.hyper_parameter_tuning_jobs[run["tuning_job"]]
-    tuning.hyper_parameter_tuning_end_time = datetime.datetime.fromtimestamp(world.clock[0], tz=datetime.timezone.utc)
-    tick(world)  # the event may still come: the schedule leaves the step to it for a while
+    world.backend.hyper_parameter_tuning_jobs[run["tuning_job"]].hyper_parameter_tuning_job_status = outcome
+    world.advance(reconcile_age())
+    tick(world)  # the event may still come (or Lambda's retries of it): the schedule leaves the step to it
     assert runs(world)[0]["status"] == "TUNING" and not world.backend.training_jobs
-    world.advance(300)
+    world.advance(1)
     tick(world)
     run = runs(world)[0]
-    assert run["status"] == "TRAINING" and run["training_job"] in world.backend.training_jobs
-    tuning_done(world, run)  # the event arrives after all: nothing happens twice
-    assert list(world.backend.training_jobs) == [run["training_job"]] and runs(world)[0]["status"] == "TRAINING"
+    if outcome == "Completed":
+        assert run["status"] == "TRAINING" and run["training_job"] in world.backend.training_jobs
+    else:
+        assert run["status"] == "FAILED" and "tuning job Failed" in run["reason"]
+        assert stores().runs.lock_holder() is None
+    tuning_done(world, run, outcome)  # the event arrives after all: nothing happens twice
+    assert runs(world) == [run] and len(world.backend.training_jobs) == (outcome == "Completed")
+
+
+def test_a_start_that_died_before_recording_its_run_is_launched_by_the_schedule(world):
+    world.upload_training(20)
+    deliver_training_uploads(world)
+    world.advance(61)
+    undo = throttled("s3", "ListObjectsV2")  # the snapshot's listing fails after the lock was taken
+    with pytest.raises(ClientError):
+        tick(world)
+    undo()
+    holder = stores().runs.lock_holder()
+    assert holder and runs(world) == []
+    world.advance(reconcile_age())
+    tick(world)
+    assert runs(world) == []  # its Lambda may still be at work
+    world.advance(1)
+    tick(world)
+    [run] = runs(world)
+    assert run["run_id"] == holder and run["status"] == "TUNING" and run["images"] == 20
+    assert tuning_jobs(world) == [run["tuning_job"]]
+
+
+def test_the_lock_of_a_run_whose_end_died_half_way_is_freed_by_the_schedule(world):
+    run = start_run(world)
+    world.upload_training(4)  # a burst during the run: the next run
+    deliver_training_uploads(world)
+    undo = throttled("dynamodb", "DeleteItem")  # the run is FAILED, then freeing the lock fails
+    with pytest.raises(ClientError):
+        tuning_done(world, run, "Failed")
+    undo()
+    assert runs(world)[0]["status"] == "FAILED" and stores().runs.lock_holder() == run["run_id"]
+    world.advance(61)
+    tick(world)
+    first, second = sorted(runs(world), key=lambda r: r["run_id"])
+    assert first["run_id"] == run["run_id"] and second["status"] == "TUNING" and second["images"] == 24
+
+
+def test_new_data_over_the_daily_cap_waits_for_the_next_day(world, monkeypatch, caplog):
+    from chalice_app import config
+
+    monkeypatch.setenv("MAX_RUNS_PER_DAY", "2")
+    config.settings.cache_clear()
+    for _ in range(2):
+        tuning_done(world, start_run(world), "Failed")
+    world.upload_training(20)
+    deliver_training_uploads(world)
+    world.advance(61)
+    outcome = tick(world)
+    assert outcome["started"] is False and "MAX_RUNS_PER_DAY" in outcome["reason"]
+    assert "waits for 2027-01-16 UTC" in outcome["reason"]  # the world's clock starts 2027-01-15 08:00 UTC
+    assert [r for r in caplog.records if r.getMessage() == "daily run cap reached"]
+    assert len(tuning_jobs(world)) == 2
+    world.advance(16 * 3600)  # past midnight UTC: the pending burst, not lost, starts its run
+    assert tick(world)["started"] is True
+    newest = runs(world)[0]
+    assert newest["status"] == "TUNING" and newest["images"] == 60 and len(tuning_jobs(world)) == 3
