@@ -12,10 +12,11 @@ import os
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalice_app import api, handlers
-from chalice_app.config import settings
+from chalice_app.config import endpoint_max_instances, settings
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
 from chalice_app.invocations import MAX_IMAGES_PER_REQUEST
 from chalice_app.observability import logger, metrics
+from chalice_app.scaling import TRAINING_DATA_CONCURRENCY, incoming_concurrency
 
 app = Chalice(app_name="image-pipeline")
 
@@ -29,7 +30,8 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
 
 TRAINING_QUEUE = os.environ.get("TRAINING_QUEUE", "image-pipeline-training-data")
 INCOMING_QUEUE = os.environ.get("INCOMING_QUEUE", "image-pipeline-incoming")
-# IAM authorisation on the routes that change state (dev and prod stages set IAM_AUTH).
+# IAM authorisation on every route where the stage sets IAM_AUTH (dev and prod): the reads expose
+# predictions, S3 URIs and hyperparameters too. The local stage stays open.
 _auth = IAMAuthorizer() if os.environ.get("IAM_AUTH", "").lower() in {"1", "true"} else None
 
 
@@ -42,15 +44,20 @@ def _http_observability(event, get_response):
         metrics.flush_metrics()
 
 
-# Uploads of a burst gather for up to 20 s per batch; the quiet window ends the burst.
-@app.on_sqs_message(queue=TRAINING_QUEUE, batch_size=100, maximum_batching_window_in_seconds=20)
+# Uploads of a burst gather for up to 20 s per batch; the quiet window ends the burst. Two batches
+# at most at once: they all write one burst item (chalice_app/scaling.py).
+@app.on_sqs_message(queue=TRAINING_QUEUE, batch_size=100, maximum_batching_window_in_seconds=20,
+                    maximum_concurrency=TRAINING_DATA_CONCURRENCY)
 def on_training_data(event):
     return handlers.training_data(event.to_dict(), event.context)
 
 
 # A batch fills at most one InvokeEndpoint (its 64 images); 64 rather than 10 raised the local
 # pipeline's throughput by 17% (bench/e2e.py), and the 1 s window bounds the wait of a lone image.
-@app.on_sqs_message(queue=INCOMING_QUEUE, batch_size=MAX_IMAGES_PER_REQUEST, maximum_batching_window_in_seconds=1)
+# Concurrent batches are concurrent requests to the endpoint: as many as its instances at their
+# most can serve (the stage's ENDPOINT_MAX_INSTANCES, read at packaging; chalice_app/scaling.py).
+@app.on_sqs_message(queue=INCOMING_QUEUE, batch_size=MAX_IMAGES_PER_REQUEST, maximum_batching_window_in_seconds=1,
+                    maximum_concurrency=incoming_concurrency(endpoint_max_instances(dict(os.environ))))
 def on_incoming_image(event):
     return handlers.incoming_images(event.to_dict(), event.context)
 
@@ -79,12 +86,12 @@ def _query(name):
     return (app.current_request.query_params or {}).get(name)
 
 
-@app.route("/predictions", methods=["GET"])
+@app.route("/predictions", methods=["GET"], authorizer=_auth)
 def list_predictions():
     return api.list_predictions(_query("limit"), _query("cursor"))
 
 
-@app.route("/predictions/{name}", methods=["GET"])
+@app.route("/predictions/{name}", methods=["GET"], authorizer=_auth)
 def get_prediction(name):
     return api.get_prediction(name)
 
@@ -94,26 +101,28 @@ def create_upload():
     return api.upload_url(app.current_request.json_body)
 
 
-@app.route("/models", methods=["GET"])
+@app.route("/models", methods=["GET"], authorizer=_auth)
 def list_models():
     return api.list_models()
 
 
-@app.route("/models/live", methods=["GET"])
+@app.route("/models/live", methods=["GET"], authorizer=_auth)
 def live_model():
     return api.live_model()
 
 
-@app.route("/runs", methods=["GET"])
+@app.route("/runs", methods=["GET"], authorizer=_auth)
 def list_runs():
     return api.list_runs(_query("limit"), _query("cursor"))
 
 
 @app.route("/runs", methods=["POST"], authorizer=_auth)
 def start_run():
-    return Response(body=api.start_run(), status_code=202)
+    run = api.start_run()
+    # Relative to the request's URL, so it keeps API Gateway's stage prefix (/api/runs -> /api/runs/<id>).
+    return Response(body=run, status_code=202, headers={"Location": f"runs/{run['run_id']}"})
 
 
-@app.route("/runs/{run_id}", methods=["GET"])
+@app.route("/runs/{run_id}", methods=["GET"], authorizer=_auth)
 def get_run(run_id):
     return api.get_run(run_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from training.image_contract import MAX_IMAGE_BYTES
 from training.metrics import DEBUGGER_RULES
 
 # The seed projects' search space (lr 0.001-0.1 log-scaled, batch sizes 32..256,
@@ -120,6 +121,35 @@ def _rule_policy(env: dict[str, str]) -> dict[str, str]:
     return policy
 
 
+def _positive(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {value}")
+    return value
+
+
+def _count(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _image_bytes(env: dict[str, str]) -> int:
+    """A stage may accept smaller images than the contract, never larger: training and the endpoint
+    refuse anything over the contract's limit whatever the stage says."""
+    value = _int(env, "MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
+    if not 1 <= value <= MAX_IMAGE_BYTES:
+        raise ConfigError(f"MAX_IMAGE_BYTES must be from 1 to {MAX_IMAGE_BYTES} (the image contract's limit), not {value}")
+    return value
+
+
+def endpoint_max_instances(env: dict[str, str]) -> int:
+    """ENDPOINT_MAX_INSTANCES: the endpoint's autoscaling ceiling; app.py sizes the incoming
+    queue's Lambda concurrency from it at packaging, where only the environment exists."""
+    return _count(env, "ENDPOINT_MAX_INSTANCES", 1)
+
+
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name) or default
     if value not in choices:
@@ -158,11 +188,20 @@ class Settings:
     max_runtime_seconds: int = 3600
     max_wait_seconds: int = 7200
     quiet_window_seconds: int = 300
+    # How long the schedule leaves an active run's step to its event (and Lambda's own two retries
+    # of it, about 3 minutes) before it drives the step itself; every step is idempotent.
+    reconcile_after_seconds: int = 300
     min_images: int = 20
+    # Runs that new data may start per UTC day (each costs a tuning job); then a burst waits for the next day.
+    max_runs_per_day: int = 10
     gate_margin: float = 0.0
     rollback_alarms: tuple[str, ...] = ()
-    max_image_bytes: int = 6 * 1024 * 1024
+    max_image_bytes: int = MAX_IMAGE_BYTES
     top_k: int = 5
+    # The endpoint's variant scales between 1 and this many instances on its invocations per instance
+    # per minute (chalice_app/scaling.py says how the target was chosen).
+    endpoint_max_instances: int = 1
+    target_invocations_per_instance: float = 30.0
     upload_url_seconds: int = 900
     debugger_service: str = "in-job"
     debugger_rules: tuple[str, ...] = DEBUGGER_RULES
@@ -225,11 +264,15 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         max_runtime_seconds=_int(env, "MAX_RUNTIME_SECONDS", 3600),
         max_wait_seconds=_int(env, "MAX_WAIT_SECONDS", 7200),
         quiet_window_seconds=_int(env, "QUIET_WINDOW_SECONDS", 300),
+        reconcile_after_seconds=_positive(env, "RECONCILE_AFTER_SECONDS", 300),
         min_images=_int(env, "MIN_IMAGES", 20),
+        max_runs_per_day=_count(env, "MAX_RUNS_PER_DAY", 10),
         gate_margin=_float(env, "GATE_MARGIN", 0.0),
         rollback_alarms=tuple(_json(env, "ROLLBACK_ALARMS", [])),
-        max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 6 * 1024 * 1024),
+        max_image_bytes=_image_bytes(env),
         top_k=_int(env, "TOP_K", 5),
+        endpoint_max_instances=endpoint_max_instances(env),
+        target_invocations_per_instance=_float(env, "TARGET_INVOCATIONS_PER_INSTANCE", 30.0),
         upload_url_seconds=_int(env, "UPLOAD_URL_SECONDS", 900),
         debugger_service=_choice(env, "DEBUGGER_SERVICE", "in-job", DEBUGGER_SERVICES),
         debugger_rules=_debugger_rules(env),

@@ -3,43 +3,60 @@
     python -m infra.policies        # rewrite .chalice/policy-<stage>.json
 
 Every statement names its actions and scopes them to this app's bucket prefixes,
-tables, queues and SageMaker name prefix; iam:PassRole only for the SageMaker
-role, only to SageMaker. A test keeps the committed files equal to this output.
+tables, queues, SageMaker name prefix and alarms, in this account and region;
+iam:PassRole only for the SageMaker role, only to SageMaker. A test keeps the
+committed files equal to this output.
+
+The files are static JSON, so the account and region stay CloudFormation
+placeholders (`${AWS::AccountId}`, `${AWS::Region}`): `infra.package` turns each
+such Resource into Fn::Sub in the packaged template, and `resolve` fills them in
+as CloudFormation would (the tests evaluate the policy that way).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 CHALICE_DIR = Path(__file__).resolve().parent.parent / ".chalice"
 
 
-def _wild(value: str) -> str:
-    """Account placeholders (resolved by CloudFormation in the env) become '*' in a static policy."""
-    return value.replace("${AWS::AccountId}", "*")
+# Where the policy names this stack's account and region; CloudFormation fills them in.
+ACCOUNT, REGION = "${AWS::AccountId}", "${AWS::Region}"
+_PLACEHOLDER = re.compile(r"\$\{AWS::(AccountId|Region|Partition)\}")
+
+
+def resolve(document: Any, region: str, account: str, partition: str = "aws") -> Any:
+    """The policy as CloudFormation's Fn::Sub makes it in `account` and `region`."""
+    values = {"AccountId": account, "Region": region, "Partition": partition}
+    return json.loads(_PLACEHOLDER.sub(lambda match: values[match.group(1)], json.dumps(document)))
 
 
 def policy(env: dict[str, str]) -> dict[str, Any]:
-    bucket = _wild(env["BUCKET"])
+    bucket = env["BUCKET"]
     prefix = env["NAME_PREFIX"]
     training, incoming = env.get("TRAINING_PREFIX", "training-data/"), env.get("INCOMING_PREFIX", "incoming/")
     manifests = env.get("MANIFEST_PREFIX", "manifests/")
-    tables = [f"arn:aws:dynamodb:*:*:table/{env['PIPELINE_TABLE']}",
-              f"arn:aws:dynamodb:*:*:table/{env['PREDICTIONS_TABLE']}"]
-    queues = {name: f"arn:aws:sqs:*:*:{env[name]}" for name in ("TRAINING_QUEUE", "INCOMING_QUEUE")}
+    tables = [f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{env['PIPELINE_TABLE']}",
+              f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{env['PREDICTIONS_TABLE']}"]
+    queues = {name: f"arn:aws:sqs:{REGION}:{ACCOUNT}:{env[name]}" for name in ("TRAINING_QUEUE", "INCOMING_QUEUE")}
+    alarms = json.loads(env.get("ROLLBACK_ALARMS") or "[]")
 
     def sagemaker(kind: str, name: str) -> str:
-        return f"arn:aws:sagemaker:*:*:{kind}/{name}"
+        return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{kind}/{name}"
 
     statements = [
         {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-         "Resource": "arn:aws:logs:*:*:*"},
+         "Resource": f"arn:aws:logs:{REGION}:{ACCOUNT}:*"},
         {"Sid": "Tracing", "Effect": "Allow", "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
          "Resource": "*"},
-        {"Sid": "ListTrainingData", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}",
-         "Condition": {"StringLike": {"s3:prefix": [f"{training}*"]}}},
+        # The run's snapshot lists training-data/. On incoming/ it is what makes a GetObject of a
+        # deleted image answer NoSuchKey (stored FAILED) rather than AccessDenied (retried, then
+        # dead-lettered): S3 answers 404 only to a caller that may list the key.
+        {"Sid": "ListData", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}",
+         "Condition": {"StringLike": {"s3:prefix": [f"{training}*", f"{incoming}*"]}}},
         {"Sid": "ReadImages", "Effect": "Allow", "Action": ["s3:GetObject"],
          "Resource": [f"arn:aws:s3:::{bucket}/{incoming}*", f"arn:aws:s3:::{bucket}/{training}*"]},
         # PutObject on the upload prefixes is what the presigned upload URLs are signed with.
@@ -55,6 +72,10 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
          "Resource": list(queues.values())},
         {"Sid": "RedrivePredictions", "Effect": "Allow", "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
          "Resource": queues["INCOMING_QUEUE"]},
+        # Lambda sends an event that failed all its attempts to the function's failure destination
+        # with the function's own role (infra/template.json's EventInvokeConfigs).
+        {"Sid": "KeepFailedEvents", "Effect": "Allow", "Action": ["sqs:SendMessage"],
+         "Resource": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{env['FAILED_EVENTS_QUEUE']}"},
         {"Sid": "SageMakerPipeline", "Effect": "Allow",
          "Action": ["sagemaker:CreateHyperParameterTuningJob", "sagemaker:DescribeHyperParameterTuningJob",
                     "sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:CreateModel",
@@ -69,10 +90,42 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
         # A Failed endpoint takes no call but DeleteEndpoint: the next deployment replaces it.
         {"Sid": "ReplaceFailedEndpoint", "Effect": "Allow", "Action": ["sagemaker:DeleteEndpoint"],
          "Resource": sagemaker("endpoint", env["ENDPOINT_NAME"])},
+        # Endpoint autoscaling (chalice_app/scaling.py). Scalable targets have no name-based ARN (an id
+        # is given at registration): the namespace and dimension scope them. Application Auto Scaling
+        # checks that its caller may describe and resize the variant; deleting a Failed endpoint
+        # deregisters its target on the caller's permission.
+        {"Sid": "EndpointAutoscaling", "Effect": "Allow",
+         "Action": ["application-autoscaling:RegisterScalableTarget", "application-autoscaling:PutScalingPolicy",
+                    "application-autoscaling:DescribeScalableTargets",
+                    "application-autoscaling:DeregisterScalableTarget"],
+         "Resource": "*",
+         "Condition": {"StringEquals": {"application-autoscaling:service-namespace": "sagemaker",
+                                        "application-autoscaling:scalable-dimension":
+                                            "sagemaker:variant:DesiredInstanceCount"}}},
+        {"Sid": "EndpointAutoscalingChecks", "Effect": "Allow",
+         "Action": ["sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
+                    "sagemaker:UpdateEndpointWeightsAndCapacities"],
+         "Resource": [sagemaker("endpoint", env["ENDPOINT_NAME"]), sagemaker("endpoint-config", f"{prefix}-*")]},
+        # A target-tracking policy's alarms are created, described and deleted on its caller's
+        # permission (SageMaker's "Auto scaling prerequisites"); their names start with the variant's
+        # resource id.
+        {"Sid": "EndpointAutoscalingAlarms", "Effect": "Allow",
+         "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"],
+         "Resource": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:TargetTracking-endpoint/{env['ENDPOINT_NAME']}/*"},
+        # The first registration of an endpoint variant creates Application Auto Scaling's role for it.
+        {"Sid": "AutoscalingServiceLinkedRole", "Effect": "Allow", "Action": ["iam:CreateServiceLinkedRole"],
+         "Resource": f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+                     "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+         "Condition": {"StringLike": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}}},
         {"Sid": "PassOnlyTheSageMakerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
-         "Resource": _wild(env["SAGEMAKER_ROLE_ARN"]),
+         "Resource": env["SAGEMAKER_ROLE_ARN"],
          "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},
     ]
+    if alarms:
+        # An UpdateEndpoint with AutoRollbackConfiguration is refused unless its caller may
+        # describe the alarms it names (SageMaker's deployment guardrails).
+        statements.append({"Sid": "RollbackAlarms", "Effect": "Allow", "Action": ["cloudwatch:DescribeAlarms"],
+                           "Resource": [f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}" for name in alarms]})
     return {"Version": "2012-10-17", "Statement": statements}
 
 

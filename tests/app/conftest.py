@@ -44,6 +44,7 @@ ENV = {
     "NAME_PREFIX": "ip-test", "BUCKET": BUCKET,
     "PIPELINE_TABLE": f"image-pipeline-{STAGE}-pipeline", "PREDICTIONS_TABLE": f"image-pipeline-{STAGE}-predictions",
     "TRAINING_QUEUE": f"image-pipeline-{STAGE}-training-data", "INCOMING_QUEUE": f"image-pipeline-{STAGE}-incoming",
+    "FAILED_EVENTS_QUEUE": f"image-pipeline-{STAGE}-failed-events",
     "ENDPOINT_NAME": f"image-pipeline-{STAGE}-classifier",
     "SOURCE_DIR_URI": f"s3://{BUCKET}/code/sourcedir.tar.gz",
     "SAGEMAKER_ROLE_ARN": f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/image-pipeline-{STAGE}-sagemaker",
@@ -190,7 +191,7 @@ def app_env(monkeypatch: pytest.MonkeyPatch):
     config.settings.cache_clear()
     aws.reset()
     # Every call the handlers make is checked against the stage's generated policy, as AWS would.
-    policy = json.dumps(policies.policy(ENV))
+    policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, DEFAULT_ACCOUNT_ID))
     iam.enable_string_like(monkeypatch)
     make, resource = aws._make, aws._resource
     monkeypatch.setattr(aws, "_make", lru_cache(maxsize=None)(

@@ -96,12 +96,38 @@ def checks(service: str, operation: str, params: dict[str, Any], region: str, ac
         # CreateEndpoint/UpdateEndpoint name an endpoint config too: IAM checks both.
         for resource in resources:
             yield f"sagemaker:{operation}", resource, {}
+        # A deployment with auto-rollback: SageMaker checks that the caller may describe its alarms.
+        rollback = (params.get("DeploymentConfig") or {}).get("AutoRollbackConfiguration") or {}
+        for alarm in rollback.get("Alarms", []):
+            yield "cloudwatch:DescribeAlarms", f"arn:aws:cloudwatch:{region}:{account}:alarm:{alarm['AlarmName']}", {}
         if params.get("Tags"):
             yield "sagemaker:AddTags", resources[0], {}
         roles = [params.get("RoleArn"), params.get("ExecutionRoleArn"),
                  (params.get("TrainingJobDefinition") or {}).get("RoleArn")]
         for role in filter(None, roles):
             yield "iam:PassRole", role, {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    elif service == "application-autoscaling":
+        if operation not in ("RegisterScalableTarget", "PutScalingPolicy", "DescribeScalableTargets",
+                             "DeregisterScalableTarget"):
+            raise UnmappedCall(f"{service} {operation}")
+        # A scalable target's ARN carries an id given at registration: IAM sees "*" and the condition keys.
+        yield f"application-autoscaling:{operation}", "*", {
+            "application-autoscaling:service-namespace": params["ServiceNamespace"],
+            "application-autoscaling:scalable-dimension": params.get("ScalableDimension", "")}
+        if operation == "RegisterScalableTarget" and params["ServiceNamespace"] == "sagemaker":
+            # What Application Auto Scaling checks its caller may do to the variant, and the
+            # service-linked role it creates on a first registration.
+            endpoint = params["ResourceId"].split("/")[1].lower()
+            for action in ("sagemaker:DescribeEndpoint", "sagemaker:UpdateEndpointWeightsAndCapacities"):
+                yield action, f"arn:aws:sagemaker:{region}:{account}:endpoint/{endpoint}", {}
+            yield ("iam:CreateServiceLinkedRole", f"arn:aws:iam::{account}:role/aws-service-role/sagemaker."
+                   "application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+                   {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"})
+        if params.get("PolicyType") == "TargetTrackingScaling":
+            # Target tracking creates its own alarms, on the caller's permission, named after the target.
+            alarm = f"arn:aws:cloudwatch:{region}:{account}:alarm:TargetTracking-{params['ResourceId']}-AlarmHigh-1"
+            for action in ("cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"):
+                yield action, alarm, {}
     else:
         raise UnmappedCall(f"{service} {operation}")
 
@@ -115,17 +141,35 @@ def denial(policy: str, service: str, operation: str, params: dict[str, Any], re
     return None
 
 
+def may_know_missing(policy: str, bucket: str, key: str) -> bool:
+    """S3 answers a read of a missing key 404 only to a caller allowed s3:ListBucket on the bucket,
+    and 403 AccessDenied to any other (it would reveal that the key does not exist). S3 evaluates that
+    ListBucket with the key as s3:prefix (ceph/ceph#68577 copies AWS's behaviour so)."""
+    return IAMPolicy(policy).is_action_permitted("s3:ListBucket", f"arn:aws:s3:::{bucket}", None,
+                                                 {"s3:prefix": key}) == PermissionResult.PERMITTED
+
+
 def enforce(client: Any, policy: str, region: str, account: str) -> Any:
     """Make `client` fail as AWS would on a call the policy does not allow."""
     service = client.meta.service_model.service_name
+    service_id = client.meta.service_model.service_id.hyphenize()
 
-    def before_parameter_build(params, model, **_):
+    def before_parameter_build(params, model, context, **_):
+        context["iam_params"] = dict(params)
         reason = denial(policy, service, model.name, params, region, account)
         if reason:
             code = "AccessDenied" if service == "s3" else "AccessDeniedException"
             raise ClientError({"Error": {"Code": code, "Message": f"User is {reason} because no identity-based "
                                                                   f"policy allows the {model.name} action"}}, model.name)
 
-    client.meta.events.register(f"before-parameter-build.{client.meta.service_model.service_id.hyphenize()}",
-                                before_parameter_build)
+    def after_call(parsed, model, context, **_):
+        error = parsed.get("Error", {})
+        params = context.get("iam_params", {})
+        if (service == "s3" and model.name in ("GetObject", "HeadObject") and error.get("Code") in ("NoSuchKey", "404")
+                and not may_know_missing(policy, params["Bucket"], params["Key"])):
+            parsed["Error"] = {"Code": "AccessDenied", "Message": "Access Denied"}
+            parsed.setdefault("ResponseMetadata", {})["HTTPStatusCode"] = 403
+
+    client.meta.events.register(f"before-parameter-build.{service_id}", before_parameter_build)
+    client.meta.events.register(f"after-call.{service_id}", after_call)
     return client

@@ -51,6 +51,12 @@ def valid_env(**changes: str) -> dict[str, str]:
     ("TUNING_RANGES", "[1, 2]", "TUNING_RANGES must be a JSON object"),
     ("DEBUGGER_RULE_POLICY", '["veto"]', "DEBUGGER_RULE_POLICY must be a JSON object"),
     ("DEBUGGER_RULES", "Overfit,NoSuchRule", "DEBUGGER_RULES names unknown rules ['NoSuchRule']"),
+    ("MAX_RUNS_PER_DAY", "0", "MAX_RUNS_PER_DAY must be at least 1, not 0"),
+    ("RECONCILE_AFTER_SECONDS", "0", "RECONCILE_AFTER_SECONDS must be a positive number of seconds, not 0"),
+    ("RECONCILE_AFTER_SECONDS", "soon", "RECONCILE_AFTER_SECONDS must be an integer, not 'soon'"),
+    ("MAX_RUNS_PER_DAY", "many", "MAX_RUNS_PER_DAY must be an integer, not 'many'"),
+    ("MAX_IMAGE_BYTES", str(64 * 1024 * 1024), "MAX_IMAGE_BYTES must be from 1 to 6291456"),
+    ("MAX_IMAGE_BYTES", "0", "MAX_IMAGE_BYTES must be from 1 to 6291456"),
 ])
 def test_a_malformed_setting_is_a_config_error_naming_it(name, value, says):
     with pytest.raises(ConfigError, match=re.escape(says)):

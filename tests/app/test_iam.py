@@ -34,7 +34,7 @@ def test_what_the_policy_does_not_grant_fails_as_access_denied(world):
 
 
 def test_the_sagemaker_role_is_passed_only_to_sagemaker():
-    policy = json.dumps(policies.policy(ENV))
+    policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, ACCOUNT))
     request = {"ModelName": "ip-test-run", "ExecutionRoleArn": ENV["SAGEMAKER_ROLE_ARN"]}
     assert ("iam:PassRole", ENV["SAGEMAKER_ROLE_ARN"], {"iam:PassedToService": "sagemaker.amazonaws.com"}) in list(
         iam.checks("sagemaker", "CreateModel", request, REGION, ACCOUNT))
@@ -55,9 +55,19 @@ def test_a_call_with_no_known_iam_actions_fails_the_test():
 
 def test_delete_endpoint_is_granted_on_the_stages_endpoint_only():
     """A Failed endpoint takes only DeleteEndpoint: the deployment replaces it, and may delete nothing else."""
-    policy = json.dumps(policies.policy(ENV))
+    policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, ACCOUNT))
     assert iam.denial(policy, "sagemaker", "DeleteEndpoint", {"EndpointName": ENV["ENDPOINT_NAME"]},
                       REGION, ACCOUNT) is None
     for name in ("someone-elses-endpoint", f"{ENV['ENDPOINT_NAME']}-2", "ip-test-r270115080202-abcdef"):
         assert "sagemaker:DeleteEndpoint" in iam.denial(policy, "sagemaker", "DeleteEndpoint", {"EndpointName": name},
                                                         REGION, ACCOUNT)
+
+
+def test_a_missing_object_is_told_apart_only_where_the_policy_lets_the_lambda_list(monkeypatch):
+    """S3 answers 404 to a read of a missing key only with s3:ListBucket on it, else 403 AccessDenied."""
+    iam.enable_string_like(monkeypatch)
+    policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, ACCOUNT))
+    assert iam.may_know_missing(policy, BUCKET, "incoming/deleted.png")
+    assert iam.may_know_missing(policy, BUCKET, "training-data/cat/deleted.png")
+    assert not iam.may_know_missing(policy, BUCKET, "sagemaker/final/model.tar.gz")
+    assert not iam.may_know_missing(policy, "someone-elses-bucket", "incoming/deleted.png")
