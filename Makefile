@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test conformance demo bench package clean
+.PHONY: install test conformance demo bench package deploy clean
 
 # The training source's requirements as the training job installs them: without smdebug's stale
 # protobuf pin (training/requirements.txt).
@@ -37,3 +37,8 @@ clean:
 STAGE ?= dev
 package: install
 	$(PY) -m infra.package --stage $(STAGE) build/package/$(STAGE)
+
+# The stage to AWS (python -m infra.deploy): `make deploy STAGE=dev [REGION=eu-west-1] [DRY_RUN=1]`.
+# DRY_RUN=1 prints every step and request and calls no AWS API (no credentials needed).
+deploy: install
+	$(PY) -m infra.deploy --stage $(STAGE)$(if $(REGION), --region $(REGION))$(if $(filter 1 true yes,$(DRY_RUN)), --dry-run)

@@ -1,11 +1,12 @@
 """Build the deployable template: `chalice package` with infra/template.json merged in.
 
-    python -m infra.package --stage dev build/package/dev
+    python -m infra.package --stage dev [--region eu-west-1] build/package/dev
 
 The stage's environment is exported while Chalice imports app.py, so the queue
-names the handlers declare are the stage's. Afterwards, environment values that
-name `${AWS::...}` (the account in the bucket and role names) become Fn::Sub, and
-the template's Stage parameter defaults to the packaged stage.
+names the handlers declare are the stage's. Afterwards, environment values and the
+Lambda roles' policy ARNs that name `${AWS::...}` (the account in the bucket and
+role names, the account and region in every ARN) become Fn::Sub, and the
+template's Stage parameter defaults to the packaged stage.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +25,25 @@ from infra.policies import stage_env
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _sub(value: Any) -> Any:
+    return {"Fn::Sub": value} if isinstance(value, str) and "${AWS::" in value else value
+
+
 def resolve_placeholders(template: dict[str, Any], stage: str) -> dict[str, Any]:
     template.setdefault("Parameters", {}).setdefault("Stage", {"Type": "String"})["Default"] = stage
     for resource in template["Resources"].values():
-        if resource.get("Type") != "AWS::Serverless::Function":
-            continue
-        variables = resource["Properties"].get("Environment", {}).get("Variables", {})
-        for name, value in variables.items():
-            if isinstance(value, str) and "${AWS::" in value:
-                variables[name] = {"Fn::Sub": value}
+        if resource.get("Type") == "AWS::Serverless::Function":
+            variables = resource["Properties"].get("Environment", {}).get("Variables", {})
+            for name, value in variables.items():
+                variables[name] = _sub(value)
+        elif resource.get("Type") == "AWS::IAM::Role":
+            # Chalice copies .chalice/policy-<stage>.json into each function's role as it is:
+            # its ARNs name the account and region as placeholders (infra.policies).
+            for policy in resource["Properties"].get("Policies", []):
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    resources = statement.get("Resource")
+                    statement["Resource"] = ([_sub(r) for r in resources] if isinstance(resources, list)
+                                             else _sub(resources))
     return template
 
 
@@ -57,7 +69,17 @@ def capabilities(template: dict[str, Any]) -> list[str]:
     return needed
 
 
-def package(stage: str, out: Path) -> Path:
+def with_images(template: dict[str, Any], images: Mapping[str, str]) -> dict[str, Any]:
+    """The functions' image settings (TRAINING_IMAGE, ...) replaced by `images`: the committed
+    config names us-east-1's, a deploy to another region passes that region's (infra.images)."""
+    for resource in template["Resources"].values():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            variables = resource["Properties"].get("Environment", {}).get("Variables", {})
+            variables.update({name: uri for name, uri in images.items() if name in variables})
+    return template
+
+
+def package(stage: str, out: Path, images: Mapping[str, str] | None = None) -> Path:
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     env = {**os.environ, **{k: v for k, v in stage_env(config, stage).items() if "${" not in v}}
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -65,7 +87,7 @@ def package(stage: str, out: Path) -> Path:
     subprocess.run([str(chalice), "package", "--stage", stage, "--merge-template", str(ROOT / "infra" / "template.json"),
                     str(out)], cwd=ROOT, env=env, check=True)
     template_path = out / "sam.json"
-    template = resolve_placeholders(json.loads(template_path.read_text()), stage)
+    template = with_images(resolve_placeholders(json.loads(template_path.read_text()), stage), images or {})
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     return template_path
 
@@ -73,9 +95,15 @@ def package(stage: str, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default="dev", choices=["local", "dev", "prod"])
+    parser.add_argument("--region", help="the region's images instead of the committed (us-east-1) ones")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    template = package(args.stage, args.out)
+    if args.region:
+        from infra.images import resolve
+
+        template = package(args.stage, args.out, images=resolve(args.region))
+    else:
+        template = package(args.stage, args.out)
     print(template)
     print(f"deploy with --capabilities {' '.join(capabilities(json.loads(template.read_text())))}")
 
