@@ -8,12 +8,13 @@ export PYTHONUNBUFFERED := 1
 .PHONY: install test conformance demo bench package deploy clean
 
 # The training source's requirements as the training job installs them: without smdebug's stale
-# protobuf pin (training/requirements.txt).
+# protobuf pin (training/requirements.txt). '+' installs even under `make --dry-run`, which
+# `make deploy --dry-run` needs on a fresh clone.
 $(STAMP): requirements.txt requirements-dev.txt training/requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	PIP_NO_DEPS=true $(PY) -m pip install -q --disable-pip-version-check -r training/requirements.txt
-	touch $(STAMP)
+	+test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	+$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	+PIP_NO_DEPS=true $(PY) -m pip install -q --disable-pip-version-check -r training/requirements.txt
+	+touch $(STAMP)
 
 install: $(STAMP)
 
@@ -38,7 +39,10 @@ STAGE ?= dev
 package: install
 	$(PY) -m infra.package --stage $(STAGE) build/package/$(STAGE)
 
-# The stage to AWS (python -m infra.deploy): `make deploy STAGE=dev [REGION=eu-west-1] [DRY_RUN=1]`.
-# DRY_RUN=1 prints every step and request and calls no AWS API (no credentials needed).
+# The stage to AWS (python -m infra.deploy): `make deploy STAGE=dev [REGION=eu-west-1] [--dry-run]`.
+# The dry run prints every step and request and calls no AWS API (no credentials needed). make's
+# own --dry-run (-n) would only echo this recipe: '+' runs it, as the deployer's dry run. DRY_RUN=1
+# asks for the same.
+MAKE_DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
 deploy: install
-	$(PY) -m infra.deploy --stage $(STAGE)$(if $(REGION), --region $(REGION))$(if $(filter 1 true yes,$(DRY_RUN)), --dry-run)
+	+$(PY) -m infra.deploy --stage $(STAGE)$(if $(REGION), --region $(REGION))$(if $(MAKE_DRY_RUN)$(filter 1 true yes,$(DRY_RUN)), --dry-run)
