@@ -92,6 +92,7 @@ class Build:
     source: bytes
     source_uri: str  # the stage's SOURCE_DIR_URI, resolved
     data_bucket: str  # the stage's BUCKET, resolved (what the dry run assumes the stack outputs)
+    tables: tuple[str, ...]  # the stage's tables, which, like the bucket, outlive a deleted stack
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,18 @@ def change_set_type(described: dict[str, Any] | None) -> str:
                           f"deleted: aws cloudformation delete-stack --stack-name {stack['StackName']}, "
                           "then deploy again")
     return "UPDATE"
+
+
+def retained_data(target: Target, build: Build) -> list[Step]:
+    """Where a new stack's data would go. The template retains the bucket and tables when a stack
+    is deleted (or its first creation fails), and a new stack cannot create them again over what
+    was kept: a CREATE looks first, to say so before CloudFormation fails half-way."""
+    return [Step("s3", "HeadBucket", {"Bucket": build.data_bucket, "ExpectedBucketOwner": target.account},
+                 assumed=None),
+            *(Step("dynamodb", "DescribeTable", {"TableName": table}, assumed=None) for table in build.tables)]
+
+
+NOT_FOUND = ("404", "NoSuchBucket", "NotFound", "ResourceNotFoundException")
 
 
 def change_set_name(now: datetime) -> str:
@@ -358,6 +371,13 @@ def apply_stack(target: Target, build: Build, template: dict[str, Any], source: 
     log(f"5. stack {target.stack}")
     # Our own well-formed name: DescribeStacks' ValidationError means "does not exist".
     kind = change_set_type(runner.call(describe_stack(target.stack), missing=("ValidationError",)))
+    if kind == "CREATE":
+        kept = [next(iter(step.params.values())) for step in retained_data(target, build)
+                if runner.call(step, missing=NOT_FOUND) is not None]
+        if kept:
+            raise DeployError(f"{', '.join(kept)} already exist, kept from an earlier {target.stack} stack (its "
+                              "data outlives it): import them into the new stack (a change set of type IMPORT) "
+                              "or, if their data may go, delete them; then deploy again")
     name = change_set_name(now)
     log(f"   change set {name} ({kind}), capabilities {' '.join(capabilities(template))}")
     created = runner.call(create_change_set(target, template, source, kind, name))
@@ -419,7 +439,8 @@ def prepare(stage: str, region: str, account: str, out: Path, log: Log) -> tuple
     env = stage_env(json.loads((ROOT / ".chalice" / "config.json").read_text()), stage)
     build = Build(template=json.loads(template_path.read_text()), code=(out / "deployment.zip").read_bytes(),
                   source=build_sourcedir(), source_uri=target.resolve(env["SOURCE_DIR_URI"]),
-                  data_bucket=target.resolve(env["BUCKET"]))
+                  data_bucket=target.resolve(env["BUCKET"]),
+                  tables=(env["PIPELINE_TABLE"], env["PREDICTIONS_TABLE"]))
     return target, build
 
 

@@ -73,7 +73,7 @@ def aws(moto):
     """moto's S3 and STS in eu-west-1, a stubbed CloudFormation, and a runner over them."""
     cloudformation = boto3.client("cloudformation", region_name=REGION)
     clients = {"cloudformation": cloudformation, "s3": boto3.client("s3", region_name=REGION),
-               "sts": boto3.client("sts", region_name=REGION)}
+               "sts": boto3.client("sts", region_name=REGION), "dynamodb": boto3.client("dynamodb", region_name=REGION)}
     with Stubber(cloudformation) as stub:
         yield stub, clients, Recorder(clients.__getitem__)
         stub.assert_no_pending_responses()
@@ -174,7 +174,6 @@ def test_the_artifacts_bucket_is_created_private_and_encrypted_in_its_region(mot
 def test_a_first_deploy_creates_the_stack_and_uploads_code_template_and_source(aws, built):
     stub, clients, runner = aws
     target, build = built
-    data_bucket = _data_bucket(clients["s3"])
     stub.add_client_error("describe_stacks", "ValidationError", "Stack with id image-pipeline-dev does not exist")
     stub.add_response("create_change_set", {"Id": CHANGE_SET_ARN, "StackId": STACK_ARN})
     stub.add_response("describe_change_set", {"Status": "CREATE_IN_PROGRESS", "ChangeSetName": CHANGE_SET})
@@ -184,7 +183,13 @@ def test_a_first_deploy_creates_the_stack_and_uploads_code_template_and_source(a
     stub.add_response("describe_stacks", _stack("CREATE_COMPLETE", OUTPUTS), {"StackName": STACK_ARN})
     sleeps: list[float] = []
 
-    deployed = deploy.deploy(target, build, runner, log=lambda _: None, now=NOW, sleep=sleeps.append)
+    def wait(seconds: float) -> None:  # while we wait, the (stubbed) stack creates its bucket
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            _data_bucket(clients["s3"])
+
+    deployed = deploy.deploy(target, build, runner, log=lambda _: None, now=NOW, sleep=wait)
+    data_bucket = f"image-pipeline-dev-{DEFAULT_ACCOUNT_ID}"
 
     assert deployed == deploy.Deployed(OUTPUTS[0]["OutputValue"], data_bucket, changed=True)
     assert len(sleeps) == 2  # once for the change set, once for the stack
@@ -203,6 +208,26 @@ def test_a_first_deploy_creates_the_stack_and_uploads_code_template_and_source(a
     files = _sourcedir_names(s3, data_bucket, "code/sourcedir.tar.gz")
     assert files["requirements.txt"] == (ROOT / "training" / "requirements.txt").read_bytes()
     assert "training/train.py" in files
+
+
+@pytest.mark.parametrize("kept", ["bucket", "table"])
+def test_a_new_stack_over_data_kept_from_a_deleted_one_is_refused_before_any_change(aws, built, kept):
+    """The bucket and tables outlive their stack (Retain): a new stack could not create them."""
+    stub, clients, runner = aws
+    target, build = built
+    if kept == "bucket":
+        _data_bucket(clients["s3"])
+    else:
+        clients["dynamodb"].create_table(TableName=build.tables[1], BillingMode="PAY_PER_REQUEST",
+                                         AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+                                         KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}])
+    stub.add_client_error("describe_stacks", "ValidationError", "Stack with id image-pipeline-dev does not exist")
+
+    with pytest.raises(DeployError, match="kept from an earlier image-pipeline-dev stack") as refused:
+        deploy.deploy(target, build, runner, log=lambda _: None, now=NOW, sleep=pytest.fail)
+
+    assert (build.data_bucket if kept == "bucket" else build.tables[1]) in str(refused.value)
+    assert not runner.ran("CreateChangeSet")
 
 
 def test_a_template_over_the_body_limit_goes_by_url():
