@@ -81,6 +81,13 @@ def is_conditional_failure(error: ClientError) -> bool:
     return error_code(error) in {"ConditionalCheckFailedException", "TransactionCanceledException"}
 
 
+def is_first_condition_failure(error: ClientError) -> bool:
+    """A transaction cancelled because its first item's condition failed (not a conflict or throttle)."""
+    reasons = error.response.get("CancellationReasons", [])
+    return error_code(error) == "TransactionCanceledException" and bool(reasons) and \
+        reasons[0].get("Code") == "ConditionalCheckFailed"
+
+
 @lru_cache(maxsize=None)
 def _resource(service: str) -> Any:
     return boto3.session.Session().resource(service, config=_CONFIG)

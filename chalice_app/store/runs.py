@@ -48,9 +48,7 @@ class Runs:
             ])
             return True
         except ClientError as error:
-            reasons = error.response.get("CancellationReasons", [])
-            if aws.error_code(error) == "TransactionCanceledException" and reasons and \
-                    reasons[0].get("Code") == "ConditionalCheckFailed":
+            if aws.is_first_condition_failure(error):
                 return False
             raise
 
