@@ -20,6 +20,7 @@ wall time runs from one fetch to the next and splits into
 so the three sum to the loop's wall time (less the one-off start of the trace, which
 belongs to no step). Works without a GPU, psutil,
 pynvml or nvidia-smi: what cannot be measured is recorded as missing, never guessed.
+Time is read, and the sampler waits, through a `Clock`: a test's clock moves on command.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -56,6 +57,27 @@ TRAIN = "train"
 
 T = TypeVar("T")
 _MB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------- clock
+
+
+class Clock(Protocol):
+    """Where the profiler reads the time and its sampler waits for the next tick."""
+
+    def now(self) -> float:
+        """Seconds, from any fixed origin."""
+
+    def wait(self, condition: threading.Condition, timeout: float) -> None:
+        """With `condition` held: wait until it is notified or `timeout` seconds have passed."""
+
+
+class PerfCounterClock:
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def wait(self, condition: threading.Condition, timeout: float) -> None:
+        condition.wait(timeout)
 
 
 # --------------------------------------------------------------------------- GPU readers
@@ -154,14 +176,17 @@ class _SystemSampler(threading.Thread):
     One line every half second costs nothing next to a training step, and a job that dies
     (out of memory, say) still leaves its metrics behind."""
 
-    def __init__(self, path: Path, interval_s: float, gpu: _NvmlReader | _NvidiaSmiReader | None) -> None:
+    def __init__(self, path: Path, interval_s: float, gpu: _NvmlReader | _NvidiaSmiReader | None,
+                 clock: Clock) -> None:
         super().__init__(name="system-metrics-sampler", daemon=True)
         self._path = path
         self._interval_s = interval_s
         self._gpu = gpu
-        self._stop_event = threading.Event()
+        self._clock = clock
+        self._stopping = threading.Condition()
+        self._stopped = False
         self._process = psutil.Process() if psutil else None
-        self._t0 = time.perf_counter()
+        self._t0 = clock.now()
         self.samples: list[dict[str, Any]] = []
 
     def run(self) -> None:
@@ -171,13 +196,22 @@ class _SystemSampler(threading.Thread):
         with self._path.open("a", encoding="utf-8") as sink:
             ticks = 1
             # Wake on a fixed grid so the time spent sampling does not stretch the interval.
-            while not self._stop_event.wait(max(0.0, self._t0 + ticks * self._interval_s - time.perf_counter())):
+            while self._sleep_until(self._t0 + ticks * self._interval_s):
                 self._record(sink)
-                ticks = max(ticks + 1, math.ceil((time.perf_counter() - self._t0) / self._interval_s))
+                ticks = max(ticks + 1, math.ceil((self._clock.now() - self._t0) / self._interval_s))
             self._record(sink)  # the tail since the last tick, so short runs still get a sample
 
+    def _sleep_until(self, tick: float) -> bool:
+        """False once stopped; True when the tick has come."""
+        with self._stopping:
+            while not self._stopped and (remaining := tick - self._clock.now()) > 0:
+                self._clock.wait(self._stopping, remaining)
+            return not self._stopped
+
     def stop(self) -> None:
-        self._stop_event.set()
+        with self._stopping:
+            self._stopped = True
+            self._stopping.notify()
         self.join(timeout=10)
 
     def _record(self, sink: Any) -> None:
@@ -191,7 +225,7 @@ class _SystemSampler(threading.Thread):
         sink.flush()
 
     def sample(self) -> dict[str, Any]:
-        sample: dict[str, Any] = {"t": round(time.perf_counter() - self._t0, 3), "time": time.time()}
+        sample: dict[str, Any] = {"t": round(self._clock.now() - self._t0, 3), "time": time.time()}
         if psutil:
             per_core = psutil.cpu_percent(percpu=True)
             memory = psutil.virtual_memory()
@@ -393,7 +427,8 @@ class Profiler:
     `trace_steps=(first, stop)` traces training steps first..stop-1, counted over the whole
     run from 0 (the first steps warm up caches and workers; tiny epochs still get a trace)."""
 
-    def __init__(self, out_dir: Path, interval_s: float = 0.5, trace_steps: tuple[int, int] | None = (3, 6)) -> None:
+    def __init__(self, out_dir: Path, interval_s: float = 0.5, trace_steps: tuple[int, int] | None = (3, 6),
+                 clock: Clock | None = None) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
         if trace_steps is not None and not 0 <= trace_steps[0] < trace_steps[1]:
@@ -401,6 +436,7 @@ class Profiler:
         self.out_dir = Path(out_dir)
         self.interval_s = interval_s
         self.trace_steps = trace_steps
+        self._clock = clock or PerfCounterClock()
         self.steps: list[dict[str, Any]] = []
         self._epochs: dict[str, int] = {}
         self._train_step = 0  # global index of the next training step
@@ -422,8 +458,8 @@ class Profiler:
         (self.out_dir / SYSTEM_METRICS).unlink(missing_ok=True)
         gpu = open_gpu_reader()
         self._gpu_names = list(gpu.names) if gpu else []
-        self._sampler = _SystemSampler(self.out_dir / SYSTEM_METRICS, self.interval_s, gpu)
-        self._t_start = time.perf_counter()
+        self._sampler = _SystemSampler(self.out_dir / SYSTEM_METRICS, self.interval_s, gpu, self._clock)
+        self._t_start = self._clock.now()
         self._sampler.start()
         return self
 
@@ -433,7 +469,7 @@ class Profiler:
             return self._summary
         if self._t_start is None:
             raise RuntimeError("the profiler was never started")
-        wall_s = time.perf_counter() - self._t_start
+        wall_s = self._clock.now() - self._t_start
         self._end_trace()
         self._sampler.stop()
         step_path = self.out_dir / STEP_TIMES
@@ -471,13 +507,13 @@ class Profiler:
                 self._close_step()
                 if phase == TRAIN:
                     self._toggle_trace()
-                t_fetch = time.perf_counter()
+                t_fetch = self._clock.now()
                 with self._label("data_wait"):
                     try:
                         batch = next(iterator)
                     except StopIteration:
                         return
-                t_ready = time.perf_counter()
+                t_ready = self._clock.now()
                 self._open = {
                     "phase": phase,
                     "epoch": epoch,
@@ -503,7 +539,7 @@ class Profiler:
     def compute(self, batch_size: int | None = None) -> Iterator[None]:
         """Time the work on the current batch; on CUDA, wait for the GPU so the time is real."""
         if self._open is None:  # used without iterate(): a step with no data wait
-            now = time.perf_counter()
+            now = self._clock.now()
             self._open = {
                 "phase": TRAIN, "epoch": self._epochs.get(TRAIN, 0), "step": None,
                 "t": round(now - (self._t_start or now), 6), "data_wait_s": 0.0, "compute_s": 0.0,
@@ -513,12 +549,12 @@ class Profiler:
         cuda = _cuda_in_use()
         if cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = self._clock.now()
         with self._label("compute"):
             yield
             if cuda:
                 torch.cuda.synchronize()
-        step["compute_s"] += time.perf_counter() - t0
+        step["compute_s"] += self._clock.now() - t0
         if batch_size is not None:
             step["batch_size"] = int(batch_size)
         if step.pop("_standalone", False):
@@ -528,7 +564,7 @@ class Profiler:
         step, self._open = self._open, None
         if step is None:
             return
-        wall = time.perf_counter() - step.pop("_t_fetch")
+        wall = self._clock.now() - step.pop("_t_fetch")
         step["other_s"] = max(0.0, wall - step["data_wait_s"] - step["compute_s"])
         self.steps.append(step)
 

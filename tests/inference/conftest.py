@@ -1,7 +1,7 @@
 """Fixtures of the inference tests: the real artefact of the shared training run, unpacked.
 
-`trained_model_tar` and `digits_splits` come from tests/conftest.py: the training job
-(training/train.py, as SageMaker runs it) trained on the digits.
+`trained_model_tar` and `digits_splits` come from tests/conftest.py: the session's one training
+job (training.train in process, under SageMaker's variables) trained on the digits.
 """
 
 from __future__ import annotations

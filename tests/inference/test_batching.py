@@ -1,79 +1,108 @@
-"""DynamicBatcher: concurrent callers share runs, within the size and wait limits."""
+"""DynamicBatcher: concurrent callers share runs, within the size and wait limits.
+
+No test here depends on timing: a run waits on a gate the test opens, and the batcher's
+waits are timed by a ManualClock that moves only when the test advances it.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from local_aws.endpoint_host.batching import DynamicBatcher
+from tests.manual_clock import HANG_S, ManualClock
 
 
-class SlowDoubler:
-    """Doubles numbers; each run takes a while, so callers pile up behind it."""
+class GatedDoubler:
+    """Doubles numbers; each run holds until the gate opens, so callers queue up behind it."""
 
-    def __init__(self, seconds: float = 0.05):
-        self.seconds, self.batches = seconds, []
+    def __init__(self, open_gate: bool = False) -> None:
+        self.batches: list[list] = []
+        self.runs = threading.Semaphore(0)  # released once per run started
+        self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
 
     def __call__(self, items):
         self.batches.append(list(items))
-        time.sleep(self.seconds)
+        self.runs.release()
+        assert self.gate.wait(HANG_S), "the test never opened the gate"
         return [2 * item for item in items]
 
+    def await_run(self) -> None:
+        assert self.runs.acquire(timeout=HANG_S), "no run started"
 
-def call_concurrently(batcher: DynamicBatcher, items) -> dict:
-    results, threads = {}, []
-    for item in items:
-        thread = threading.Thread(target=lambda i=item: results.__setitem__(i, batcher.submit(i)))
-        thread.start()
-        threads.append(thread)
-        time.sleep(0.002)
-    for thread in threads:
-        thread.join(timeout=10)
-    return results
+
+def queue_behind_a_running_batch(batcher: DynamicBatcher, run: GatedDoubler, first, rest) -> list:
+    """`first` runs alone and holds; `rest` queue meanwhile; then the gate opens. Returns every future."""
+    futures = [batcher.enqueue(first)]
+    run.await_run()
+    futures += [batcher.enqueue(item) for item in rest]
+    run.gate.set()
+    return futures
+
+
+def submit_on_a_thread(batcher: DynamicBatcher, item, answers: dict) -> threading.Thread:
+    thread = threading.Thread(target=lambda: answers.__setitem__(item, batcher.submit(item)))
+    thread.start()
+    return thread
 
 
 def test_waiting_requests_share_a_run_and_each_gets_its_own_answer():
-    run = SlowDoubler()
+    run = GatedDoubler()
     batcher = DynamicBatcher(run, max_batch_size=4)
-    results = call_concurrently(batcher, range(10))
+    futures = queue_behind_a_running_batch(batcher, run, 0, range(1, 10))
+    assert [future.result(HANG_S) for future in futures] == [2 * i for i in range(10)]
     batcher.close()
-    assert results == {i: 2 * i for i in range(10)}
-    assert max(len(batch) for batch in run.batches) == 4  # callers queued behind the first run
-    assert all(len(batch) <= 4 for batch in run.batches) and len(run.batches) < 10
+    assert run.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]  # callers queued behind the first run
 
 
 def test_batch_size_one_runs_one_at_a_time():
-    run = SlowDoubler(0.01)
+    run = GatedDoubler()
     batcher = DynamicBatcher(run, max_batch_size=1)
-    assert call_concurrently(batcher, range(5)) == {i: 2 * i for i in range(5)}
+    futures = queue_behind_a_running_batch(batcher, run, 0, range(1, 5))
+    assert [future.result(HANG_S) for future in futures] == [0, 2, 4, 6, 8]
     batcher.close()
-    assert [len(batch) for batch in run.batches] == [1] * 5
+    assert run.batches == [[0], [1], [2], [3], [4]]
 
 
 def test_a_lone_request_does_not_wait_without_a_wait_time():
-    batcher = DynamicBatcher(SlowDoubler(0.0), max_batch_size=8, max_wait_ms=0)
-    began = time.perf_counter()
-    assert batcher.submit(21) == 42
-    assert time.perf_counter() - began < 0.5
+    clock = ManualClock()
+    batcher = DynamicBatcher(GatedDoubler(open_gate=True), max_batch_size=8, max_wait_ms=0, clock=clock)
+    assert batcher.enqueue(21).result(HANG_S) == 42  # the clock never moves: a wait would never end
     batcher.close()
+    assert clock.waits == 0
 
 
 def test_a_wait_time_gathers_requests_that_arrive_apart():
-    run = SlowDoubler(0.0)
-    batcher = DynamicBatcher(run, max_batch_size=8, max_wait_ms=300)
-    call_concurrently(batcher, range(3))
+    clock, run, answers = ManualClock(), GatedDoubler(open_gate=True), {}
+    batcher = DynamicBatcher(run, max_batch_size=8, max_wait_ms=250, clock=clock)
+    callers = []
+    for count, item in enumerate(range(3), start=1):
+        callers.append(submit_on_a_thread(batcher, item, answers))
+        clock.await_waits(count)  # the batch holds it and waits for more
+    clock.advance(0.125)  # binary fractions: the sums are exact
+    clock.await_waits(4)
+    assert run.batches == []  # still within the wait time
+    clock.advance(0.125)
+    for caller in callers:
+        caller.join(HANG_S)
+    later = batcher.enqueue(3)  # after the wait: a batch of its own, with a wait of its own
+    clock.await_waits(5)
+    clock.advance(0.25)
+    assert later.result(HANG_S) == 6
     batcher.close()
-    assert [sorted(batch) for batch in run.batches] == [[0, 1, 2]]
+    assert answers == {0: 0, 1: 2, 2: 4}
+    assert [sorted(batch) for batch in run.batches] == [[0, 1, 2], [3]]
 
 
 def test_sizes_count_images_not_requests():
-    run = SlowDoubler()
+    run = GatedDoubler()
     batcher = DynamicBatcher(lambda items: run([sum(item) for item in items]), max_batch_size=4, size_of=len)
-    results = call_concurrently(batcher, [(1, 1, 1), (2, 2), (3, 3), (4,)])
+    futures = queue_behind_a_running_batch(batcher, run, (1, 1, 1), [(2, 2), (3, 3), (4,)])
+    assert [future.result(HANG_S) for future in futures] == [6, 8, 12, 8]
     batcher.close()
-    assert results == {(1, 1, 1): 6, (2, 2): 8, (3, 3): 12, (4,): 8}
     # (1,1,1) runs alone first; then 2 + 2 images fill a run of 4; counting requests would put 3 in one run.
     assert run.batches == [[3], [4, 6], [4]]
 
@@ -115,45 +144,64 @@ def test_a_failing_on_start_is_raised_by_the_constructor():
         DynamicBatcher(lambda items: items, on_start=broken_model)
 
 
+class DecodingClient:
+    """A request that has arrived and is decoding until the test lets it finish (or fail)."""
+
+    def __init__(self, batcher: DynamicBatcher, item) -> None:
+        self.decoding, self.finish, self.fail = threading.Event(), threading.Event(), False
+        self.answer, self.error = None, None
+        self._thread = threading.Thread(target=self._run, args=(batcher, item))
+        self._thread.start()
+        assert self.decoding.wait(HANG_S)
+
+    def _run(self, batcher: DynamicBatcher, item) -> None:
+        try:
+            with batcher.arrival() as submit:
+                self.decoding.set()
+                assert self.finish.wait(HANG_S)
+                if self.fail:
+                    raise ValueError("corrupt image")
+                self.answer = submit(item)
+        except ValueError as error:
+            self.error = error
+
+    def done(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.finish.set()
+        self._thread.join(HANG_S)
+
+
+def a_batch_held_by_an_arrival(arrival_wait_ms: float):
+    """Request 1 queued while request 2 has arrived and is decoding: the batch holds 1 and waits."""
+    clock, run = ManualClock(), GatedDoubler(open_gate=True)
+    batcher = DynamicBatcher(run, max_batch_size=8, arrival_wait_ms=arrival_wait_ms, clock=clock)
+    arriving = DecodingClient(batcher, 2)
+    held = batcher.enqueue(1)
+    clock.await_waits(1)
+    return clock, run, batcher, arriving, held
+
+
 def test_a_batch_waits_for_a_request_that_has_arrived_and_is_still_decoding():
-    run = SlowDoubler(0.0)
-    batcher = DynamicBatcher(run, max_batch_size=8, arrival_wait_ms=2000)
-    decoding, answers = threading.Event(), {}
-
-    def slow_client() -> None:
-        with batcher.arrival() as submit:
-            decoding.set()
-            time.sleep(0.05)  # decoding its image
-            answers["slow"] = submit(2)
-
-    client = threading.Thread(target=slow_client)
-    client.start()
-    decoding.wait()
-    answers["fast"] = batcher.submit(1)
-    client.join()
+    _, run, batcher, slow, fast = a_batch_held_by_an_arrival(arrival_wait_ms=2000)
+    slow.done()
+    assert fast.result(HANG_S) == 2 and slow.answer == 4
     batcher.close()
-    assert answers == {"fast": 2, "slow": 4}
     assert run.batches == [[1, 2]]
 
 
-def test_an_arrival_that_fails_to_decode_releases_the_waiting_batch():
-    run = SlowDoubler(0.0)
-    batcher = DynamicBatcher(run, max_batch_size=8, arrival_wait_ms=60_000)
-    decoding, failed = threading.Event(), threading.Event()
-
-    def bad_client() -> None:
-        with pytest.raises(ValueError), batcher.arrival():
-            decoding.set()
-            time.sleep(0.05)
-            raise ValueError("corrupt image")
-        failed.set()
-
-    client = threading.Thread(target=bad_client)
-    client.start()
-    decoding.wait()
-    began = time.perf_counter()
-    assert batcher.submit(1) == 2
-    assert time.perf_counter() - began < 30, "the batch stopped waiting when the arrival failed"
-    client.join()
+def test_a_batch_waits_for_an_arrival_no_longer_than_the_arrival_wait():
+    clock, run, batcher, slow, fast = a_batch_held_by_an_arrival(arrival_wait_ms=2000)
+    clock.advance(2.0)
+    assert fast.result(HANG_S) == 2  # the slow request is still decoding
+    slow.done()
+    assert slow.answer == 4
     batcher.close()
-    assert failed.is_set() and run.batches == [[1]]
+    assert run.batches == [[1], [2]]
+
+
+def test_an_arrival_that_fails_to_decode_releases_the_waiting_batch():
+    _, run, batcher, bad, waiting = a_batch_held_by_an_arrival(arrival_wait_ms=60_000)
+    bad.done(fail=True)  # the clock never moves: only the failure can release the batch
+    assert waiting.result(HANG_S) == 2
+    batcher.close()
+    assert isinstance(bad.error, ValueError) and run.batches == [[1]]

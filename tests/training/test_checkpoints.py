@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.training_job import REPO_ROOT
 from tests.training.test_train import small_copy
 from training import checkpoints, data, train
 

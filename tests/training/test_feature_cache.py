@@ -17,7 +17,7 @@ import pytest
 import torch
 from moto import mock_aws
 
-from tests.conftest import TINY_HYPERPARAMETERS, run_training_job
+from tests.training_job import TINY_HYPERPARAMETERS, run_training_job, run_training_script
 from tests.training.test_train import small_copy
 from training import feature_cache
 from training.data import Sample
@@ -103,8 +103,8 @@ def test_jobs_starting_together_both_train_and_leave_one_whole_entry(tmp_path, d
 
     def start(name: str):
         (tmp_path / name).mkdir()
-        return run_training_job(tmp_path / name, {"training": data_dir}, {**FROZEN, "feature-cache": str(cache)},
-                                extra_env={"OMP_NUM_THREADS": "1"})
+        return run_training_script(tmp_path / name, {"training": data_dir}, {**FROZEN, "feature-cache": str(cache)},
+                                   extra_env={"OMP_NUM_THREADS": "1"})
 
     with ThreadPoolExecutor(2) as pool:  # two processes at once: each thread waits on its own
         runs = list(pool.map(start, ("a", "b")))

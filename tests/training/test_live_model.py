@@ -85,7 +85,7 @@ def test_the_live_line_is_its_own_metric_and_never_read_as_the_job_s_test_accura
 
 
 def _final_job(tmp_path, digits_splits, live):
-    from tests.conftest import TINY_HYPERPARAMETERS, run_training_job
+    from tests.training_job import TINY_HYPERPARAMETERS, run_training_job
 
     return run_training_job(tmp_path / "job", {"training": digits_splits, "live": live},
                             {**TINY_HYPERPARAMETERS, "epochs": "1", "freeze": "backbone", "report": "off"})

@@ -1,4 +1,7 @@
-"""The profiler measured for real: a sampler thread, real DataLoaders, a real torch.profiler trace."""
+"""The profiler on a sampler thread, real DataLoaders, real models and a real torch.profiler trace.
+
+Time is a ManualClock's: loaders and steps advance it by what they would take, so every
+figure is exact and none depends on how busy the machine is."""
 
 from __future__ import annotations
 
@@ -14,25 +17,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from tests.manual_clock import ManualClock
 from training.profiler import ProfileSummary, Profiler, parse_nvidia_smi
 from training.report import diagnose
 
 
-class SleepyDataset(Dataset):
-    """Every item takes `delay_s` to 'load', like a slow disk or a heavy decode."""
+class SlowDataset(Dataset):
+    """Every item takes `delay_s` of the clock to 'load', like a slow disk or a heavy decode."""
 
-    def __init__(self, n: int, delay_s: float) -> None:
-        self.n, self.delay_s = n, delay_s
+    def __init__(self, n: int, delay_s: float, clock: ManualClock) -> None:
+        self.n, self.delay_s, self.clock = n, delay_s, clock
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        time.sleep(self.delay_s)
+        self.clock.advance(self.delay_s)
         return torch.full((64,), float(index)), index % 4
 
 
-def train(prof: Profiler, loader: DataLoader, model: nn.Module, epochs: int = 1) -> None:
+def train(prof: Profiler, loader: DataLoader, model: nn.Module, epochs: int = 1,
+          clock: ManualClock | None = None, step_s: float = 0.0) -> None:
+    """Real training steps; each also takes `step_s` of a manual clock, when given one."""
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
     for _ in range(epochs):
         for images, labels in prof.iterate(loader, phase="train"):
@@ -40,6 +46,8 @@ def train(prof: Profiler, loader: DataLoader, model: nn.Module, epochs: int = 1)
                 optimiser.zero_grad()
                 nn.functional.cross_entropy(model(images), labels).backward()
                 optimiser.step()
+                if clock is not None:
+                    clock.advance(step_s)
 
 
 def mlp(hidden: int = 64) -> nn.Module:
@@ -55,14 +63,18 @@ def test_sampler_writes_a_sample_every_half_second(tmp_path, monkeypatch):
     # No GPU to be seen (pynvml fails to import, no nvidia-smi): nothing GPU may be invented.
     monkeypatch.setitem(sys.modules, "pynvml", None)
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
-    prof = Profiler(tmp_path, interval_s=0.5, trace_steps=None).start()
-    time.sleep(1.6)
+    clock = ManualClock()
+    prof = Profiler(tmp_path, interval_s=0.5, trace_steps=None, clock=clock).start()
+    for tick in range(1, 4):
+        clock.await_waits(tick)  # the sampler sleeps until its next tick (and sampled the last one)
+        clock.advance(0.5)
+    clock.await_waits(4)
+    clock.advance(0.25)  # between ticks: nothing more until stop
     summary = prof.stop()
 
     samples = read_jsonl(tmp_path / "system_metrics.jsonl")
-    assert 2 <= len(samples) <= 6  # 3 ticks and a closing sample; loose on a busy machine
+    assert [s["t"] for s in samples] == [0.5, 1.0, 1.5, 1.75]  # 3 ticks and a closing sample
     assert summary.samples == len(samples)
-    assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
     for sample in samples:
         assert 0 <= sample["cpu_percent"] <= 100
         assert len(sample["cpu_per_core"]) == os.cpu_count()
@@ -73,27 +85,30 @@ def test_sampler_writes_a_sample_every_half_second(tmp_path, monkeypatch):
 
 
 def test_first_cpu_sample_is_measured_not_a_placeholder(tmp_path):
-    prof = Profiler(tmp_path, interval_s=0.3, trace_steps=None).start()
-    deadline = time.perf_counter() + 0.5
-    while time.perf_counter() < deadline:  # keep one core busy
+    clock = ManualClock()  # never advanced: the only sample is the closing one, covering the whole burn
+    prof = Profiler(tmp_path, interval_s=0.3, trace_steps=None, clock=clock).start()
+    clock.await_waits(1)  # primed: psutil's first, placeholder reading (0.0) is behind us
+    burnt = time.process_time() + 0.3
+    while time.process_time() < burnt:  # 0.3 s of this process's CPU, however long that takes
         pass
     prof.stop()
-    first = read_jsonl(tmp_path / "system_metrics.jsonl")[0]
-    assert first["cpu_percent"] > 20 and first["process_cpu_percent"] > 20
+    [sample] = read_jsonl(tmp_path / "system_metrics.jsonl")
+    assert sample["cpu_percent"] > 0 and sample["process_cpu_percent"] > 0
 
 
 def test_step_time_splits_into_data_wait_compute_and_the_rest(tmp_path):
-    loader = DataLoader(SleepyDataset(24, delay_s=0.002), batch_size=4)  # >= 8 ms wait per batch
-    prof = Profiler(tmp_path, trace_steps=None).start()
-    t0 = time.perf_counter()
+    clock = ManualClock()
+    loader = DataLoader(SlowDataset(24, delay_s=0.002, clock=clock), batch_size=4)  # 8 ms wait per batch
+    prof = Profiler(tmp_path, trace_steps=None, clock=clock).start()
+    t0 = clock.now()
     for epoch in range(2):
         for _ in prof.iterate(loader, phase="train"):
             with prof.compute(4):
-                time.sleep(0.005)
-            time.sleep(0.003)  # bookkeeping between steps
+                clock.advance(0.005)
+            clock.advance(0.003)  # bookkeeping between steps
         for _ in prof.iterate(loader, phase="valid"):
             pass
-    wall = time.perf_counter() - t0
+    wall = clock.now() - t0
     summary = prof.stop()
 
     steps = read_jsonl(tmp_path / "step_times.jsonl")
@@ -101,10 +116,10 @@ def test_step_time_splits_into_data_wait_compute_and_the_rest(tmp_path):
         [("train", 1)] * 6 + [("valid", 1)] * 6 + [("train", 2)] * 6 + [("valid", 2)] * 6
     )
     measured = sum(s["data_wait_s"] + s["compute_s"] + s["other_s"] for s in steps)
-    assert measured == pytest.approx(wall, rel=0.05, abs=0.02)
+    assert measured == pytest.approx(wall)
     train_steps = [s for s in steps if s["phase"] == "train"]
-    assert all(s["data_wait_s"] >= 0.008 for s in steps)
-    assert all(s["compute_s"] >= 0.005 and s["other_s"] >= 0.003 for s in train_steps)
+    assert all(s["data_wait_s"] == pytest.approx(0.008) for s in steps)
+    assert all(s["compute_s"] == pytest.approx(0.005) and s["other_s"] == pytest.approx(0.003) for s in train_steps)
     assert all(s["compute_s"] == 0 for s in steps if s["phase"] == "valid")  # no compute() there
     assert summary.phase_steps == {"train": 12, "valid": 12}
     assert [s["warmup"] for s in train_steps] == [True] + [False] * 11
@@ -114,14 +129,13 @@ def test_step_time_splits_into_data_wait_compute_and_the_rest(tmp_path):
 
 
 def test_a_slow_data_loader_is_reported_as_data_loader_bound(tmp_path):
-    slow = DataLoader(SleepyDataset(64, delay_s=0.01), batch_size=8)  # ~80 ms per batch
-    model = mlp()
-    nn.functional.cross_entropy(model(torch.randn(8, 64)), torch.zeros(8, dtype=torch.long)).backward()  # warm-up
-    prof = Profiler(tmp_path, trace_steps=None).start()
-    train(prof, slow, model)
+    clock = ManualClock()
+    slow = DataLoader(SlowDataset(64, delay_s=0.01, clock=clock), batch_size=8)  # 80 ms per batch
+    prof = Profiler(tmp_path, trace_steps=None, clock=clock).start()
+    train(prof, slow, mlp(), clock=clock, step_s=0.02)
     summary = prof.stop()
 
-    assert summary.data_wait_fraction > 0.5
+    assert summary.data_wait_fraction == pytest.approx(0.8)
     finding = next(f for f in diagnose(summary, []) if f.key == "data-loader-bound")
     assert f"{summary.mean_data_wait_ms:.1f} ms waiting" in finding.evidence
     assert "workers" in finding.action or "cache" in finding.action
@@ -129,12 +143,13 @@ def test_a_slow_data_loader_is_reported_as_data_loader_bound(tmp_path):
 
 def test_a_fast_data_loader_is_not(tmp_path):
     data = TensorDataset(torch.randn(512, 64), torch.randint(0, 4, (512,)))
-    fast = DataLoader(data, batch_size=64)
-    prof = Profiler(tmp_path, trace_steps=None).start()
-    train(prof, fast, mlp(hidden=1024), epochs=2)
+    fast = DataLoader(data, batch_size=64)  # in memory: batches take none of the clock
+    clock = ManualClock()
+    prof = Profiler(tmp_path, trace_steps=None, clock=clock).start()
+    train(prof, fast, mlp(), epochs=2, clock=clock, step_s=0.02)
     summary = prof.stop()
 
-    assert summary.data_wait_fraction < 0.3
+    assert summary.data_wait_fraction == 0
     assert "data-loader-bound" not in {f.key for f in diagnose(summary, [])}
 
 
@@ -172,9 +187,8 @@ def test_gpu_metrics_come_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeyp
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
 
-    prof = Profiler(tmp_path / "out", interval_s=0.2, trace_steps=None).start()
-    time.sleep(0.5)
-    summary = prof.stop()
+    prof = Profiler(tmp_path / "out", interval_s=0.2, trace_steps=None, clock=ManualClock()).start()
+    summary = prof.stop()  # the closing sample reads the GPU too
 
     sample = read_jsonl(tmp_path / "out" / "system_metrics.jsonl")[0]
     assert sample["gpu_util"] == [37.0] and sample["gpu_mem_used_mb"] == [1024.0]

@@ -6,12 +6,12 @@ import base64
 import json
 import re
 import shutil
-import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from tests.manual_clock import ManualClock
 from training.profiler import Profiler, ProfileSummary
 from training.report import (
     confusion_figure,
@@ -40,28 +40,30 @@ HEALTHY = [
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory) -> ProfileSummary:
     """A real profile of a compute-bound loop: batches arrive at once, each step works 30 ms."""
-    prof = Profiler(tmp_path_factory.mktemp("profile"), interval_s=0.1, trace_steps=None).start()
+    clock = ManualClock()
+    prof = Profiler(tmp_path_factory.mktemp("profile"), interval_s=0.1, trace_steps=None, clock=clock).start()
     for epoch in range(2):
         for _ in prof.iterate(range(4), phase="train"):
             with prof.compute(4):
-                time.sleep(0.03)
+                clock.advance(0.03)
     return prof.stop()
 
 
-def slow_iterator(n: int, delay: float):
+def slow_iterator(n: int, delay: float, clock: ManualClock):
     for i in range(n):
-        time.sleep(delay)
+        clock.advance(delay)
         yield i
 
 
 @pytest.fixture(scope="module")
 def slow_profile(tmp_path_factory) -> ProfileSummary:
     """The same loop with a loader that takes 30 ms per batch and steps of 2 ms."""
-    prof = Profiler(tmp_path_factory.mktemp("slow"), interval_s=0.1, trace_steps=None).start()
+    clock = ManualClock()
+    prof = Profiler(tmp_path_factory.mktemp("slow"), interval_s=0.1, trace_steps=None, clock=clock).start()
     for epoch in range(2):
-        for _ in prof.iterate(slow_iterator(4, 0.03), phase="train"):
+        for _ in prof.iterate(slow_iterator(4, 0.03, clock), phase="train"):
             with prof.compute(4):
-                time.sleep(0.002)
+                clock.advance(0.002)
     return prof.stop()
 
 

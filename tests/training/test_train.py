@@ -1,4 +1,6 @@
-"""The training job through SageMaker's script-mode contract, on real digits and real torch."""
+"""The training job through SageMaker's script-mode contract, on real digits and real torch.
+
+Jobs run in this process (tests/training_job.py); one test runs training/train.py as SageMaker does."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_HYPERPARAMETERS, run_training_job
+from tests.training_job import TINY_HYPERPARAMETERS, run_training_job, run_training_script
 from training import metrics, train
 from training.model import ModelSpec, build_model
 from training.presets import ClassificationPresetEval
@@ -71,6 +73,18 @@ def test_model_dir_holds_the_artefact_serving_needs(trained_run):
     assert {"model.pth", "classes.json", "preprocessing.json", "code/training/presets.py", "code/training/model.py"} <= names
 
 
+def test_the_script_runs_as_sagemaker_runs_it(tmp_path, digits_labels):
+    """`python training/train.py --name value ...` in a fresh process, told everything by SM_* variables."""
+    data_dir = small_copy(digits_labels, tmp_path / "data")
+    run = run_training_script(tmp_path, {"training": data_dir}, {
+        **TINY_HYPERPARAMETERS, "epochs": "1", "min-images-per-class": "3", "debugger-rules": "", "report": "off"})
+    assert run.returncode == 0, run.log[-3000:]
+    parsed = metrics.parse_metrics(run.log)
+    assert len(parsed["valid:accuracy"]) == 1 and len(parsed[metrics.GATE_METRIC]) == 1  # one epoch, one test line
+    assert json.loads((run.model_dir / "classes.json").read_text()) == ["0", "1", "7"]
+    assert json.loads((run.model_dir / "metadata.json").read_text())["version"].startswith("test-")
+
+
 def test_per_sample_means_do_not_depend_on_batch_size(digits_splits):
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -78,7 +92,7 @@ def test_per_sample_means_do_not_depend_on_batch_size(digits_splits):
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     dataset = TensorDataset(torch.randn(50, 12), torch.randint(0, 3, (50,)))
     results = [
-        train.evaluate(network, train.Stage(DataLoader(dataset, batch_size=size), len(dataset)),
+        train.evaluate(network, train.SplitLoader(DataLoader(dataset, batch_size=size), len(dataset)),
                        torch.nn.CrossEntropyLoss(), torch.device("cpu"), False)
         for size in (1, 7, 64)
     ]
