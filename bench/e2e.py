@@ -43,8 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from chalice_app.invocations import MAX_IMAGES_PER_REQUEST, invoke_request  # noqa: E402
-from local_aws.demo import demo_budget  # noqa: E402
-from local_aws.launcher import StackProcess  # noqa: E402
+from local_aws.project.demo import demo_budget  # noqa: E402
+from local_aws.project.launcher import StackProcess  # noqa: E402
 from training.demo_data import write_digits  # noqa: E402
 
 

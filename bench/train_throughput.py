@@ -36,7 +36,7 @@ from training.presets import ClassificationPresetEval, ClassificationPresetTrain
 from training.profiler import Profiler
 
 
-def digits_stages(root: Path, image_size: int, batch_size: int) -> tuple[dict[str, data.ImageDataset], list[str]]:
+def digits_splits(root: Path, image_size: int, batch_size: int) -> tuple[dict[str, data.ImageDataset], list[str]]:
     write_digits(root, "splits")
     decoded = data.decode_all(data.discover({"training": root}))
     classes = sorted({s.label for s in decoded.samples})
@@ -49,13 +49,13 @@ def digits_stages(root: Path, image_size: int, batch_size: int) -> tuple[dict[st
     return datasets, classes
 
 
-def timed_epochs(network: nn.Module, stage: train.Stage, params, epochs: int, profiler_dir: Path) -> float:
+def timed_epochs(network: nn.Module, split_loader: train.SplitLoader, params, epochs: int, profiler_dir: Path) -> float:
     optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     profiler = Profiler(profiler_dir).start()
     started = time.perf_counter()
     for _ in range(epochs):
-        train.train_one_epoch(network, stage, nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"),
+        train.train_one_epoch(network, split_loader, nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"),
                               False, profiler, DebugSession())
     elapsed = time.perf_counter() - started
     profiler.stop()
@@ -89,14 +89,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        datasets, classes = digits_stages(tmp_path / "digits", args.image_size, args.batch_size)
+        datasets, classes = digits_splits(tmp_path / "digits", args.image_size, args.batch_size)
         spec = ModelSpec(args.arch, len(classes))
         n_train = len(datasets["train"])
 
         # 1. The real loop vs the ceiling, same model and batch size.
         model = build_model(spec)
-        stage = train.Stage(train.make_loader(datasets["train"], args.batch_size, True, 0, False, 0), n_train)
-        loop_s = timed_epochs(model, stage, model.parameters(), args.epochs, tmp_path / "p1")
+        train_split = train.SplitLoader(train.make_loader(datasets["train"], args.batch_size, True, 0, False, 0), n_train)
+        loop_s = timed_epochs(model, train_split, model.parameters(), args.epochs, tmp_path / "p1")
         loop_ips = args.epochs * n_train / loop_s
         ceiling_ips = ceiling(build_model(spec), args.batch_size, args.image_size, len(classes),
                               steps=max(5, n_train // args.batch_size))
@@ -105,13 +105,13 @@ def main() -> None:
         model = build_model(spec)
         trunk, tail = split_frozen(model, "backbone")
         eval_loader = train.make_loader(datasets["train_eval"], args.batch_size, False, 0, False, 0)
-        recompute_s = timed_epochs(FrozenTrunk(trunk, tail), train.Stage(eval_loader, n_train), tail.parameters(),
+        recompute_s = timed_epochs(FrozenTrunk(trunk, tail), train.SplitLoader(eval_loader, n_train), tail.parameters(),
                                    args.epochs, tmp_path / "p2")
         started = time.perf_counter()
         features = train.compute_features(trunk, eval_loader, torch.device("cpu"), False)
         caching_s = time.perf_counter() - started
-        cached_stage = train.Stage(train.make_loader(features, args.batch_size, True, 0, False, 0), n_train)
-        cached_s = caching_s + timed_epochs(tail, cached_stage, tail.parameters(), args.epochs, tmp_path / "p3")
+        cached_split = train.SplitLoader(train.make_loader(features, args.batch_size, True, 0, False, 0), n_train)
+        cached_s = caching_s + timed_epochs(tail, cached_split, tail.parameters(), args.epochs, tmp_path / "p3")
 
     print(json.dumps({
         "arch": args.arch,

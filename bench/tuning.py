@@ -217,7 +217,7 @@ def main() -> None:
                       AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     import boto3
 
-    from local_aws.sagemaker import aws
+    from local_aws.sagemaker import s3_transfer
     from local_aws.sagemaker.config import Settings
     from local_aws.sagemaker.server import LocalSageMaker
     from infra.sourcedir import build_sourcedir
@@ -235,7 +235,7 @@ def main() -> None:
         bucket = "bench-tuning"
         s3.create_bucket(Bucket=bucket)
         write_digits(Path(tmp) / "digits", "splits")
-        aws.upload_tree(s3, Path(tmp) / "digits", f"s3://{bucket}/training-data/")
+        s3_transfer.upload_tree(s3, Path(tmp) / "digits", f"s3://{bucket}/training-data/")
         s3.put_object(Bucket=bucket, Key="code/sourcedir.tar.gz", Body=build_sourcedir())
         settings = Settings(state_dir=Path(tmp) / "state", max_running_jobs=args.parallel)
         with LocalSageMaker(settings, publish=lambda event: None) as service:

@@ -17,7 +17,7 @@ from training.image_contract import SUFFIXES, has_image_suffix
 
 from . import aws, retraining
 from .config import settings
-from .pipeline import stores
+from .stores import stores
 from .store.predictions import decode_cursor
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

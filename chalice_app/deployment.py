@@ -33,7 +33,7 @@ from . import scaling
 from .config import settings
 from .events import JOB_ENDED, EndpointStateChange, TrainingJobStateChange
 from .observability import logger, metrics, tracer
-from .pipeline import stores
+from .stores import stores
 from .predictions import redrive_pending
 from .retraining import end_run, run_for_job
 from .sagemaker_calls import Refused, create_or_refuse, delete_or_refuse, delete_quietly, describe_endpoint

@@ -34,7 +34,7 @@ from . import aws, clock, invocations
 from .config import settings
 from .events import S3Record
 from .observability import logger, metrics, tracer
-from .pipeline import stores
+from .stores import stores
 
 _NO_ENDPOINT = ("not found", "Could not find", "not in service", "InService")
 

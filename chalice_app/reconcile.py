@@ -18,7 +18,7 @@ from typing import Any
 from . import clock, deployment, retraining
 from .config import settings
 from .observability import logger, tracer
-from .pipeline import stores
+from .stores import stores
 from .store.runs import ENDED
 
 # What the schedule does for a run in each active state: (run, now, age) -> None.

@@ -21,7 +21,7 @@ from . import sagemaker_requests as requests
 from .config import settings
 from .events import JOB_ENDED, S3Record, TuningJobStateChange
 from .observability import logger, metrics, tracer
-from .pipeline import stores
+from .stores import stores
 from .sagemaker_calls import Refused, create_or_refuse
 from .store.arrivals import Burst
 

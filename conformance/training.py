@@ -35,6 +35,7 @@ from chalice_app.config import Settings, settings_from_env
 from infra.policies import stage_env
 from infra.sourcedir import REPO_ROOT, REQUIREMENTS, build_sourcedir
 from local_aws.ports import free_port
+from local_aws.project.containers import with_project_containers
 from local_aws.sagemaker.config import Settings as SageMakerSettings
 from local_aws.sagemaker.server import LocalSageMaker
 from training.demo_data import write_digits
@@ -72,7 +73,8 @@ def local_aws(state_dir: Path, python: Path) -> Iterator[tuple[object, object]]:
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})
     for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_SAGEMAKER", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "PIP_NO_DEPS"):
         os.environ.pop(key, None)  # the job gets what the request's Environment says, nothing of ours
-    settings = SageMakerSettings(state_dir=state_dir, region=REGION, training_python=str(python), framework_preload=())
+    settings = with_project_containers(SageMakerSettings(state_dir=state_dir, region=REGION, training_python=str(python),
+                                                         framework_preload=()))
     try:
         with LocalSageMaker(settings) as service:
             yield boto3.client("s3", region_name=REGION), boto3.client("sagemaker", region_name=REGION,

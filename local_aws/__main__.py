@@ -3,7 +3,7 @@ python -m local_aws demo [--out demo-output]
 
 `up` runs the whole pipeline on this machine until Ctrl-C (or SIGTERM), then stops
 every thread and process and saves moto's state; `up` again finds it all.
-`demo` shows the product working end to end (see local_aws/demo.py).
+`demo` shows the product working end to end (see local_aws/project/demo.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from chalice_app.config import ConfigError
 
-from .stack import DEFAULT_PORTS, Stack, StackOptions
-from .stage import parse_overrides
+from .project.stack import DEFAULT_PORTS, Stack, StackOptions
+from .project.stage import parse_overrides
 
 
 def parse_ports(text: str) -> dict[str, int]:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["up"]:
         return up(argv[1:])
     if argv[:1] == ["demo"]:
-        from .demo import main as demo
+        from .project.demo import main as demo
 
         return demo(argv[1:])
     print(__doc__, file=sys.stderr)

@@ -152,7 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @dataclass
-class Stage:
+class SplitLoader:
     """One split, ready to iterate: images through transforms, or cached trunk features."""
 
     loader: DataLoader
@@ -211,12 +211,12 @@ def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def train_one_epoch(network: nn.Module, stage: Stage, criterion, optimizer, scheduler, device, amp: bool,
+def train_one_epoch(network: nn.Module, split_loader: SplitLoader, criterion, optimizer, scheduler, device, amp: bool,
                     profiler: Profiler, debug: DebugSession) -> float:
     network.train()
     debug.train()
     total_loss, seen = 0.0, 0
-    for images, targets in profiler.iterate(stage.loader, phase="train"):
+    for images, targets in profiler.iterate(split_loader.loader, phase="train"):
         with profiler.compute(len(targets)):
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -231,10 +231,10 @@ def train_one_epoch(network: nn.Module, stage: Stage, criterion, optimizer, sche
 
 
 @torch.inference_mode()
-def evaluate(network: nn.Module, stage: Stage, criterion, device, amp: bool) -> EpochResult:
+def evaluate(network: nn.Module, split_loader: SplitLoader, criterion, device, amp: bool) -> EpochResult:
     network.eval()
     total_loss, result = 0.0, EpochResult(0.0, 0.0)
-    for images, targets in stage.loader:
+    for images, targets in split_loader.loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = network(images)
@@ -242,7 +242,7 @@ def evaluate(network: nn.Module, stage: Stage, criterion, device, amp: bool) -> 
         result.predictions += logits.argmax(1).tolist()
         result.targets += targets.tolist()
     correct = sum(p == t for p, t in zip(result.predictions, result.targets))
-    result.loss, result.accuracy = total_loss / stage.size, correct / stage.size
+    result.loss, result.accuracy = total_loss / split_loader.size, correct / split_loader.size
     return result
 
 
@@ -301,9 +301,9 @@ def main(args: argparse.Namespace) -> dict:
     pin = device.type == "cuda"
     by_split = {split: [s for s in samples if s.split == split] for split in ("train", "valid", "test")}
 
-    def image_stage(split: str, transform, shuffle: bool, batch_size: int = args.batch_size) -> Stage:
+    def image_split(split: str, transform, shuffle: bool, batch_size: int = args.batch_size) -> SplitLoader:
         dataset = data.ImageDataset(by_split[split], classes, transform, pixels)
-        return Stage(make_loader(dataset, batch_size, shuffle, workers, pin, args.seed,
+        return SplitLoader(make_loader(dataset, batch_size, shuffle, workers, pin, args.seed,
                                  persistent=env.checkpoint_dir is None), len(dataset))
 
     if cache:
@@ -312,7 +312,7 @@ def main(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             # A fixed batch size: batched kernels round differently per batch size, and trials that
             # tune the batch size share these features.
-            computed = {split: compute_features(trunk, image_stage(split, eval_preset, False, FEATURE_BATCH_SIZE).loader,
+            computed = {split: compute_features(trunk, image_split(split, eval_preset, False, FEATURE_BATCH_SIZE).loader,
                                                 device, amp)
                         for split in feature_cache.SPLITS}
             index = {str(sample.path): i for i, sample in enumerate(discovered)}
@@ -323,15 +323,16 @@ def main(args: argparse.Namespace) -> dict:
             logger.info("cached frozen-trunk features", extra={"seconds": round(time.perf_counter() - t0, 2)})
             if shared:
                 feature_cache.save(*shared, entry)
-        stages = {split: Stage(make_loader(TensorDataset(entry.features[split], entry.targets[split]), args.batch_size,
-                                           split == "train", 0, False, args.seed), len(entry.targets[split]))
-                  for split in feature_cache.SPLITS}
+        split_loaders = {split: SplitLoader(make_loader(TensorDataset(entry.features[split], entry.targets[split]),
+                                                        args.batch_size, split == "train", 0, False, args.seed),
+                                            len(entry.targets[split]))
+                         for split in feature_cache.SPLITS}
         network: nn.Module = tail
     else:
-        stages = {
-            "train": image_stage("train", train_preset, True),
-            "valid": image_stage("valid", eval_preset, False),
-            "test": image_stage("test", eval_preset, False),
+        split_loaders = {
+            "train": image_split("train", train_preset, True),
+            "valid": image_split("valid", eval_preset, False),
+            "test": image_split("test", eval_preset, False),
         }
         network = model if trunk is None else FrozenTrunk(trunk, tail)
 
@@ -351,14 +352,14 @@ def main(args: argparse.Namespace) -> dict:
     # A job restarted after an interruption (spot training) goes on after its last saved epoch, all state restored.
     checkpointer = None if env.checkpoint_dir is None else checkpoints.Checkpointer(
         env.checkpoint_dir, checkpoints.fingerprint(args, classes), tail, optimizer, scheduler,
-        stages["train"].loader.generator)
+        split_loaders["train"].loader.generator)
     resumed = checkpointer.resume() if checkpointer else None
     if resumed:
         history, best = resumed.history, resumed.best
     for epoch in range(resumed.epoch + 1 if resumed else 1, args.epochs + 1):
-        train_loss = train_one_epoch(network, stages["train"], criterion, optimizer, scheduler, device, amp, profiler, debug)
+        train_loss = train_one_epoch(network, split_loaders["train"], criterion, optimizer, scheduler, device, amp, profiler, debug)
         debug.eval()
-        valid = evaluate(network, stages["valid"], criterion, device, amp)
+        valid = evaluate(network, split_loaders["valid"], criterion, device, amp)
         print(metrics.epoch_line(epoch, train_loss, valid.loss, valid.accuracy), flush=True)
         history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid.loss, "valid_accuracy": valid.accuracy})
         if valid.loss < best["loss"]:
@@ -373,7 +374,7 @@ def main(args: argparse.Namespace) -> dict:
     debug.close()
 
     tail.load_state_dict(best["state"])
-    test = evaluate(network, stages["test"], criterion, device, amp)
+    test = evaluate(network, split_loaders["test"], criterion, device, amp)
     print(metrics.test_line(test.loss, test.accuracy), flush=True)
     live_accuracy = score_live_model(env.channels.get("live"), by_split["test"], pixels)
     rule_results = evaluate_debugger_rules(debug.out_dir, args.debugger_rules, args.debugger_rule_parameters)

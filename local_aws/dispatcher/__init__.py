@@ -3,7 +3,7 @@
 It reads the Chalice app's declarations (`on_sqs_message` queues and batch settings,
 `on_cw_event` patterns, `schedule` rates) and nothing else, wires moto (EventBridge
 rules with those exact patterns and SQS targets; the bucket notifications and
-queues come from the infra template, see `local_aws.infra`), and invokes the
+queues come from the infra template, see `local_aws.project.infra`), and invokes the
 handlers in-process with Lambda's event shapes and semantics: batches, batching
 window, visibility timeout, partial batch failures, retries, dead-letter queue.
 

@@ -10,10 +10,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from chalice.app import Chalice
 
-from ..infra import ensure_queue, queue_arn
-from ..stage import ACCOUNT, Stage
 from .lambda_shapes import context_for, failed_message_ids, scheduled_event, sqs_event
 from .poller import QueuePoller
+from .queues import ensure_queue, queue_arn
+from .stage import ACCOUNT, Stage
 from .wiring import EVENT_MAX_RECEIVES, EVENT_RETRY_SECONDS, EventSource, ScheduleSource, SqsSource, Wiring
 
 logger = Logger(service="local-aws-dispatcher")

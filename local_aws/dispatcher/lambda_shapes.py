@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..stage import ACCOUNT, Stage
+from .stage import ACCOUNT, Stage
 
 
 @dataclass

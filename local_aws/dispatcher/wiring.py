@@ -15,7 +15,7 @@ from typing import Any
 
 from chalice.app import (Chalice, CloudWatchEventConfig, Cron, Rate, ScheduledEventConfig, SQSEventConfig)
 
-from ..stage import Stage
+from .stage import Stage
 
 # EventBridge retries a failed asynchronous invocation twice, then gives up (here: to a DLQ).
 EVENT_MAX_RECEIVES = 3

@@ -1,9 +1,8 @@
 """One worker's view of the model: the artefact's own `code/inference.py`, loaded and batched.
 
 As in SageMaker's container, the handler is imported from the artefact's `code/`
-directory (with `code/` first on sys.path, so `training.presets` is the copy that
-travelled with the weights); an artefact without one is served with the repository's
-`inference/inference.py`.
+directory, with `code/` first on sys.path, so the modules it imports are the copies
+that travelled with the weights.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from aws_lambda_powertools import Logger
 from local_aws.endpoint_host.batching import DynamicBatcher
 
 logger = Logger(service="endpoint-host")
-REPO_INFERENCE = Path(__file__).resolve().parents[2] / "inference" / "inference.py"
 
 
 @dataclass(frozen=True)
@@ -40,11 +38,10 @@ def error_answer(status: int, message: str) -> Answer:
 def load_inference_module(model_dir: Path) -> ModuleType:
     code_dir = model_dir / "code"
     source = code_dir / "inference.py"
-    if source.exists():
-        sys.path.insert(0, str(code_dir))
-    else:
-        source = REPO_INFERENCE
-        sys.path.insert(0, str(REPO_INFERENCE.parent.parent))
+    if not source.exists():
+        raise FileNotFoundError(f"the model artefact has no code/inference.py (model_fn, input_fn, predict_fn, "
+                                f"output_fn) under {model_dir}")
+    sys.path.insert(0, str(code_dir))
     spec = importlib.util.spec_from_file_location("inference", source)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -13,7 +13,6 @@ class Settings:
     state_dir: Path
     region: str = "us-east-1"
     account: str = "123456789012"  # moto's default account, so ARNs line up with moto's
-    event_bus: str = "default"
     # Training processes at once (ResourceLimitExceeded past it): keeps a small machine usable.
     max_running_jobs: int = 2
     # Seconds an endpoint host has to answer /ping and a real request.
@@ -25,12 +24,22 @@ class Settings:
     # and the framework) and the framework module it names in SAGEMAKER_TRAINING_MODULE.
     training_python: str = sys.executable
     training_module: str = "sagemaker_pytorch_container.training:main"
+    # What the product's containers hold, which AWS knows from its images and this service is told:
+    # the program a managed Debugger rule runs, a path inside the job's source dir (None: such
+    # rules end in Error);
+    debug_rules_program: str | None = None
+    # where a job with a ProfilerConfig writes the profiler's data and its report, under its
+    # output data (None: nothing to upload, the ProfilerReport rule ends in Error);
+    profiler_output_dir: str | None = None
+    profiler_report_dir: str | None = None
+    # a real request (body, content type) a new endpoint host must answer before it takes
+    # traffic (None: /ping only).
+    health_probe: tuple[bytes, str] | None = None
 
     @classmethod
     def from_env(cls, state_dir: Path, **overrides) -> "Settings":
         values = {
             "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
-            "event_bus": os.environ.get("LOCAL_SAGEMAKER_EVENT_BUS", "default"),
             "max_running_jobs": int(os.environ.get("LOCAL_SAGEMAKER_MAX_RUNNING_JOBS", "2")),
             "training_python": os.environ.get("LOCAL_SAGEMAKER_TRAINING_PYTHON") or sys.executable,
         }

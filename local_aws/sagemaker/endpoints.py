@@ -1,9 +1,9 @@
-"""Endpoints, hosted by the project's endpoint host (`python -m local_aws.endpoint_host`),
+"""Endpoints, hosted by the endpoint host (`python -m local_aws.endpoint_host`),
 one process per deployed config, behind the runtime's InvokeEndpoint.
 
 UpdateEndpoint is blue/green: the new config's host starts beside the old one and must
-answer /ping and a real request before traffic moves; requests already sent to the old
-host finish before it stops, so no request fails during an update. A new host that
+answer /ping and the configured probe request before traffic moves; requests already
+sent to the old host finish before it stops, so no request fails during an update. A new host that
 does not pass leaves the old one serving, and the endpoint's FailureReason says why,
 as AWS's rollback does.
 """
@@ -11,7 +11,6 @@ as AWS's rollback does.
 from __future__ import annotations
 
 import http.client
-import io
 import shutil
 import threading
 import uuid
@@ -22,25 +21,17 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
-from . import aws
+from . import s3_transfer
 from ..endpoint_host import EndpointHost, HostStartError
 from .exceptions import ModelError, ValidationError
 
 if TYPE_CHECKING:
-    from .models import Endpoint, SageMakerBackend
+    from .backend import SageMakerBackend
+    from .records import Endpoint
 
 logger = Logger(service="local-sagemaker")
 
 INVOKE_TIMEOUT = 60.0
-
-
-def probe_image() -> tuple[bytes, str]:
-    """A real request for the health probe: a small PNG, what the project's models classify."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (128, 64, 32)).save(buffer, format="PNG")
-    return buffer.getvalue(), "image/png"
 
 
 @dataclass
@@ -66,12 +57,14 @@ class Host:
     def log_tail(self, lines: int = 5) -> str:
         return " | ".join(self.server.log_tail().strip().splitlines()[-lines:])
 
-    def wait_ready(self, timeout: float, probe: tuple[bytes, str]) -> None:
-        """/ping answers 200, then a real request answers 2xx; raises with the reason otherwise."""
+    def wait_ready(self, timeout: float, probe: tuple[bytes, str] | None) -> None:
+        """/ping answers 200, then the probe (a real request) answers 2xx; raises with the reason otherwise."""
         try:
             self.server.wait_healthy(timeout)
         except HostStartError as error:  # a FailureReason holds 1,024 characters: the last log lines only
             raise RuntimeError(f"the model server {error.what}: {self.log_tail()}") from None
+        if probe is None:
+            return
         body, content_type = probe
         status, answer, _ = self.request("POST", "/invocations", body,
                                          {"Content-Type": content_type, "Accept": "application/json"})
@@ -88,10 +81,9 @@ class Host:
 
 
 class EndpointFleet:
-    def __init__(self, backend: "SageMakerBackend", probe: Callable[[], tuple[bytes, str]] = probe_image) -> None:
+    def __init__(self, backend: "SageMakerBackend") -> None:
         self.backend = backend
         self.settings = backend.settings
-        self.probe = probe
         self._hosts: dict[str, Host] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -202,14 +194,14 @@ class EndpointFleet:
         container = model.request.get("PrimaryContainer") or model.request["Containers"][0]
         workdir = self.settings.state_dir / "hosts" / name / f"{config_name}-{uuid.uuid4().hex[:8]}"
         # The host checks and unpacks the archive itself, as SageMaker's container does.
-        archive = aws.download_object(aws.s3_client(self.settings.region), container["ModelDataUrl"],
+        archive = s3_transfer.download_object(s3_transfer.s3_client(self.settings.region), container["ModelDataUrl"],
                                       workdir / "model.tar.gz")
         log_path = self.settings.state_dir / "logs" / "endpoints" / f"{name}-{workdir.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         server = EndpointHost(archive, log_path=log_path, env=container.get("Environment", {})).start()
         host = Host(config_name=config_name, server=server, workdir=workdir)
         try:
-            host.wait_ready(self.settings.host_start_timeout, self.probe())
+            host.wait_ready(self.settings.host_start_timeout, self.settings.health_probe)
         except Exception:
             host.stop(drain_timeout=0)
             raise

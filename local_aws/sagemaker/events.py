@@ -26,6 +26,8 @@ SOURCE = "aws.sagemaker"
 TRAINING_JOB = "SageMaker Training Job State Change"
 TUNING_JOB = "SageMaker HyperParameter Tuning Job State Change"
 ENDPOINT = "SageMaker Endpoint State Change"
+# SageMaker publishes to the account's default bus only.
+BUS = "default"
 
 _TIME_KEYS = re.compile(r"(Time|Timestamp)$")
 
@@ -36,14 +38,14 @@ class Event:
     resource_arn: str
     detail: dict[str, Any]
 
-    def entry(self, bus: str) -> dict[str, Any]:
+    def entry(self) -> dict[str, Any]:
         """The PutEvents entry."""
         return {
             "Source": SOURCE,
             "DetailType": self.detail_type,
             "Resources": [self.resource_arn],
             "Detail": json.dumps(self.detail),
-            "EventBusName": bus,
+            "EventBusName": BUS,
             "Time": datetime.now(timezone.utc),
         }
 
@@ -97,13 +99,13 @@ def endpoint_event(description: dict[str, Any], tags: list[dict[str, str]] | Non
     return Event(ENDPOINT, description["EndpointArn"], detail)
 
 
-def eventbridge_publisher(region: str, bus: str) -> Callable[[Event], None]:
-    """Publishes to the configured bus; a lost event is logged, never fatal to the job."""
+def eventbridge_publisher(region: str) -> Callable[[Event], None]:
+    """Publishes to the default bus; a lost event is logged, never fatal to the job."""
     client = boto3.client("events", region_name=region)
 
     def publish(event: Event) -> None:
         try:
-            answer = client.put_events(Entries=[event.entry(bus)])
+            answer = client.put_events(Entries=[event.entry()])
             if answer.get("FailedEntryCount"):
                 logger.warning("event rejected", detail_type=event.detail_type, entries=answer["Entries"])
         except Exception:  # noqa: BLE001 - the bus being down must not fail a training job

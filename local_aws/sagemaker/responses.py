@@ -19,7 +19,7 @@ from botocore.model import OperationModel, Shape, StructureShape
 from botocore.validate import ParamValidator
 
 from .exceptions import ModelError, SageMakerError, UnknownOperationException, ValidationException
-from .models import SageMakerBackend
+from .backend import SageMakerBackend
 
 logger = Logger(service="local-sagemaker")
 

@@ -1,9 +1,9 @@
 """Debugger rules for a finished training job, run the way AWS runs a rule container:
 apart from the job, over the tensors it wrote, with each DebugRuleConfiguration's
 RuleParameters (`rule_to_invoke` names the rule). The rules are the training code's
-own (`training/rules.py`, shipped in the job's source dir), run as a process of their
-own (forked from the framework image when there is one) so the service never imports
-torch or smdebug."""
+own (a program shipped in the job's source dir, named by configuration), run as a process
+of their own (forked from the framework image when there is one) so the service never
+imports torch or smdebug."""
 
 from __future__ import annotations
 
@@ -16,17 +16,20 @@ from typing import Any
 from .framework_image import FrameworkImage, start_process, time_limit
 
 STATUSES = ("NoIssuesFound", "IssuesFound", "Error")
-PROGRAM = "training/rules.py"  # inside the job's source dir
 
 
-def run_debug_rules(configurations: list[dict[str, Any]], tensors: Path, code: Path,
+def run_debug_rules(configurations: list[dict[str, Any]], tensors: Path, code: Path, program: str | None,
                     image: FrameworkImage | None = None, timeout: float = 600) -> dict[str, dict[str, str]]:
-    """{RuleConfigurationName: {"RuleEvaluationStatus": ..., "StatusDetails"?: ...}}."""
+    """{RuleConfigurationName: {"RuleEvaluationStatus": ..., "StatusDetails"?: ...}}; `program` is a
+    path inside the source dir `code`, run with the tensors' folder and the configurations."""
     names = [c["RuleConfigurationName"] for c in configurations]
+    if program is None:
+        return {name: {"RuleEvaluationStatus": "Error", "StatusDetails": "No rule evaluator is configured"}
+                for name in names}
     if not tensors.exists():
         return {name: {"RuleEvaluationStatus": "Error", "StatusDetails": "The training job wrote no tensors"}
                 for name in names}
-    command = [sys.executable, PROGRAM, str(tensors), "--configurations", json.dumps(configurations)]
+    command = [sys.executable, program, str(tensors), "--configurations", json.dumps(configurations)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
     process = start_process(command, code, env, image)
     with time_limit(process, timeout) as timed_out:

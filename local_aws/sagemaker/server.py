@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 from ..wsgi_server import ThreadedServer
 from .config import Settings
 from .exceptions import ResourceNotFound
-from .models import SageMakerBackend
+from .backend import SageMakerBackend
 from .responses import Reply, SageMakerResponses, error_reply
 
 INVOCATIONS = re.compile(r"^/endpoints/([^/]+)/invocations$")

@@ -28,13 +28,14 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import Trial, TrialState
 
 from .exceptions import ResourceLimitExceeded, ValidationException
-from .models import now
+from .records import now
 
 # What SageMaker adds to a tuned job's hyperparameters: the objective's name.
 TUNING_METRIC_PARAM = "_tuning_objective_metric"
 
 if TYPE_CHECKING:
-    from .models import SageMakerBackend, TrainingJob, TuningJob
+    from .backend import SageMakerBackend
+    from .records import TrainingJob, TuningJob
 
 logger = Logger(service="local-sagemaker")
 optuna.logging.set_verbosity(optuna.logging.WARNING)

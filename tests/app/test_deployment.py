@@ -14,7 +14,7 @@ from botocore.stub import Stubber
 from chalice_app import aws
 from chalice_app import sagemaker_requests as requests
 from chalice_app.config import settings
-from chalice_app.pipeline import stores
+from chalice_app.stores import stores
 
 from .conftest import ENV
 from .test_retraining import (TUNED, deploy_model, endpoint_event, reconcile_age, runs, start_run, tick,

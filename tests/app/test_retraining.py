@@ -12,7 +12,7 @@ from botocore.stub import Stubber
 
 from chalice_app import aws
 from chalice_app.config import settings
-from chalice_app.pipeline import stores
+from chalice_app.stores import stores
 from training.metrics import DEBUGGER_RULES
 
 from .conftest import BUCKET, ENV

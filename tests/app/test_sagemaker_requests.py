@@ -223,7 +223,7 @@ def test_bad_configuration_is_a_clear_error():
 def test_the_local_sagemaker_accepts_every_stages_tuning_request(stage):
     """The project's local SageMaker plans the search from our request as AWS would (no job is run)."""
     tuning = pytest.importorskip("local_aws.sagemaker.tuning")
-    training = pytest.importorskip("local_aws.sagemaker.training")
+    training = pytest.importorskip("local_aws.sagemaker.training_jobs")
     from infra.policies import stage_env
 
     from .test_config import CONFIG

@@ -13,8 +13,8 @@ import pytest
 from chalice import Chalice, Rate
 
 from local_aws.dispatcher import Dispatcher, wiring_from_app
-from local_aws.infra import ensure_queue, queue_arn
-from local_aws.stage import Stage
+from local_aws.dispatcher.queues import ensure_queue, queue_arn
+from local_aws.dispatcher.stage import Stage
 
 from .conftest import wait_until
 

@@ -7,8 +7,9 @@ import json
 import boto3
 from moto import mock_aws
 
-from local_aws.infra import apply, queue_arn, render
-from local_aws.stage import load_stage, parse_overrides
+from local_aws.dispatcher.queues import queue_arn
+from local_aws.project.infra import apply, render
+from local_aws.project.stage import load_stage, parse_overrides
 
 
 def test_the_template_gives_the_stage_its_queues_dead_letters_and_notifications():

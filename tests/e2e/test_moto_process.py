@@ -8,7 +8,7 @@ import time
 import boto3
 
 from local_aws.moto_server import MotoProcess
-from local_aws.stack import free_port
+from local_aws.ports import free_port
 
 
 def test_serves_ignores_ctrl_c_and_stops():

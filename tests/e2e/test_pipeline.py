@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 
 import pytest
 from PIL import Image
 
-from local_aws.launcher import StackProcess
+from local_aws.project.launcher import StackProcess
 
 from .conftest import SCHEDULE_SECONDS, SMALL_BUDGET, upload_all, wait_until
 

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from local_aws import stack as stack_module
-from local_aws.stack import Stack, StackOptions
+from local_aws.project import stack as stack_module
+from local_aws.project.stack import Stack, StackOptions
 
 
 class Stop(Exception):

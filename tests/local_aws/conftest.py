@@ -20,6 +20,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from local_aws.ports import free_port
+from local_aws.project.containers import with_project_containers
 from local_aws.sagemaker.config import Settings
 from local_aws.sagemaker.server import LocalSageMaker
 
@@ -47,7 +48,8 @@ def aws_env() -> Iterator[str]:
 
 @pytest.fixture(scope="package")
 def service(aws_env: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSageMaker]:
-    settings = Settings(state_dir=tmp_path_factory.mktemp("sagemaker-state"), region=REGION, max_running_jobs=2)
+    settings = with_project_containers(
+        Settings(state_dir=tmp_path_factory.mktemp("sagemaker-state"), region=REGION, max_running_jobs=2))
     with LocalSageMaker(settings) as running:
         yield running
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from local_aws.sagemaker import aws
+from local_aws.sagemaker import s3_transfer
 
 from .conftest import unique
 
@@ -32,14 +32,14 @@ def test_a_cached_object_is_fetched_once_and_again_after_a_job_wrote_into_it(s3,
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=body)
     uri, cache = f"s3://{bucket}/{prefix}/", tmp_path / "cache"
 
-    assert aws.download_prefix(s3, uri, tmp_path / "job1", cache=cache) == 2
-    assert aws.download_prefix(s3, uri, tmp_path / "job2", cache=cache) == 2
+    assert s3_transfer.download_prefix(s3, uri, tmp_path / "job1", cache=cache) == 2
+    assert s3_transfer.download_prefix(s3, uri, tmp_path / "job2", cache=cache) == 2
     assert len(gets) == 2  # the second job's channel came from the cache
     assert (tmp_path / "job2" / "a" / "1.txt").read_bytes() == b"one"
 
     with open(tmp_path / "job1" / "a" / "1.txt", "r+b") as edited:  # a script rewriting its input in place
         edited.write(b"ONE")
-    aws.download_prefix(s3, uri, tmp_path / "job3", cache=cache)
+    s3_transfer.download_prefix(s3, uri, tmp_path / "job3", cache=cache)
     assert (tmp_path / "job3" / "a" / "1.txt").read_bytes() == b"one"
     assert len(gets) == 3 and gets[-1].endswith("a/1.txt")
 
@@ -48,9 +48,9 @@ def test_a_changed_object_is_fetched_again(s3, bucket, tmp_path):
     key = f"{unique('channel')}/x.txt"
     s3.put_object(Bucket=bucket, Key=key, Body=b"old")
     cache = tmp_path / "cache"
-    aws.download_prefix(s3, f"s3://{bucket}/{key}", tmp_path / "job1", cache=cache)
+    s3_transfer.download_prefix(s3, f"s3://{bucket}/{key}", tmp_path / "job1", cache=cache)
     s3.put_object(Bucket=bucket, Key=key, Body=b"new")  # a new ETag
-    aws.download_prefix(s3, f"s3://{bucket}/{key}", tmp_path / "job2", cache=cache)
+    s3_transfer.download_prefix(s3, f"s3://{bucket}/{key}", tmp_path / "job2", cache=cache)
     assert Path(tmp_path / "job2" / "x.txt").read_bytes() == b"new"
     assert Path(tmp_path / "job1" / "x.txt").read_bytes() == b"old"
 
@@ -64,11 +64,11 @@ def test_a_manifest_file_channel_holds_only_the_objects_it_names_at_their_relati
                                                                 "cat/1.png", "dog/2.png"]).encode())
     uri, cache = f"s3://{bucket}/{manifest}", tmp_path / "cache"
 
-    assert aws.download_manifest(s3, uri, tmp_path / "job1", cache=cache) == 2
+    assert s3_transfer.download_manifest(s3, uri, tmp_path / "job1", cache=cache) == 2
     files = sorted(p.relative_to(tmp_path / "job1").as_posix() for p in (tmp_path / "job1").rglob("*") if p.is_file())
     assert files == ["cat/1.png", "dog/2.png"]  # the label folders, as File mode lays out a prefix
     assert (tmp_path / "job1" / "dog" / "2.png").read_bytes() == b"dog/2.png"
-    aws.download_manifest(s3, uri, tmp_path / "job2", cache=cache)
+    s3_transfer.download_manifest(s3, uri, tmp_path / "job2", cache=cache)
     assert sorted(gets) == sorted([manifest, manifest, f"{prefix}/cat/1.png", f"{prefix}/dog/2.png"])  # cached
 
 
@@ -82,8 +82,8 @@ def test_a_manifest_file_channel_holds_only_the_objects_it_names_at_their_relati
     (json.dumps([{"prefix": "s3://b/p/"}, "../../etc/passwd"]), "relative to it"),
 ])
 def test_a_malformed_manifest_file_is_refused_with_what_is_wrong(document, reason):
-    with pytest.raises(aws.ManifestError, match=reason):
-        aws.parse_manifest(document, "s3://b/run.manifest")
+    with pytest.raises(s3_transfer.ManifestError, match=reason):
+        s3_transfer.parse_manifest(document, "s3://b/run.manifest")
 
 
 def test_a_manifest_file_naming_a_missing_object_is_refused(s3, bucket, tmp_path):
@@ -92,7 +92,7 @@ def test_a_manifest_file_naming_a_missing_object_is_refused(s3, bucket, tmp_path
     manifest = f"{unique('manifests')}/run.manifest"
     s3.put_object(Bucket=bucket, Key=manifest, Body=json.dumps([{"prefix": f"s3://{bucket}/{prefix}/"},
                                                                 "cat/1.png", "cat/gone.png"]).encode())
-    with pytest.raises(aws.ManifestError, match=f"do not exist, e.g. s3://{bucket}/{prefix}/cat/gone.png"):
-        aws.download_manifest(s3, f"s3://{bucket}/{manifest}", tmp_path / "job")
-    with pytest.raises(aws.ManifestError, match="does not exist"):
-        aws.download_manifest(s3, f"s3://{bucket}/{manifest}-none", tmp_path / "job")
+    with pytest.raises(s3_transfer.ManifestError, match=f"do not exist, e.g. s3://{bucket}/{prefix}/cat/gone.png"):
+        s3_transfer.download_manifest(s3, f"s3://{bucket}/{manifest}", tmp_path / "job")
+    with pytest.raises(s3_transfer.ManifestError, match="does not exist"):
+        s3_transfer.download_manifest(s3, f"s3://{bucket}/{manifest}-none", tmp_path / "job")

@@ -10,7 +10,7 @@ from local_aws.sagemaker.config import Settings
 from local_aws.sagemaker.events import endpoint_status_for_event, tag_map, to_event_times, training_job_event
 from local_aws.sagemaker.rules import parse_rule_output
 from infra.sourcedir import PROGRAM, build_sourcedir
-from local_aws.sagemaker.training import decode_hyperparameters, failure_reason, final_metrics
+from local_aws.sagemaker.training_jobs import decode_hyperparameters, failure_reason, final_metrics
 from training.metrics import METRIC_DEFINITIONS, epoch_line
 from training.metrics import test_line as format_test_line
 
@@ -47,7 +47,7 @@ def test_events_use_milliseconds_tag_maps_and_the_endpoint_status_spelling():
     assert [endpoint_status_for_event(s) for s in ("InService", "Creating", "OutOfService")] == [
         "IN_SERVICE", "CREATING", "OUT_OF_SERVICE"]
     event = training_job_event({"TrainingJobArn": "arn:x", "TrainingJobName": "j", "CreationTime": 1.0}, None)
-    assert event.entry("bus")["Source"] == "aws.sagemaker" and event.detail["Tags"] == {}
+    assert event.entry()["Source"] == "aws.sagemaker" and event.detail["Tags"] == {}
 
 
 def test_the_source_archive_is_deterministic_and_holds_the_program():

@@ -8,7 +8,7 @@ import json
 import pytest
 import requests
 
-from local_aws.sagemaker import aws
+from local_aws.sagemaker import s3_transfer
 from infra.sourcedir import PROGRAM, build_sourcedir
 from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
@@ -23,7 +23,7 @@ STATIC = {"arch": "resnet18", "pretrained": "none", "image-size": "32", "epochs"
 
 @pytest.fixture(scope="module")
 def digits_uri(s3, bucket, digits_splits) -> str:
-    aws.upload_tree(s3, digits_splits, f"s3://{bucket}/training-data/")
+    s3_transfer.upload_tree(s3, digits_splits, f"s3://{bucket}/training-data/")
     return f"s3://{bucket}/training-data/"
 
 
@@ -85,7 +85,7 @@ def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, di
     described = sm.describe_training_job(TrainingJobName=best["TrainingJobName"])
     final = {m["MetricName"]: m["Value"] for m in described["FinalMetricDataList"]}
     assert final["valid:accuracy"] == max(values) and "test:accuracy" in final
-    bucket_name, key = aws.split_s3_uri(described["ModelArtifacts"]["S3ModelArtifacts"])
+    bucket_name, key = s3_transfer.split_s3_uri(described["ModelArtifacts"]["S3ModelArtifacts"])
     assert s3.head_object(Bucket=bucket_name, Key=key)["ContentLength"] > 1000
 
     logs = {c["TrainingJobName"]: requests.get(f"{service.url}/_local/training-jobs/{c['TrainingJobName']}/log",

@@ -10,7 +10,7 @@ import requests
 from botocore.config import Config
 
 from local_aws.sagemaker.config import Settings
-from local_aws.sagemaker.models import RESTART_REASON
+from local_aws.sagemaker.records import RESTART_REASON
 from local_aws.sagemaker.server import LocalSageMaker
 
 from .conftest import REGION, job_definition, sdk_hyperparameters, unique, wait_for

@@ -20,7 +20,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .stage import ACCOUNT, REPO_ROOT, Stage
+from ..dispatcher.queues import ensure_queue, queue_arn
+from ..dispatcher.stage import ACCOUNT, Stage
+from .stage import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "infra" / "template.json"
 _SUB = re.compile(r"\$\{([^}]+)\}")
@@ -63,10 +65,6 @@ class Infra:
             if spec.name == name:
                 return spec
         raise KeyError(f"queue {name!r} is not declared in {TEMPLATE.relative_to(REPO_ROOT)}")
-
-
-def queue_arn(region: str, name: str) -> str:
-    return f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"
 
 
 class _Renderer:
@@ -148,14 +146,6 @@ def encryption_rule(rule: dict[str, Any]) -> dict[str, Any]:
     if "BucketKeyEnabled" in rule:
         rendered["BucketKeyEnabled"] = rule["BucketKeyEnabled"]
     return rendered
-
-
-def ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
-    """Create a queue or bring an existing one (restored from a snapshot) to these attributes."""
-    url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    if attributes:
-        sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
-    return url
 
 
 def apply(infra: Infra, session: Any) -> None:

@@ -38,14 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
-from . import aws
+from . import s3_transfer
 from .exceptions import ValidationException
 from .framework_image import FrameworkImage, JobProcess, start_process, terminate, time_limit
-from .models import now
+from .records import now
 from .rules import run_debug_rules
 
 if TYPE_CHECKING:
-    from .models import SageMakerBackend, TrainingJob
+    from .backend import SageMakerBackend
+    from .records import TrainingJob
 
 logger = Logger(service="local-sagemaker")
 
@@ -53,8 +54,6 @@ FAILURE_REASON_MAX = 1024
 # The training image's entry point: `train`, the console script of AWS's sagemaker-training toolkit.
 TOOLKIT_ENTRY_POINT = "sagemaker_training.cli.train"
 HOST = "algo-1"
-# Where training/train.py writes its profile and its HTML report, inside SM_OUTPUT_DATA_DIR.
-PROFILER_DIR, REPORT_DIR = "profiler", "report"
 _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
 
 
@@ -107,7 +106,7 @@ def debug_hook_config(config: dict[str, Any], local_path: Path) -> dict[str, Any
 
 
 def output_prefix(request: dict[str, Any], job_name: str) -> str:
-    return aws.join_s3(request["OutputDataConfig"]["S3OutputPath"], job_name, "output")
+    return s3_transfer.join_s3(request["OutputDataConfig"]["S3OutputPath"], job_name, "output")
 
 
 def _tar_directory(directory: Path, tarball: Path) -> Path:
@@ -241,7 +240,7 @@ class TrainingRunner:
         self.backend.change_training_job(job.name, lambda j: (
             setattr(j, "training_start_time", now()),
             j.move_to("Downloading", "Downloading input data")))
-        s3 = aws.s3_client(self.settings.region)
+        s3 = s3_transfer.s3_client(self.settings.region)
         for channel in job.request.get("InputDataConfig", []):
             target = workdir / "input" / "data" / channel["ChannelName"]
             target.mkdir(parents=True, exist_ok=True)
@@ -249,17 +248,17 @@ class TrainingRunner:
             uri = source["S3Uri"]
             if source.get("S3DataType") == "ManifestFile":
                 try:
-                    aws.download_manifest(s3, uri, target, cache=cache)
-                except aws.ManifestError as error:
+                    s3_transfer.download_manifest(s3, uri, target, cache=cache)
+                except s3_transfer.ManifestError as error:
                     raise RuntimeError(f"Data download failed: channel {channel['ChannelName']}: {error}") from None
-            elif aws.download_prefix(s3, uri, target, cache=cache) == 0:
+            elif s3_transfer.download_prefix(s3, uri, target, cache=cache) == 0:
                 raise RuntimeError(f"Data download failed: no objects under {uri} for channel {channel['ChannelName']}")
         checkpoints = job.request.get("CheckpointConfig")
         if checkpoints:
             # A restarted (spot) job finds its earlier checkpoints where it wrote them.
             target = workdir / "checkpoints"
             target.mkdir(parents=True, exist_ok=True)
-            aws.download_prefix(s3, aws.join_s3(checkpoints["S3Uri"], ""), target)
+            s3_transfer.download_prefix(s3, s3_transfer.join_s3(checkpoints["S3Uri"], ""), target)
 
     def _save_checkpoints(self, job: "TrainingJob", workdir: Path) -> None:
         """SageMaker syncs the checkpoint folder to CheckpointConfig.S3Uri; here once, as the job ends."""
@@ -268,7 +267,7 @@ class TrainingRunner:
         if not config or not folder.is_dir():
             return
         try:
-            aws.upload_tree(aws.s3_client(self.settings.region), folder, config["S3Uri"])
+            s3_transfer.upload_tree(s3_transfer.s3_client(self.settings.region), folder, config["S3Uri"])
         except Exception:  # noqa: BLE001 - the job's own outcome stands; the log says what was lost
             logger.exception("checkpoints not uploaded", job=job.name)
 
@@ -338,24 +337,24 @@ class TrainingRunner:
         return returncode
 
     def _upload(self, job: "TrainingJob", workdir: Path, log_path: Path) -> None:
-        s3 = aws.s3_client(self.settings.region)
+        s3 = s3_transfer.s3_client(self.settings.region)
         prefix = output_prefix(job.request, job.name)
         if job.request["OutputDataConfig"].get("CompressionType") == "NONE":
             # AWS's choice for large models: no time spent compressing weights that barely compress.
-            model_uri = aws.join_s3(prefix, "model") + "/"
-            aws.upload_tree(s3, workdir / "model", model_uri)
+            model_uri = s3_transfer.join_s3(prefix, "model") + "/"
+            s3_transfer.upload_tree(s3, workdir / "model", model_uri)
         else:
-            model_uri = aws.upload_file(s3, _tar_directory(workdir / "model", workdir / "model.tar.gz"),
-                                        aws.join_s3(prefix, "model.tar.gz"))
+            model_uri = s3_transfer.upload_file(s3, _tar_directory(workdir / "model", workdir / "model.tar.gz"),
+                                        s3_transfer.join_s3(prefix, "model.tar.gz"))
         self.backend.change_training_job(job.name, lambda j: setattr(j, "model_artifacts", model_uri))
         output_data = workdir / "output" / "data"
         if any(output_data.iterdir()):
-            aws.upload_file(s3, _tar_directory(output_data, workdir / "output.tar.gz"), aws.join_s3(prefix, "output.tar.gz"))
+            s3_transfer.upload_file(s3, _tar_directory(output_data, workdir / "output.tar.gz"), s3_transfer.join_s3(prefix, "output.tar.gz"))
         request = job.request
         if "DebugHookConfig" in request:
             tensors = workdir / "output" / "tensors"
             if tensors.exists() and request["DebugHookConfig"].get("S3OutputPath"):
-                aws.upload_tree(s3, tensors, request["DebugHookConfig"]["S3OutputPath"])
+                s3_transfer.upload_tree(s3, tensors, request["DebugHookConfig"]["S3OutputPath"])
             if request.get("DebugRuleConfigurations"):
                 self._evaluate_rules(job, tensors, workdir / "code")
         if "ProfilerConfig" in request:
@@ -367,7 +366,7 @@ class TrainingRunner:
                     "RuleEvaluationJobArn": self.settings.arn("processing-job", f"{job.name}-{c['RuleConfigurationName']}"),
                     "RuleEvaluationStatus": "InProgress", "LastModifiedTime": now()} for c in configurations]
         self.backend.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", pending))
-        results = run_debug_rules(configurations, tensors, code, self.image)
+        results = run_debug_rules(configurations, tensors, code, self.settings.debug_rules_program, self.image)
         statuses = [{**status, **results[status["RuleConfigurationName"]], "LastModifiedTime": now()}
                     for status in pending]
         self.backend.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", statuses))
@@ -376,15 +375,16 @@ class TrainingRunner:
         """The job's profiler output and report go where AWS's ProfilerReport rule puts its own:
         <S3OutputPath>/<job>/rule-output/ProfilerReport/profiler-output/ (profiler-report.html at its root)."""
         base = job.request["ProfilerConfig"].get("S3OutputPath") or job.request["OutputDataConfig"]["S3OutputPath"]
-        target = aws.join_s3(base, job.name, "rule-output", "ProfilerReport", "profiler-output")
+        target = s3_transfer.join_s3(base, job.name, "rule-output", "ProfilerReport", "profiler-output")
         uploaded = 0
-        if (output_data / PROFILER_DIR).is_dir():
-            uploaded += aws.upload_tree(s3, output_data / PROFILER_DIR, aws.join_s3(target, "profiler-reports"))
-        if (output_data / REPORT_DIR).is_dir():
-            uploaded += aws.upload_tree(s3, output_data / REPORT_DIR, target)
-            report = output_data / REPORT_DIR / "report.html"
+        profiler_dir, report_dir = self.settings.profiler_output_dir, self.settings.profiler_report_dir
+        if profiler_dir and (output_data / profiler_dir).is_dir():
+            uploaded += s3_transfer.upload_tree(s3, output_data / profiler_dir, s3_transfer.join_s3(target, "profiler-reports"))
+        if report_dir and (output_data / report_dir).is_dir():
+            uploaded += s3_transfer.upload_tree(s3, output_data / report_dir, target)
+            report = output_data / report_dir / "report.html"
             if report.exists():
-                aws.upload_file(s3, report, aws.join_s3(target, "profiler-report.html"))
+                s3_transfer.upload_file(s3, report, s3_transfer.join_s3(target, "profiler-report.html"))
         found = uploaded > 0
         statuses = [{
             "RuleConfigurationName": c["RuleConfigurationName"],

@@ -7,31 +7,14 @@ URLs), fake credentials, and overrides a caller asks for (`--set NAME=VALUE`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from chalice.cli.factory import CLIFactory
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ACCOUNT = "123456789012"  # moto's default account; the local SageMaker uses it too
+from ..dispatcher.stage import Stage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    app_name: str
-    environment: dict[str, str]
-    lambda_timeout: int
-    lambda_memory_size: int
-
-    @property
-    def region(self) -> str:
-        return self.environment.get("AWS_REGION") or self.environment.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-    def function_name(self, handler: str) -> str:
-        """What Chalice names a handler's Lambda function: <app>-<stage>-<handler>."""
-        return f"{self.app_name}-{self.name}-{handler}"
 
 
 def load_stage(name: str = "local", overrides: dict[str, str] | None = None,

@@ -33,9 +33,12 @@ from aws_lambda_powertools import Logger
 
 from chalice_app.config import settings_from_env
 
-from . import infra, moto_state
-from .ports import free_port
-from .stage import REPO_ROOT, Stage, handler_environment, load_stage
+from .. import moto_state
+from ..dispatcher.stage import Stage
+from ..ports import free_port
+from . import infra
+from .containers import with_project_containers
+from .stage import REPO_ROOT, handler_environment, load_stage
 
 logger = Logger(service="local-aws")
 
@@ -114,14 +117,14 @@ class Stack:
         return self
 
     def _start_moto(self) -> None:
-        from .moto_server import MotoProcess
+        from ..moto_server import MotoProcess
 
         self._moto = MotoProcess(self.options.host, self.ports["moto"]).start()
         session = self.session()
         self.restored = moto_state.restore(session, self.state_dir / "moto")
         infra.apply(infra.render(self.stage), session)
         self._upload_source(session)
-        from .dispatcher import Dispatcher, wiring_from_app
+        from ..dispatcher import Dispatcher, wiring_from_app
 
         app = self.app()
         wiring = wiring_from_app(app, self.stage, default_concurrency=self.options.concurrency,
@@ -131,17 +134,17 @@ class Stack:
 
     def _upload_source(self, session: Any) -> None:
         """The training source where the stage's SOURCE_DIR_URI says (what the deploy step does on AWS)."""
-        from .sagemaker.aws import split_s3_uri
+        from ..sagemaker.s3_transfer import split_s3_uri
         from infra.sourcedir import build_sourcedir
 
         bucket, key = split_s3_uri(self.stage.environment["SOURCE_DIR_URI"])
         session.client("s3").put_object(Bucket=bucket, Key=key, Body=build_sourcedir())
 
     def _start_sagemaker(self) -> None:
-        from .sagemaker.config import Settings
-        from .sagemaker.server import LocalSageMaker
+        from ..sagemaker.config import Settings
+        from ..sagemaker.server import LocalSageMaker
 
-        settings = Settings.from_env(self.state_dir / "sagemaker")
+        settings = with_project_containers(Settings.from_env(self.state_dir / "sagemaker"))
         self._sagemaker = LocalSageMaker(settings, host=self.options.host, port=self.ports["sagemaker"]).start()
 
     def _start_api(self) -> None:

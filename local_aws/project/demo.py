@@ -34,7 +34,7 @@ from typing import Any
 from chalice_app.gate import rule_verdicts
 
 from .launcher import StackProcess
-from .sagemaker.aws import download_prefix, split_s3_uri
+from ..sagemaker.s3_transfer import download_prefix, split_s3_uri
 
 TERMINAL = ("DEPLOYED", "REJECTED", "FAILED")
 

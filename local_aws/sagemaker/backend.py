@@ -1,18 +1,16 @@
-"""The local SageMaker's state: records for jobs, models, configs and endpoints, and the
-backend whose methods are the API's operations (one per operation, named after it).
+"""The local SageMaker's backend: its methods are the API's operations (one per operation,
+named after it), over the records (`records`), persisted after every change (see `store`).
 
-Records keep timestamps as epoch seconds, the JSON 1.1 wire form, and are persisted
-after every change (see `store`). On a restart, jobs that were running come back as
-Failed with a reason saying so (a training process cannot be re-attached); endpoints
-that were serving are hosted again from their current config.
+On a restart, jobs that were running come back as Failed with a reason saying so (a
+training process cannot be re-attached); endpoints that were serving are hosted again
+from their current config.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,203 +18,17 @@ from aws_lambda_powertools import Logger
 
 from . import events
 from .config import Settings
+from .endpoints import EndpointFleet
 from .exceptions import (ResourceInUse, ResourceLimitExceeded, ResourceNotFound, ValidationError,
                          ValidationException)
+from .listing import filter_and_sort, paginate
+from .records import (ACTIVE_JOB, RECORD_TYPES, RESTART_REASON, Endpoint, EndpointConfig, Model, TrainingJob,
+                      TuningJob, drop_none, now)
 from .store import StateStore
+from .training_jobs import TrainingRunner
+from .tuning import Tuner
 
 logger = Logger(service="local-sagemaker")
-
-RESTART_REASON = "InternalServerError: the local SageMaker service restarted while this job was running"
-ACTIVE_JOB = ("InProgress", "Stopping")
-
-
-def now() -> float:
-    return round(time.time(), 3)
-
-
-def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v is not None}
-
-
-@dataclass
-class TrainingJob:
-    name: str
-    arn: str
-    request: dict[str, Any]
-    tags: list[dict[str, str]]
-    creation_time: float
-    log_path: str
-    status: str = "InProgress"
-    secondary_status: str = "Starting"
-    transitions: list[dict[str, Any]] = field(default_factory=list)
-    last_modified_time: float = 0.0
-    training_start_time: float | None = None
-    training_end_time: float | None = None
-    failure_reason: str | None = None
-    final_metrics: list[dict[str, Any]] = field(default_factory=list)
-    model_artifacts: str | None = None
-    debug_rule_statuses: list[dict[str, Any]] = field(default_factory=list)
-    profiler_rule_statuses: list[dict[str, Any]] = field(default_factory=list)
-    tuning_job_arn: str | None = None
-    tuned_hyperparameters: dict[str, str] | None = None
-    objective: dict[str, Any] | None = None
-    objective_status: str | None = None
-    stop_requested: bool = False
-
-    def move_to(self, secondary: str, message: str, status: str | None = None) -> None:
-        """Enter a secondary status (closing the previous one), as AWS's transitions do."""
-        stamp = now()
-        if self.transitions and "EndTime" not in self.transitions[-1]:
-            self.transitions[-1]["EndTime"] = stamp
-        self.transitions.append({"Status": secondary, "StartTime": stamp, "StatusMessage": message})
-        self.secondary_status = secondary
-        if status:
-            self.status = status
-        if status in ("Completed", "Failed", "Stopped"):
-            self.transitions[-1]["EndTime"] = stamp
-            self.training_end_time = stamp
-
-    def describe(self) -> dict[str, Any]:
-        request = self.request
-        hyperparameters = request.get("HyperParameters", {})
-        started = self.training_start_time
-        ended = self.training_end_time or (now() if started else None)
-        return _drop_none({
-            **{k: request[k] for k in (
-                "AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig",
-                "StoppingCondition", "DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
-                "ProfilerRuleConfigurations", "Environment", "EnableNetworkIsolation", "VpcConfig",
-                "CheckpointConfig", "TensorBoardOutputConfig", "ExperimentConfig", "RetryStrategy",
-            ) if k in request},
-            "TrainingJobName": self.name,
-            "TrainingJobArn": self.arn,
-            "TuningJobArn": self.tuning_job_arn,
-            "ModelArtifacts": {"S3ModelArtifacts": self.model_artifacts} if self.model_artifacts else None,
-            "TrainingJobStatus": self.status,
-            "SecondaryStatus": self.secondary_status,
-            "FailureReason": self.failure_reason,
-            "HyperParameters": hyperparameters,
-            "CreationTime": self.creation_time,
-            "TrainingStartTime": started,
-            "TrainingEndTime": self.training_end_time,
-            "LastModifiedTime": self.last_modified_time or self.creation_time,
-            "SecondaryStatusTransitions": self.transitions,
-            "FinalMetricDataList": self.final_metrics,
-            "DebugRuleEvaluationStatuses": self.debug_rule_statuses or None,
-            "ProfilerRuleEvaluationStatuses": self.profiler_rule_statuses or None,
-            "ProfilingStatus": ("Enabled" if "ProfilerConfig" in request else "Disabled"),
-            "TrainingTimeInSeconds": int(ended - started) if started and ended else None,
-            "BillableTimeInSeconds": int(ended - started) if started and ended else None,
-        })
-
-    def summary(self) -> dict[str, Any]:
-        return _drop_none({
-            "TrainingJobName": self.name, "TrainingJobArn": self.arn, "CreationTime": self.creation_time,
-            "TrainingEndTime": self.training_end_time, "LastModifiedTime": self.last_modified_time or None,
-            "TrainingJobStatus": self.status, "SecondaryStatus": self.secondary_status,
-        })
-
-    def tuning_summary(self, tuning_job_name: str) -> dict[str, Any]:
-        """HyperParameterTrainingJobSummary: a child as its tuning job lists it."""
-        return _drop_none({
-            "TrainingJobName": self.name, "TrainingJobArn": self.arn, "TuningJobName": tuning_job_name,
-            "CreationTime": self.creation_time, "TrainingStartTime": self.training_start_time,
-            "TrainingEndTime": self.training_end_time, "TrainingJobStatus": self.status,
-            "TunedHyperParameters": self.tuned_hyperparameters or {},
-            "FailureReason": self.failure_reason,
-            "FinalHyperParameterTuningJobObjectiveMetric": self.objective,
-            "ObjectiveStatus": self.objective_status,
-        })
-
-
-@dataclass
-class TuningJob:
-    name: str
-    arn: str
-    request: dict[str, Any]
-    tags: list[dict[str, str]]
-    creation_time: float
-    status: str = "InProgress"
-    last_modified_time: float = 0.0
-    end_time: float | None = None
-    failure_reason: str | None = None
-    best_training_job: str | None = None
-    stop_requested: bool = False
-
-
-@dataclass
-class Model:
-    name: str
-    arn: str
-    request: dict[str, Any]
-    tags: list[dict[str, str]]
-    creation_time: float
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.request, "ModelArn": self.arn, "CreationTime": self.creation_time}
-
-
-@dataclass
-class EndpointConfig:
-    name: str
-    arn: str
-    request: dict[str, Any]
-    tags: list[dict[str, str]]
-    creation_time: float
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.request, "EndpointConfigArn": self.arn, "CreationTime": self.creation_time}
-
-
-@dataclass
-class Endpoint:
-    name: str
-    arn: str
-    config_name: str
-    tags: list[dict[str, str]]
-    creation_time: float
-    status: str = "Creating"
-    last_modified_time: float = 0.0
-    failure_reason: str | None = None
-    pending_config_name: str | None = None
-
-
-RECORD_TYPES = {
-    "training_jobs": TrainingJob,
-    "tuning_jobs": TuningJob,
-    "models": Model,
-    "endpoint_configs": EndpointConfig,
-    "endpoints": Endpoint,
-}
-
-
-def paginate(items: list[dict[str, Any]], params: dict[str, Any], key: str) -> dict[str, Any]:
-    """List* paging: NextToken is the offset of the next page."""
-    start = int(params.get("NextToken") or 0)
-    size = int(params.get("MaxResults") or 100)
-    page = items[start:start + size]
-    answer: dict[str, Any] = {key: page}
-    if start + size < len(items):
-        answer["NextToken"] = str(start + size)
-    return answer
-
-
-def filter_and_sort(records: Iterable[Any], params: dict[str, Any], *, name: Callable[[Any], str],
-                    status: Callable[[Any], str] | None = None) -> list[Any]:
-    """The filters every List* operation shares: NameContains, StatusEquals, times, SortBy/SortOrder."""
-    chosen = list(records)
-    if params.get("NameContains"):
-        chosen = [r for r in chosen if params["NameContains"] in name(r)]
-    if params.get("StatusEquals") and status:
-        chosen = [r for r in chosen if status(r) == params["StatusEquals"]]
-    for key, keep in (("CreationTimeAfter", lambda r, t: r.creation_time > t),
-                      ("CreationTimeBefore", lambda r, t: r.creation_time < t)):
-        if params.get(key) is not None:
-            limit = params[key].timestamp() if hasattr(params[key], "timestamp") else float(params[key])
-            chosen = [r for r in chosen if keep(r, limit)]
-    sort_by = params.get("SortBy", "CreationTime")
-    sort_key = {"Name": name, "Status": status or name}.get(sort_by, lambda r: r.creation_time)
-    return sorted(chosen, key=sort_key, reverse=params.get("SortOrder", "Descending") == "Descending")
 
 
 class SageMakerBackend:
@@ -224,13 +36,9 @@ class SageMakerBackend:
     report back through `change_*`, which persists and publishes the state change events."""
 
     def __init__(self, settings: Settings, publish: Callable[[events.Event], None] | None = None) -> None:
-        from .endpoints import EndpointFleet
-        from .training import TrainingRunner
-        from .tuning import Tuner
-
         self.settings = settings
         self.lock = threading.RLock()
-        self.publish = publish or events.eventbridge_publisher(settings.region, settings.event_bus)
+        self.publish = publish or events.eventbridge_publisher(settings.region)
         self.store = StateStore(settings.state_dir)
         self.training_jobs: dict[str, TrainingJob] = {}
         self.tuning_jobs: dict[str, TuningJob] = {}
@@ -410,7 +218,7 @@ class SageMakerBackend:
         return {}
 
     def training_job_log(self, name: str) -> str:
-        """The job's log, as CloudWatch keeps it (read through `python -m local_aws.sagemaker logs`)."""
+        """The job's log, as CloudWatch keeps it."""
         with self.lock:
             path = Path(self._training_job(name).log_path)
         return path.read_text(errors="replace") if path.exists() else ""
@@ -454,7 +262,7 @@ class SageMakerBackend:
             objective_counts[child.objective_status or "Pending"] += 1
         request = tuning.request
         best = self.training_jobs.get(tuning.best_training_job or "")
-        return _drop_none({
+        return drop_none({
             "HyperParameterTuningJobName": tuning.name,
             "HyperParameterTuningJobArn": tuning.arn,
             "HyperParameterTuningJobConfig": request["HyperParameterTuningJobConfig"],
@@ -482,7 +290,7 @@ class SageMakerBackend:
             summaries = []
             for tuning in chosen:
                 described = self._describe_tuning(tuning)
-                summaries.append(_drop_none({
+                summaries.append(drop_none({
                     "HyperParameterTuningJobName": tuning.name, "HyperParameterTuningJobArn": tuning.arn,
                     "HyperParameterTuningJobStatus": tuning.status,
                     "Strategy": tuning.request["HyperParameterTuningJobConfig"]["Strategy"],
@@ -643,7 +451,7 @@ class SageMakerBackend:
         pending = None
         if endpoint.pending_config_name:
             pending = {"EndpointConfigName": endpoint.pending_config_name, "StartTime": endpoint.last_modified_time}
-        return _drop_none({
+        return drop_none({
             "EndpointName": endpoint.name, "EndpointArn": endpoint.arn, "EndpointConfigName": endpoint.config_name,
             "ProductionVariants": variants, "EndpointStatus": endpoint.status,
             "FailureReason": endpoint.failure_reason, "CreationTime": endpoint.creation_time,

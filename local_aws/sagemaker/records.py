@@ -1,0 +1,171 @@
+"""The local SageMaker's records: jobs, models, configs and endpoints, as the API describes them.
+
+Records keep timestamps as epoch seconds, the JSON 1.1 wire form.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+RESTART_REASON = "InternalServerError: the local SageMaker service restarted while this job was running"
+ACTIVE_JOB = ("InProgress", "Stopping")
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@dataclass
+class TrainingJob:
+    name: str
+    arn: str
+    request: dict[str, Any]
+    tags: list[dict[str, str]]
+    creation_time: float
+    log_path: str
+    status: str = "InProgress"
+    secondary_status: str = "Starting"
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    last_modified_time: float = 0.0
+    training_start_time: float | None = None
+    training_end_time: float | None = None
+    failure_reason: str | None = None
+    final_metrics: list[dict[str, Any]] = field(default_factory=list)
+    model_artifacts: str | None = None
+    debug_rule_statuses: list[dict[str, Any]] = field(default_factory=list)
+    profiler_rule_statuses: list[dict[str, Any]] = field(default_factory=list)
+    tuning_job_arn: str | None = None
+    tuned_hyperparameters: dict[str, str] | None = None
+    objective: dict[str, Any] | None = None
+    objective_status: str | None = None
+    stop_requested: bool = False
+
+    def move_to(self, secondary: str, message: str, status: str | None = None) -> None:
+        """Enter a secondary status (closing the previous one), as AWS's transitions do."""
+        stamp = now()
+        if self.transitions and "EndTime" not in self.transitions[-1]:
+            self.transitions[-1]["EndTime"] = stamp
+        self.transitions.append({"Status": secondary, "StartTime": stamp, "StatusMessage": message})
+        self.secondary_status = secondary
+        if status:
+            self.status = status
+        if status in ("Completed", "Failed", "Stopped"):
+            self.transitions[-1]["EndTime"] = stamp
+            self.training_end_time = stamp
+
+    def describe(self) -> dict[str, Any]:
+        request = self.request
+        hyperparameters = request.get("HyperParameters", {})
+        started = self.training_start_time
+        ended = self.training_end_time or (now() if started else None)
+        return drop_none({
+            **{k: request[k] for k in (
+                "AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig",
+                "StoppingCondition", "DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                "ProfilerRuleConfigurations", "Environment", "EnableNetworkIsolation", "VpcConfig",
+                "CheckpointConfig", "TensorBoardOutputConfig", "ExperimentConfig", "RetryStrategy",
+            ) if k in request},
+            "TrainingJobName": self.name,
+            "TrainingJobArn": self.arn,
+            "TuningJobArn": self.tuning_job_arn,
+            "ModelArtifacts": {"S3ModelArtifacts": self.model_artifacts} if self.model_artifacts else None,
+            "TrainingJobStatus": self.status,
+            "SecondaryStatus": self.secondary_status,
+            "FailureReason": self.failure_reason,
+            "HyperParameters": hyperparameters,
+            "CreationTime": self.creation_time,
+            "TrainingStartTime": started,
+            "TrainingEndTime": self.training_end_time,
+            "LastModifiedTime": self.last_modified_time or self.creation_time,
+            "SecondaryStatusTransitions": self.transitions,
+            "FinalMetricDataList": self.final_metrics,
+            "DebugRuleEvaluationStatuses": self.debug_rule_statuses or None,
+            "ProfilerRuleEvaluationStatuses": self.profiler_rule_statuses or None,
+            "ProfilingStatus": ("Enabled" if "ProfilerConfig" in request else "Disabled"),
+            "TrainingTimeInSeconds": int(ended - started) if started and ended else None,
+            "BillableTimeInSeconds": int(ended - started) if started and ended else None,
+        })
+
+    def summary(self) -> dict[str, Any]:
+        return drop_none({
+            "TrainingJobName": self.name, "TrainingJobArn": self.arn, "CreationTime": self.creation_time,
+            "TrainingEndTime": self.training_end_time, "LastModifiedTime": self.last_modified_time or None,
+            "TrainingJobStatus": self.status, "SecondaryStatus": self.secondary_status,
+        })
+
+    def tuning_summary(self, tuning_job_name: str) -> dict[str, Any]:
+        """HyperParameterTrainingJobSummary: a child as its tuning job lists it."""
+        return drop_none({
+            "TrainingJobName": self.name, "TrainingJobArn": self.arn, "TuningJobName": tuning_job_name,
+            "CreationTime": self.creation_time, "TrainingStartTime": self.training_start_time,
+            "TrainingEndTime": self.training_end_time, "TrainingJobStatus": self.status,
+            "TunedHyperParameters": self.tuned_hyperparameters or {},
+            "FailureReason": self.failure_reason,
+            "FinalHyperParameterTuningJobObjectiveMetric": self.objective,
+            "ObjectiveStatus": self.objective_status,
+        })
+
+
+@dataclass
+class TuningJob:
+    name: str
+    arn: str
+    request: dict[str, Any]
+    tags: list[dict[str, str]]
+    creation_time: float
+    status: str = "InProgress"
+    last_modified_time: float = 0.0
+    end_time: float | None = None
+    failure_reason: str | None = None
+    best_training_job: str | None = None
+    stop_requested: bool = False
+
+
+@dataclass
+class _KeptRequest:
+    """A resource SageMaker keeps as it was asked for and describes back (a model, an endpoint config)."""
+    name: str
+    arn: str
+    request: dict[str, Any]
+    tags: list[dict[str, str]]
+    creation_time: float
+    ARN_FIELD: ClassVar[str] = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.request, self.ARN_FIELD: self.arn, "CreationTime": self.creation_time}
+
+
+class Model(_KeptRequest):
+    ARN_FIELD = "ModelArn"
+
+
+class EndpointConfig(_KeptRequest):
+    ARN_FIELD = "EndpointConfigArn"
+
+
+@dataclass
+class Endpoint:
+    name: str
+    arn: str
+    config_name: str
+    tags: list[dict[str, str]]
+    creation_time: float
+    status: str = "Creating"
+    last_modified_time: float = 0.0
+    failure_reason: str | None = None
+    pending_config_name: str | None = None
+
+
+RECORD_TYPES = {
+    "training_jobs": TrainingJob,
+    "tuning_jobs": TuningJob,
+    "models": Model,
+    "endpoint_configs": EndpointConfig,
+    "endpoints": Endpoint,
+}
