@@ -53,9 +53,9 @@ def on_training_change(event: TrainingJobStateChange) -> None:
     detail = event.detail
     if detail.tags.get(requests.ROLE_TAG) != requests.FINAL_ROLE:
         return  # a tuning trial: the tuning job's own event covers it
-    run_id = run_for_job(detail.name, detail.tags, "TRAINING")
-    if run_id is not None:
-        _training_ended(run_id, detail.name, detail.status, detail.failure_reason)
+    run = run_for_job(detail.name, detail.tags, "TRAINING")
+    if run is not None:
+        _training_ended(run["run_id"], detail.name, detail.status, detail.failure_reason)
 
 
 def _training_ended(run_id: str, name: str, status: str, failure_reason: str | None,

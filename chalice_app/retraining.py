@@ -154,18 +154,14 @@ def _launch(run_id: str, trigger: str, now: float, created_at: float | None = No
                       data_bytes=manifest.total_bytes(entries), **since)
     for put in requests.manifest_puts(config, run_id, entries):
         aws.client("s3").put_object(**put)
-    return _start_tuning(run_id, now)
+    return _start_tuning(run_id, now, manifest.total_bytes(entries))
 
 
-def _data_bytes(run_id: str) -> int | None:
-    """The run's images' total size, which sizes its jobs' volume (None: recorded before sizes were)."""
-    run = stores().runs.get(run_id) or {}
-    return run.get("data_bytes")
-
-
-def _start_tuning(run_id: str, now: float) -> StartOutcome:
+def _start_tuning(run_id: str, now: float, data_bytes: int | None) -> StartOutcome:
+    """`data_bytes`: the run's images' total size, which sizes its jobs' volume (None for a run
+    recorded before sizes were)."""
     config, store = settings(), stores()
-    request = requests.tuning_job_request(config, run_id, data_bytes=_data_bytes(run_id))
+    request = requests.tuning_job_request(config, run_id, data_bytes=data_bytes)
     try:
         create_or_refuse("create_hyper_parameter_tuning_job", request)
     except Refused as refusal:
@@ -186,7 +182,7 @@ def resume_start(run: dict[str, Any], now: float, age: float) -> None:
         relaunch(run["run_id"], run.get("trigger", "manual"), run["created_at"])
     elif now - run["updated_at"] > age:
         logger.warning("resuming a stalled start", extra={"run_id": run["run_id"]})
-        _start_tuning(run["run_id"], now)
+        _start_tuning(run["run_id"], now, run.get("data_bytes"))
 
 
 def relaunch(run_id: str, trigger: str, created_at: float | None = None) -> None:
@@ -210,7 +206,7 @@ def end_run(run_id: str, from_states: tuple[str, ...], status: str, reason: str,
     maybe_start_run()
 
 
-def run_for_job(job_name: str, tags: dict[str, str], expected: str) -> str | None:
+def run_for_job(job_name: str, tags: dict[str, str], expected: str) -> dict[str, Any] | None:
     """The run a job belongs to, if it is in the `expected` state (else the event was handled already)."""
     config, store = settings(), stores()
     run_id = tags.get(requests.RUN_TAG) or requests.run_id_from_job_name(config, job_name)
@@ -221,7 +217,7 @@ def run_for_job(job_name: str, tags: dict[str, str], expected: str) -> str | Non
     if run["status"] != expected:
         logger.info("event already handled", extra={"run_id": run_id, "status": run["status"]})
         return None
-    return run_id
+    return run
 
 
 def _live_artifact() -> str | None:
@@ -235,9 +231,9 @@ def _live_artifact() -> str | None:
 @tracer.capture_method
 def on_tuning_change(event: TuningJobStateChange) -> None:
     detail = event.detail
-    run_id = run_for_job(detail.name, detail.tags, "TUNING")
-    if run_id is not None:
-        _tuning_ended(run_id, detail.name, detail.status, detail.failure_reason)
+    run = run_for_job(detail.name, detail.tags, "TUNING")
+    if run is not None:
+        _tuning_ended(run, detail.name, detail.status, detail.failure_reason)
 
 
 @tracer.capture_method
@@ -251,11 +247,12 @@ def reconcile_tuning(run: dict[str, Any], now: float, age: float) -> None:
     status, ended = description["HyperParameterTuningJobStatus"], description.get("HyperParameterTuningEndTime")
     if status in JOB_ENDED and ended is not None and now - ended.timestamp() > age:
         logger.warning("resuming a run whose tuning event was lost", extra={"run_id": run["run_id"]})
-        _tuning_ended(run["run_id"], name, status, description.get("FailureReason"), description)
+        _tuning_ended(run, name, status, description.get("FailureReason"), description)
 
 
-def _tuning_ended(run_id: str, name: str, status: str, failure_reason: str | None,
+def _tuning_ended(run: dict[str, Any], name: str, status: str, failure_reason: str | None,
                   description: dict[str, Any] | None = None) -> None:
+    run_id = run["run_id"]
     if status != "Completed":
         end_run(run_id, ("TUNING",), "FAILED", f"tuning job {status}: {failure_reason or 'no reason given'}")
         return
@@ -269,7 +266,7 @@ def _tuning_ended(run_id: str, name: str, status: str, failure_reason: str | Non
     config = settings()
     tuned = best["TunedHyperParameters"]
     request = requests.final_training_job_request(config, run_id, tuned, _live_artifact(),
-                                                  data_bytes=_data_bytes(run_id))
+                                                  data_bytes=run.get("data_bytes"))
     try:
         create_or_refuse("create_training_job", request)
     except Refused as refusal:

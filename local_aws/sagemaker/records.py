@@ -22,12 +22,26 @@ def drop_none(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class TrainingJob:
+class Resource:
+    """What SageMaker keeps of every resource: its name, ARN, request as asked and tags. A model
+    and an endpoint config describe back just that; jobs add their progress."""
     name: str
     arn: str
     request: dict[str, Any]
     tags: list[dict[str, str]]
     creation_time: float
+    ARN_FIELD: ClassVar[str] = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.request, self.ARN_FIELD: self.arn, "CreationTime": self.creation_time}
+
+
+class Model(Resource):
+    ARN_FIELD = "ModelArn"
+
+
+@dataclass
+class TrainingJob(Resource):
     log_path: str
     status: str = "InProgress"
     secondary_status: str = "Starting"
@@ -113,12 +127,8 @@ class TrainingJob:
 
 
 @dataclass
-class TuningJob:
-    name: str
-    arn: str
-    request: dict[str, Any]
-    tags: list[dict[str, str]]
-    creation_time: float
+class TuningJob(Resource):
+    ARN_FIELD = "HyperParameterTuningJobArn"
     status: str = "InProgress"
     last_modified_time: float = 0.0
     end_time: float | None = None
@@ -127,25 +137,7 @@ class TuningJob:
     stop_requested: bool = False
 
 
-@dataclass
-class _KeptRequest:
-    """A resource SageMaker keeps as it was asked for and describes back (a model, an endpoint config)."""
-    name: str
-    arn: str
-    request: dict[str, Any]
-    tags: list[dict[str, str]]
-    creation_time: float
-    ARN_FIELD: ClassVar[str] = ""
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.request, self.ARN_FIELD: self.arn, "CreationTime": self.creation_time}
-
-
-class Model(_KeptRequest):
-    ARN_FIELD = "ModelArn"
-
-
-class EndpointConfig(_KeptRequest):
+class EndpointConfig(Resource):
     ARN_FIELD = "EndpointConfigArn"
 
 
