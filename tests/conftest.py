@@ -1,4 +1,8 @@
-"""Shared fixtures: the digits on disk, and one real training run, in process, shared by the session."""
+"""Shared fixtures: the digits on disk, and one real training run, in process, shared by the session.
+
+The suite runs in pytest-xdist workers (pyproject's addopts): the shared training run is made
+once by whichever worker needs it first, under a file lock, and read from disk by the others.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from training.demo_data import write_digits
 
@@ -32,10 +37,22 @@ def digits_labels(tmp_path_factory) -> Path:
     return root
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, so the workers start them at once instead of one worker ending with them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, digits_splits) -> TrainingRun:
-    """One real training job on the digits (tiny budget), shared by every test that needs an artefact."""
-    run = run_training_job(tmp_path_factory.mktemp("trained"), {"training": digits_splits}, TINY_HYPERPARAMETERS)
+    """One real training job on the digits (tiny budget), shared by every test (and worker) that needs an artefact."""
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else \
+        tmp_path_factory.getbasetemp()
+    with FileLock(shared / "trained.lock"):
+        run = TrainingRun.load(shared / "trained")
+        if run is None:
+            (shared / "trained").mkdir(exist_ok=True)
+            run = run_training_job(shared / "trained", {"training": digits_splits}, TINY_HYPERPARAMETERS)
+            run.save()
     assert run.returncode == 0, run.log[-3000:]
     return run
 

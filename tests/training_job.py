@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,19 @@ class TrainingRun:
     output_dir: Path
     model_tar: Path
     returncode: int
+
+    def save(self) -> None:
+        """Beside its directories, so another test process can `load` it."""
+        (self.model_dir.parent / "run.json").write_text(json.dumps({"log": self.log, "returncode": self.returncode}))
+
+    @classmethod
+    def load(cls, tmp: Path) -> "TrainingRun | None":
+        """A run `save`d in `tmp`, or None."""
+        saved = tmp / "run.json"
+        if not saved.exists():
+            return None
+        data = json.loads(saved.read_text())
+        return cls(data["log"], tmp / "model", tmp / "output", tmp / "model.tar.gz", data["returncode"])
 
 
 def hyperparameter_args(hyperparameters: dict[str, str]) -> list[str]:
