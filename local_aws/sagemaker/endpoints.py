@@ -26,8 +26,9 @@ from ..endpoint_host import EndpointHost, HostStartError
 from .exceptions import ModelError, ValidationError
 
 if TYPE_CHECKING:
-    from .backend import SageMakerBackend
+    from .config import Settings
     from .records import Endpoint
+    from .state import SageMakerState
 
 logger = Logger(service="local-sagemaker")
 
@@ -39,6 +40,7 @@ class Host:
     """One endpoint host process, and the requests it is answering right now."""
 
     config_name: str
+    variant_name: str
     server: EndpointHost
     workdir: Path
     inflight: int = 0
@@ -81,9 +83,9 @@ class Host:
 
 
 class EndpointFleet:
-    def __init__(self, backend: "SageMakerBackend") -> None:
-        self.backend = backend
-        self.settings = backend.settings
+    def __init__(self, settings: "Settings", state: "SageMakerState") -> None:
+        self.settings = settings
+        self.state = state
         self._hosts: dict[str, Host] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -102,7 +104,7 @@ class EndpointFleet:
             if e.status == "Updating":
                 e.failure_reason = "The local SageMaker restarted during the update; the update was rolled back"
             e.status, e.pending_config_name = "Creating", None
-        self.backend.change_endpoint(endpoint.name, mark, announce=False)
+        self.state.change_endpoint(endpoint.name, mark, announce=False)
         self.create(endpoint.name)
 
     def delete(self, name: str) -> None:
@@ -122,10 +124,10 @@ class EndpointFleet:
         for host in hosts:
             host.stop(drain_timeout=5)
 
-    def invoke(self, name: str, body: bytes, content_type: str, accept: str,
+    def invoke(self, endpoint: "Endpoint", body: bytes, content_type: str, accept: str,
                custom_attributes: str | None = None) -> tuple[bytes, str, str]:
         """(body, content type, variant) from the host serving the endpoint now."""
-        endpoint = self.backend.endpoint_serving(name)
+        name = endpoint.name
         with self._lock:
             host = self._hosts.get(name)
             if host is None:
@@ -148,8 +150,7 @@ class EndpointFleet:
                 f"Received client error ({status}) from primary with message \"{message}\". See "
                 f"the endpoint's log for more information.", status, message,
                 f"arn:aws:logs:{self.settings.region}:{self.settings.account}:log-group:/aws/sagemaker/Endpoints/{name}")
-        variant, _ = self.backend.config_model(host.config_name)
-        return answer, answer_type, variant["VariantName"]
+        return answer, answer_type, host.variant_name
 
     # ----- the work ----------------------------------------------------------------------
 
@@ -159,17 +160,17 @@ class EndpointFleet:
         thread.start()
 
     def _create(self, name: str) -> None:
-        config_name = self.backend.endpoints[name].config_name
+        config_name = self.state.endpoints[name].config_name
         try:
             host = self._launch(name, config_name)
         except Exception as error:  # noqa: BLE001 - the endpoint fails with the reason
             logger.warning("endpoint failed to start", endpoint=name, reason=str(error))
-            self.backend.change_endpoint(name, lambda e: (setattr(e, "status", "Failed"),
-                                                          setattr(e, "failure_reason", str(error)[:1024])))
+            self.state.change_endpoint(name, lambda e: (setattr(e, "status", "Failed"),
+                                                        setattr(e, "failure_reason", str(error)[:1024])))
             return
         with self._lock:
             self._hosts[name] = host
-        self.backend.change_endpoint(name, lambda e: setattr(e, "status", "InService"))
+        self.state.change_endpoint(name, lambda e: setattr(e, "status", "InService"))
 
     def _update(self, name: str, config_name: str) -> None:
         try:
@@ -177,20 +178,20 @@ class EndpointFleet:
         except Exception as error:  # noqa: BLE001 - roll back: the old host never stopped serving
             logger.warning("endpoint update rolled back", endpoint=name, reason=str(error))
             reason = f"Failed to update endpoint to config {config_name}; rolled back to the previous config: {error}"
-            self.backend.change_endpoint(name, lambda e: (
+            self.state.change_endpoint(name, lambda e: (
                 setattr(e, "status", "InService"), setattr(e, "pending_config_name", None),
                 setattr(e, "failure_reason", reason[:1024])))
             return
         with self._lock:
             old, self._hosts[name] = self._hosts.get(name), host  # traffic moves here, atomically
-        self.backend.change_endpoint(name, lambda e: (
+        self.state.change_endpoint(name, lambda e: (
             setattr(e, "status", "InService"), setattr(e, "config_name", config_name),
             setattr(e, "pending_config_name", None), setattr(e, "failure_reason", None)))
         if old:
             old.stop()
 
     def _launch(self, name: str, config_name: str) -> Host:
-        _, model = self.backend.config_model(config_name)
+        variant, model = self.state.config_model(config_name)
         container = model.request.get("PrimaryContainer") or model.request["Containers"][0]
         workdir = self.settings.state_dir / "hosts" / name / f"{config_name}-{uuid.uuid4().hex[:8]}"
         # The host checks and unpacks the archive itself, as SageMaker's container does.
@@ -199,7 +200,7 @@ class EndpointFleet:
         log_path = self.settings.state_dir / "logs" / "endpoints" / f"{name}-{workdir.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         server = EndpointHost(archive, log_path=log_path, env=container.get("Environment", {})).start()
-        host = Host(config_name=config_name, server=server, workdir=workdir)
+        host = Host(config_name=config_name, variant_name=variant["VariantName"], server=server, workdir=workdir)
         try:
             host.wait_ready(self.settings.host_start_timeout, self.settings.health_probe)
         except Exception:

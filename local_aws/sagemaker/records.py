@@ -161,3 +161,58 @@ RECORD_TYPES = {
     "endpoint_configs": EndpointConfig,
     "endpoints": Endpoint,
 }
+
+
+# ----- descriptions drawn from more than one record --------------------------------------
+
+def describe_tuning_job(tuning: TuningJob, children: list[TrainingJob], best: TrainingJob | None) -> dict[str, Any]:
+    """DescribeHyperParameterTuningJob: the job, its children's counts and its best child."""
+    status_counts = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 0, "Stopped": 0}
+    objective_counts = {"Succeeded": 0, "Pending": 0, "Failed": 0}
+    for child in children:
+        key = {"Failed": "NonRetryableError", "Stopping": "InProgress"}.get(child.status, child.status)
+        status_counts[key] += 1
+        objective_counts[child.objective_status or "Pending"] += 1
+    request = tuning.request
+    return drop_none({
+        "HyperParameterTuningJobName": tuning.name,
+        "HyperParameterTuningJobArn": tuning.arn,
+        "HyperParameterTuningJobConfig": request["HyperParameterTuningJobConfig"],
+        "TrainingJobDefinition": request.get("TrainingJobDefinition"),
+        "TrainingJobDefinitions": request.get("TrainingJobDefinitions"),
+        "HyperParameterTuningJobStatus": tuning.status,
+        "CreationTime": tuning.creation_time,
+        "HyperParameterTuningEndTime": tuning.end_time,
+        "LastModifiedTime": tuning.last_modified_time or tuning.creation_time,
+        "TrainingJobStatusCounters": status_counts,
+        "ObjectiveStatusCounters": objective_counts,
+        "BestTrainingJob": best.tuning_summary(tuning.name) if best else None,
+        "WarmStartConfig": request.get("WarmStartConfig"),
+        "FailureReason": tuning.failure_reason,
+    })
+
+
+def describe_endpoint(endpoint: Endpoint, config: EndpointConfig | None, models: dict[str, Model]) -> dict[str, Any]:
+    """DescribeEndpoint: the endpoint, with its config's variants and their models' images."""
+    variants = []
+    for variant in (config.request["ProductionVariants"] if config else []):
+        model = models.get(variant["ModelName"])
+        image = ((model.request.get("PrimaryContainer") or {}).get("Image", "") if model else "")
+        count = variant.get("InitialInstanceCount", 1)
+        weight = variant.get("InitialVariantWeight", 1.0)
+        variants.append({
+            "VariantName": variant["VariantName"],
+            "DeployedImages": [{"SpecifiedImage": image, "ResolvedImage": image}] if image else [],
+            "CurrentWeight": weight, "DesiredWeight": weight,
+            "CurrentInstanceCount": count, "DesiredInstanceCount": count,
+        })
+    pending = None
+    if endpoint.pending_config_name:
+        pending = {"EndpointConfigName": endpoint.pending_config_name, "StartTime": endpoint.last_modified_time}
+    return drop_none({
+        "EndpointName": endpoint.name, "EndpointArn": endpoint.arn, "EndpointConfigName": endpoint.config_name,
+        "ProductionVariants": variants, "EndpointStatus": endpoint.status,
+        "FailureReason": endpoint.failure_reason, "CreationTime": endpoint.creation_time,
+        "LastModifiedTime": endpoint.last_modified_time or endpoint.creation_time,
+        "PendingDeploymentSummary": pending,
+    })

@@ -110,7 +110,7 @@ class SageMakerResponses:
 
     def invoke_endpoint(self, name: str, body: bytes, headers: dict[str, str]) -> Reply:
         try:
-            answer, content_type, variant = self.backend.fleet.invoke(
+            answer, content_type, variant = self.backend.invoke_endpoint(
                 name, body, headers.get("Content-Type", "application/octet-stream"),
                 headers.get("Accept", "application/json"), headers.get("X-Amzn-SageMaker-Custom-Attributes"))
             return Reply(200, answer, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": variant})

@@ -45,8 +45,9 @@ from .records import now
 from .rules import run_debug_rules
 
 if TYPE_CHECKING:
-    from .backend import SageMakerBackend
+    from .config import Settings
     from .records import TrainingJob
+    from .state import SageMakerState
 
 logger = Logger(service="local-sagemaker")
 
@@ -122,9 +123,9 @@ class JobStopped(Exception):
 
 
 class TrainingRunner:
-    def __init__(self, backend: "SageMakerBackend") -> None:
-        self.backend = backend
-        self.settings = backend.settings
+    def __init__(self, settings: "Settings", state: "SageMakerState") -> None:
+        self.settings = settings
+        self.state = state
         self._processes: dict[str, JobProcess] = {}
         preload = self.settings.framework_preload
         # The image (forked for rule evaluations) starts no OpenMP pool (one would not survive a fork).
@@ -155,6 +156,13 @@ class TrainingRunner:
         thread.start()
 
     def stop(self, name: str) -> None:
+        """StopTrainingJob's work: the job is marked Stopping and its process ended."""
+        with self.state.lock:
+            status = self.state.training_jobs[name].status
+            if status != "InProgress":
+                raise ValidationException(f"The request was rejected because the training job is in status {status}.")
+        self.state.change_training_job(name, lambda j: (setattr(j, "stop_requested", True),
+                                                        j.move_to("Stopping", "Stopping the training job", status="Stopping")))
         with self._lock:
             process = self._processes.get(name)
         if process and process.poll() is None:
@@ -170,9 +178,9 @@ class TrainingRunner:
         with self._lock:
             names = list(self._threads)
         for name in names:
-            job = self.backend.training_jobs.get(name)
+            job = self.state.training_jobs.get(name)
             if job and job.status == "InProgress":
-                self.backend.stop_training_job({"TrainingJobName": name})
+                self.stop(name)
         for name in names:
             self.wait(name, timeout=30)
         if self.image:
@@ -181,7 +189,7 @@ class TrainingRunner:
     # ----- the job --------------------------------------------------------------------------
 
     def _run(self, name: str, on_line: Callable[[str], None] | None) -> None:
-        job = self.backend.training_jobs[name]
+        job = self.state.training_jobs[name]
         workdir = self.settings.state_dir / "jobs" / name
         log_path = Path(job.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +197,7 @@ class TrainingRunner:
             self._download(job, workdir)
             command, env = self._prepare(job, workdir)
             cwd = workdir
-            self.backend.change_training_job(name, lambda j: j.move_to(
+            self.state.change_training_job(name, lambda j: j.move_to(
                 "Training", "Training image download completed. Training in progress."))
             try:
                 returncode = self._execute(name, command, env, cwd, log_path, on_line)
@@ -197,20 +205,20 @@ class TrainingRunner:
                 # Before any final status: whoever reacts to it reads FinalMetricDataList, and a
                 # restarted job its checkpoints (SageMaker syncs them while the job runs).
                 self._record_metrics(name, log_path)
-                self._save_checkpoints(self.backend.training_jobs[name], workdir)
-            job = self.backend.training_jobs[name]
+                self._save_checkpoints(self.state.training_jobs[name], workdir)
+            job = self.state.training_jobs[name]
             if job.stop_requested:
                 raise JobStopped("The training job was stopped on request")
             if returncode != 0:
                 reason = failure_reason(_tail(log_path), returncode, workdir / "output" / "failure")
                 self._fail(name, reason)
                 return
-            self.backend.change_training_job(name, lambda j: j.move_to("Uploading", "Uploading generated training model"))
+            self.state.change_training_job(name, lambda j: j.move_to("Uploading", "Uploading generated training model"))
             self._upload(job, workdir, log_path)
-            self.backend.change_training_job(name, lambda j: j.move_to("Completed", "Training job completed",
-                                                                        status="Completed"))
+            self.state.change_training_job(name, lambda j: j.move_to("Completed", "Training job completed",
+                                                                      status="Completed"))
         except JobStopped as stopped:
-            self.backend.change_training_job(name, lambda j: (
+            self.state.change_training_job(name, lambda j: (
                 j.move_to("MaxRuntimeExceeded" if "time limit" in str(stopped) else "Stopped", str(stopped),
                           status="Stopped")))
         except Exception as error:  # noqa: BLE001 - any error ends the job as Failed, with its reason
@@ -225,19 +233,19 @@ class TrainingRunner:
         def mark(job: "TrainingJob") -> None:
             job.failure_reason = reason
             job.move_to("Failed", reason.splitlines()[0], status="Failed")
-        self.backend.change_training_job(name, mark)
+        self.state.change_training_job(name, mark)
 
     def _record_metrics(self, name: str, log_path: Path) -> None:
-        job = self.backend.training_jobs[name]
+        job = self.state.training_jobs[name]
         definitions = job.request["AlgorithmSpecification"].get("MetricDefinitions", [])
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         metrics = final_metrics(text, definitions)
         if metrics:
-            self.backend.change_training_job(name, lambda j: setattr(j, "final_metrics", metrics))
+            self.state.change_training_job(name, lambda j: setattr(j, "final_metrics", metrics))
 
     def _download(self, job: "TrainingJob", workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
-        self.backend.change_training_job(job.name, lambda j: (
+        self.state.change_training_job(job.name, lambda j: (
             setattr(j, "training_start_time", now()),
             j.move_to("Downloading", "Downloading input data")))
         s3 = s3_transfer.s3_client(self.settings.region)
@@ -297,7 +305,7 @@ class TrainingRunner:
             "TRAINING_JOB_NAME": job.name,
             "TRAINING_JOB_ARN": job.arn,
             "AWS_REGION": self.settings.region,
-            "OMP_NUM_THREADS": str(self.settings.job_threads(self.backend.running_training_jobs())),
+            "OMP_NUM_THREADS": str(self.settings.job_threads(self.state.running_training_jobs())),
             "PYTHONUNBUFFERED": "1",
         }
         if "DebugHookConfig" in request:
@@ -309,7 +317,7 @@ class TrainingRunner:
 
     def _execute(self, name: str, command: list[str], env: dict[str, str], cwd: Path, log_path: Path,
                  on_line: Callable[[str], None] | None) -> int:
-        limit = self.backend.training_jobs[name].request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+        limit = self.state.training_jobs[name].request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         with open(log_path, "a", buffering=1) as log:
             log.write(f"Invoking script with the following command:\n{shlex.join(command)}\n")
             # A fresh interpreter, as a container starts: the toolkit then runs the script as its own child.
@@ -318,7 +326,7 @@ class TrainingRunner:
                 self._processes[name] = process
                 # A stop that came before the process was registered (while the data downloaded) found
                 # nothing to stop; from here on stop() finds it.
-                stopped_early = self.backend.training_jobs[name].stop_requested
+                stopped_early = self.state.training_jobs[name].stop_requested
             if stopped_early:
                 terminate(process)
             with time_limit(process, limit) as timed_out:
@@ -346,7 +354,7 @@ class TrainingRunner:
         else:
             model_uri = s3_transfer.upload_file(s3, _tar_directory(workdir / "model", workdir / "model.tar.gz"),
                                         s3_transfer.join_s3(prefix, "model.tar.gz"))
-        self.backend.change_training_job(job.name, lambda j: setattr(j, "model_artifacts", model_uri))
+        self.state.change_training_job(job.name, lambda j: setattr(j, "model_artifacts", model_uri))
         output_data = workdir / "output" / "data"
         if any(output_data.iterdir()):
             s3_transfer.upload_file(s3, _tar_directory(output_data, workdir / "output.tar.gz"), s3_transfer.join_s3(prefix, "output.tar.gz"))
@@ -365,11 +373,11 @@ class TrainingRunner:
         pending = [{"RuleConfigurationName": c["RuleConfigurationName"],
                     "RuleEvaluationJobArn": self.settings.arn("processing-job", f"{job.name}-{c['RuleConfigurationName']}"),
                     "RuleEvaluationStatus": "InProgress", "LastModifiedTime": now()} for c in configurations]
-        self.backend.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", pending))
+        self.state.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", pending))
         results = run_debug_rules(configurations, tensors, code, self.settings.debug_rules_program, self.image)
         statuses = [{**status, **results[status["RuleConfigurationName"]], "LastModifiedTime": now()}
                     for status in pending]
-        self.backend.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", statuses))
+        self.state.change_training_job(job.name, lambda j: setattr(j, "debug_rule_statuses", statuses))
 
     def _upload_profiler_report(self, job: "TrainingJob", output_data: Path, s3) -> None:
         """The job's profiler output and report go where AWS's ProfilerReport rule puts its own:
@@ -394,7 +402,7 @@ class TrainingRunner:
             "LastModifiedTime": now(),
         } for c in job.request.get("ProfilerRuleConfigurations", [])]
         if statuses:
-            self.backend.change_training_job(job.name, lambda j: setattr(j, "profiler_rule_statuses", statuses))
+            self.state.change_training_job(job.name, lambda j: setattr(j, "profiler_rule_statuses", statuses))
 
 
 def _tail(path: Path, size: int = 20_000) -> str:

@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 from aws_lambda_powertools import Logger
@@ -34,8 +34,9 @@ from .records import now
 TUNING_METRIC_PARAM = "_tuning_objective_metric"
 
 if TYPE_CHECKING:
-    from .backend import SageMakerBackend
     from .records import TrainingJob, TuningJob
+    from .state import SageMakerState
+    from .training_jobs import TrainingRunner
 
 logger = Logger(service="local-sagemaker")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,14 +204,26 @@ class MetricReporter:
             self.stop()
 
 
+class StartTrainingJob(Protocol):
+    """CreateTrainingJob for a trial: records the child, as the operation does, and starts it."""
+
+    def __call__(self, params: dict[str, Any], *, tuning_job_arn: str | None = None,
+                 tuned: dict[str, str] | None = None,
+                 on_line: Callable[[str], None] | None = None) -> "TrainingJob": ...
+
+
 class Tuner:
-    def __init__(self, backend: "SageMakerBackend") -> None:
-        self.backend = backend
+    def __init__(self, state: "SageMakerState", runner: "TrainingRunner", start_training_job: StartTrainingJob,
+                 max_running_jobs: int) -> None:
+        self.state = state
+        self.runner = runner
+        self.start_training_job = start_training_job
+        self.max_running_jobs = max_running_jobs
         self._threads: dict[str, threading.Thread] = {}
 
     def plan(self, params: dict[str, Any]) -> TuningPlan:
         plan = make_plan(params)
-        self.backend.runner.validate(child_request(
+        self.runner.validate(child_request(
             _RequestView(params), "validation", {name: "0" for name in plan.distributions}))
         return plan
 
@@ -220,10 +233,10 @@ class Tuner:
         thread.start()
 
     def stop(self, name: str) -> None:
-        tuning = self.backend.tuning_jobs[name]
-        for child in self.backend.children(tuning):
+        tuning = self.state.tuning_jobs[name]
+        for child in self.state.children(tuning):
             if child.status == "InProgress":
-                _stop_quietly(self.backend, child.name)
+                _stop_quietly(self.runner, child.name)
 
     def wait(self, name: str, timeout: float | None = None) -> None:
         thread = self._threads.get(name)
@@ -233,7 +246,7 @@ class Tuner:
     def shutdown(self) -> None:
         for name, thread in list(self._threads.items()):
             if thread.is_alive():
-                self.backend.change_tuning_job(name, lambda t: setattr(t, "stop_requested", True))
+                self.state.change_tuning_job(name, lambda t: setattr(t, "stop_requested", True))
                 self.stop(name)
                 thread.join(60)
 
@@ -251,35 +264,35 @@ class Tuner:
         study = plan.study()
         running: dict[str, tuple[Trial, MetricReporter]] = {}
         launched = 0
-        parallel = min(plan.max_parallel, self.backend.settings.max_running_jobs)
+        parallel = min(plan.max_parallel, self.max_running_jobs)
         while True:
-            seen = self.backend.changes_seen()
-            tuning = self.backend.tuning_jobs[name]
+            seen = self.state.changes_seen()
+            tuning = self.state.tuning_jobs[name]
             while (not tuning.stop_requested and launched < plan.max_jobs and len(running) < parallel
-                   and self.backend.running_training_jobs() < self.backend.settings.max_running_jobs):
+                   and self.state.running_training_jobs() < self.max_running_jobs):
                 trial = study.ask(plan.distributions)
                 job_name = f"{name}-{launched + 1:03d}-{uuid.uuid4().hex[:8]}"
                 tuned = {key: format_value(value) for key, value in trial.params.items()}
                 reporter = MetricReporter(trial, plan.metric_regex, lambda j=job_name: self._early_stop(j))
                 try:
-                    self.backend.start_training_job(child_request(tuning, job_name, tuned), tuning_job_arn=tuning.arn,
+                    self.start_training_job(child_request(tuning, job_name, tuned), tuning_job_arn=tuning.arn,
                                                     tuned=tuned, on_line=reporter)
                 except ResourceLimitExceeded:  # another client took the slot: try again later
                     study.tell(trial, state=TrialState.FAIL)
                     break
                 running[job_name] = (trial, reporter)
                 launched += 1
-            for job_name in [j for j in running if self.backend.training_jobs[j].status in TERMINAL]:
+            for job_name in [j for j in running if self.state.training_jobs[j].status in TERMINAL]:
                 trial, reporter = running.pop(job_name)
-                self._score(name, plan, study, trial, reporter, self.backend.training_jobs[job_name])
+                self._score(name, plan, study, trial, reporter, self.state.training_jobs[job_name])
             if not running and (tuning.stop_requested or launched >= plan.max_jobs):
                 break
-            self.backend.wait_for_change(seen, POLL_SECONDS)
+            self.state.wait_for_change(seen, POLL_SECONDS)
         self._conclude(name)
 
     def _early_stop(self, job_name: str) -> None:
         # Not on the job's own log thread: stopping waits for the process that feeds that thread.
-        threading.Thread(target=_stop_quietly, args=(self.backend, job_name), daemon=True).start()
+        threading.Thread(target=_stop_quietly, args=(self.runner, job_name), daemon=True).start()
 
     def _score(self, name: str, plan: TuningPlan, study: optuna.Study, trial: Trial, reporter: MetricReporter,
                job: "TrainingJob") -> None:
@@ -294,15 +307,15 @@ class Tuner:
             study.tell(trial, value)
         else:
             study.tell(trial, state=TrialState.FAIL)
-        self.backend.change_training_job(job.name, lambda j: (
+        self.state.change_training_job(job.name, lambda j: (
             setattr(j, "objective", objective),
             setattr(j, "objective_status", "Succeeded" if objective else "Failed")))
         best = self._best(name, plan)
         if best:
-            self.backend.change_tuning_job(name, lambda t: setattr(t, "best_training_job", best))
+            self.state.change_tuning_job(name, lambda t: setattr(t, "best_training_job", best))
 
     def _best(self, name: str, plan: TuningPlan) -> str | None:
-        scored = [c for c in self.backend.children(self.backend.tuning_jobs[name])
+        scored = [c for c in self.state.children(self.state.tuning_jobs[name])
                   if c.objective_status == "Succeeded" and c.objective]
         if not scored:
             return None
@@ -311,8 +324,8 @@ class Tuner:
         return max(scored, key=lambda c: (sign * c.objective["Value"], -c.creation_time)).name
 
     def _conclude(self, name: str) -> None:
-        tuning = self.backend.tuning_jobs[name]
-        children = self.backend.children(tuning)
+        tuning = self.state.tuning_jobs[name]
+        children = self.state.children(tuning)
         if tuning.stop_requested:
             self._finish(name, "Stopped", None)
         elif any(c.objective_status == "Succeeded" for c in children):
@@ -325,13 +338,13 @@ class Tuner:
     def _finish(self, name: str, status: str, reason: str | None) -> None:
         def mark(tuning: "TuningJob") -> None:
             tuning.status, tuning.failure_reason, tuning.end_time = status, reason, now()
-        self.backend.change_tuning_job(name, mark)
+        self.state.change_tuning_job(name, mark)
 
 
-def _stop_quietly(backend: "SageMakerBackend", job_name: str) -> None:
+def _stop_quietly(runner: "TrainingRunner", job_name: str) -> None:
     """Stop a child that may have ended meanwhile (then there is nothing to stop)."""
     try:
-        backend.stop_training_job({"TrainingJobName": job_name})
+        runner.stop(job_name)
     except ValidationException:
         pass
 

@@ -146,8 +146,8 @@ def test_stop_stops_the_running_trials(sm, bucket, tiny_source):
 
 
 def test_a_waiting_tuner_wakes_when_a_job_changes_not_on_its_timer(sm, bucket, tiny_source, service):
-    seen = service.backend.changes_seen()
-    waiter = threading.Thread(target=service.backend.wait_for_change, args=(seen, 300), daemon=True)
+    seen = service.backend.state.changes_seen()
+    waiter = threading.Thread(target=service.backend.state.wait_for_change, args=(seen, 300), daemon=True)
     waiter.start()
     request = tuning_request(bucket, tiny_source, "Random", max_jobs=1, parallel=1)
     run(sm, request)
