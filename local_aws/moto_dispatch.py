@@ -11,7 +11,7 @@ and DynamoDB's bodies too) a freshly made subclass of its `files` dict, only so 
 missing upload in a non-multipart form raises a more helpful KeyError: 5%.
 
 The first two answers depend only on their argument (a host name; a class) and on moto's
-installed code (its directories, its URL patterns), so `make_dispatch_memoised()` caches
+installed code (its directories, its URL patterns), so `make_dispatch_memoised(patches)` caches
 them per argument; it also skips the debug helper (moto never reads `files` outside a
 multipart upload, where the helper does not apply). A moto that changed shape fails
 loudly here instead of silently losing the change.
@@ -28,16 +28,14 @@ import werkzeug.wrappers
 from moto.core.utils import method_names_from_class
 from moto.moto_server.werkzeug_app import BackendRequest, DomainDispatcherApplication
 
+from .patching import Patches
+
 # moto's own lookup, kept for the memoised one (and for the tests comparing the two).
 moto_backend_for_host = getattr(DomainDispatcherApplication, "get_backend_for_host", None)
-_applied = False
 
 
-def make_dispatch_memoised() -> None:
-    """Patch moto's server routing in this process (idempotent)."""
-    global _applied
-    if _applied:
-        return
+def make_dispatch_memoised(patches: Patches) -> None:
+    """Patch moto's server routing in this process, recorded in `patches`."""
     lookup = moto_backend_for_host
     if (lookup is None or getattr(core_responses, "method_names_from_class", None) is not method_names_from_class
             or "_load_form_data" not in vars(flask.Request) or "_load_form_data" not in vars(werkzeug.wrappers.Request)):
@@ -49,7 +47,6 @@ def make_dispatch_memoised() -> None:
             known[host] = lookup(self, host)
         return known[host]
 
-    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host  # type: ignore[method-assign]
-    core_responses.method_names_from_class = functools.lru_cache(maxsize=None)(method_names_from_class)
-    BackendRequest._load_form_data = werkzeug.wrappers.Request._load_form_data  # type: ignore[method-assign]
-    _applied = True
+    patches.replace(DomainDispatcherApplication, "get_backend_for_host", get_backend_for_host)
+    patches.replace(core_responses, "method_names_from_class", functools.lru_cache(maxsize=None)(method_names_from_class))
+    patches.replace(BackendRequest, "_load_form_data", werkzeug.wrappers.Request._load_form_data)

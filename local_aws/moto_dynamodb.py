@@ -37,17 +37,16 @@ from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
 
+from .patching import Patches
+
 _LEXER = "_lex_condition_expression"
 # moto's own lexer, kept for the memoised one (and for the tests comparing the two).
 moto_lexer = vars(ConditionExpressionParser).get(_LEXER)
 moto_transact_write_items = vars(DynamoDBBackend).get("transact_write_items")
-_applied: set[str] = set()
 
 
-def make_lexing_memoised() -> None:
-    """Patch moto's condition-expression lexer in this process (idempotent)."""
-    if "lexing" in _applied:
-        return
+def make_lexing_memoised(patches: Patches) -> None:
+    """Patch moto's condition-expression lexer in this process, recorded in `patches`."""
     lex = moto_lexer
     if lex is None or not isinstance(getattr(ConditionExpressionParser, "Node", None), type):
         raise RuntimeError("moto's condition-expression parser changed shape; review local_aws/moto_dynamodb.py")
@@ -61,8 +60,7 @@ def make_lexing_memoised() -> None:
     def lex_memoised(self: ConditionExpressionParser) -> deque:
         return deque(tokens(self.condition_expression))
 
-    setattr(ConditionExpressionParser, _LEXER, lex_memoised)
-    _applied.add("lexing")
+    patches.replace(ConditionExpressionParser, _LEXER, lex_memoised)
 
 
 # ----------------------------------------------------------------------------- transactions
@@ -114,10 +112,8 @@ def _put_back(saved: list[tuple]) -> None:
             table.items[hash_value] = item
 
 
-def make_transactions_item_scoped() -> None:
-    """Patch moto's TransactWriteItems rollback to save items, not tables (idempotent)."""
-    if "transactions" in _applied:
-        return
+def make_transactions_item_scoped(patches: Patches) -> None:
+    """Patch moto's TransactWriteItems rollback to save items, not tables, recorded in `patches`."""
     if moto_transact_write_items is None or dynamodb_models.copy is not copy or \
             not all(hasattr(Table, name) for name in ("get_item", "delete_item", "put_item")) or \
             not hasattr(DynamoDBBackend, "get_keys_value"):
@@ -135,6 +131,5 @@ def make_transactions_item_scoped() -> None:
         finally:
             _IN_TRANSACTION.reset(token)
 
-    dynamodb_models.copy = _CopyKeepingTables
-    DynamoDBBackend.transact_write_items = transact_write_items
-    _applied.add("transactions")
+    patches.replace(dynamodb_models, "copy", _CopyKeepingTables)
+    patches.replace(DynamoDBBackend, "transact_write_items", transact_write_items)

@@ -5,18 +5,16 @@ deep-copied the tables for its rollback while other threads changed them
 ("RuntimeError: dictionary changed size during iteration", a 500 to the client). The
 dispatcher runs batches concurrently, as Lambda does, and every batch writes through
 transactions, so DynamoDB requests are serialised here. Everything else (S3, SQS long
-polls, EventBridge) stays concurrent. These changes make it cheaper per request, each
-with moto's answers unchanged: its SQS is linear in the queue's depth
-(`local_aws.moto_sqs`; a deep queue otherwise costs quadratic time), its routing is
-memoised (`local_aws.moto_dispatch`), DynamoDB lexes a condition expression once per
-text and a transaction saves only the items it touches, not whole tables
-(`local_aws.moto_dynamodb`), and connections are kept alive between requests
-(`local_aws.moto_http`).
+polls, EventBridge) stays concurrent. Connections are kept alive between requests
+(`local_aws.moto_http`), and moto's patches (`local_aws.moto_patches`: SQS linear in the
+queue's depth, routing memoised, DynamoDB lexing once per text and transactions saving
+only the items they touch) make it cheaper per request with its answers unchanged.
 
-`MotoServer` serves from threads of this process (tests); `MotoProcess` runs it in its
-own interpreter, `python -m local_aws.moto_server --port N`, as the stack does: moto's
-request handling is most of the stack's CPU time under load, and in the stack's
-process it would hold the same GIL as the handlers that call it.
+`MotoServer` serves from threads of this process (tests), with moto as the process has
+it: the patches are the process's to apply (`MotoPatches`), not a server's. `MotoProcess`
+runs it in its own interpreter, `python -m local_aws.moto_server --port N`, patched, as
+the stack does: moto's request handling is most of the stack's CPU time under load, and
+in the stack's process it would hold the same GIL as the handlers that call it.
 """
 
 from __future__ import annotations
@@ -36,10 +34,8 @@ from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-from .moto_dispatch import make_dispatch_memoised
-from .moto_dynamodb import make_lexing_memoised, make_transactions_item_scoped
 from .moto_http import KeepAliveRequestHandler, close_open_connections, open_connections
-from .moto_sqs import make_sqs_linear
+from .moto_patches import MotoPatches
 from .wsgi_server import ThreadedServer
 
 
@@ -61,10 +57,6 @@ class MotoServer(ThreadedServer):
     thread_name = "moto"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        make_sqs_linear()
-        make_dispatch_memoised()
-        make_lexing_memoised()
-        make_transactions_item_scoped()
         super().__init__(serialise_dynamodb(DomainDispatcherApplication(create_backend_app)), host, port,
                          request_handler=KeepAliveRequestHandler)
         open_connections(self._server)
@@ -131,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request
+    MotoPatches().apply()  # for the process's life: it serves nothing else
     server = MotoServer(args.host, args.port)
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     server.serve_forever()

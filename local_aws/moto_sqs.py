@@ -8,7 +8,7 @@ SendMessage (an S3 notification reads ContentBasedDeduplication) and three times
 message received (the retention check reads MessageRetentionPeriod through
 GetQueueAttributes). Receiving a batch from a deep queue was quadratic.
 
-`make_sqs_linear()` replaces those readers with equivalent ones: the retention check
+`make_sqs_linear(patches)` replaces those readers with equivalent ones: the retention check
 reads the queue's retention period directly, and each counter is one pass with one
 clock reading. Semantics are moto's own (same fields, same comparisons).
 """
@@ -20,7 +20,7 @@ from typing import Any
 from moto.core.utils import unix_time, unix_time_millis
 from moto.sqs.models import Message, Queue, SQSBackend
 
-_applied = False
+from .patching import Patches
 
 
 def _ready(queue: Queue, now: float) -> list[Message]:
@@ -46,20 +46,16 @@ def _within_retention(backend: SQSBackend, queue_name: str, message: Message) ->
     return retention + message.sent_timestamp / 1000 > unix_time()  # type: ignore[operator]
 
 
-def make_sqs_linear() -> None:
-    """Patch moto's SQS models in this process (idempotent)."""
-    global _applied
-    if _applied:
-        return
-    patches: dict[tuple[Any, str], Any] = {
+def make_sqs_linear(patches: Patches) -> None:
+    """Patch moto's SQS models in this process, recorded in `patches`."""
+    replacements: dict[tuple[Any, str], Any] = {
         (Queue, "messages"): property(_messages),
         (Queue, "approximate_number_of_messages"): property(lambda queue: len(_messages(queue))),
         (Queue, "approximate_number_of_messages_delayed"): property(_delayed),
         (Queue, "approximate_number_of_messages_not_visible"): property(_not_visible),
         (SQSBackend, "is_message_valid_based_on_retention_period"): _within_retention,
     }
-    for (owner, name), replacement in patches.items():
+    for (owner, name), replacement in replacements.items():
         if not hasattr(owner, name):  # a moto that changed shape: fail loudly, not silently slow
             raise RuntimeError(f"moto's {owner.__name__}.{name} is gone; review local_aws/moto_sqs.py")
-        setattr(owner, name, replacement)
-    _applied = True
+        patches.replace(owner, name, replacement)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the digits on disk, and one real training run, in process, shared by the session.
+"""Shared fixtures: moto patched as the stack patches it, the digits on disk, and one real training
+run, in process, shared by the session.
 
 The suite runs in pytest-xdist workers (pyproject's addopts): the shared training run is made
 once by whichever worker needs it first, under a file lock, and read from disk by the others.
@@ -7,11 +8,13 @@ once by whichever worker needs it first, under a file lock, and read from disk b
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
+from local_aws.moto_patches import MotoPatches
 from training.demo_data import write_digits
 
 # As in the training image (training/debugger.py): smdebug's protobuf code runs on protobuf 6 only in
@@ -19,6 +22,14 @@ from training.demo_data import write_digits
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
 from tests.training_job import TINY_HYPERPARAMETERS, TrainingRun, run_training_job  # noqa: E402 - after protobuf's choice
+
+
+@pytest.fixture(scope="session", autouse=True)
+def moto_patches() -> Iterator[MotoPatches]:
+    """moto as the stack's moto process has it, for every test (in-process mock_aws too), whatever
+    the order they run in; undone when the session ends."""
+    with MotoPatches() as patches:
+        yield patches
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ IDLE_WAIT_SECONDS = 1  # long poll while idle; short, so a stop is noticed quick
 
 class QueuePoller:
     def __init__(self, sqs: Any, queue_url: str, *, batch_size: int, batching_window: float, invoke: Invoke,
-                 name: str, visibility_timeout: float) -> None:
+                 name: str, visibility_timeout: float, idle_wait: int = IDLE_WAIT_SECONDS) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.batch_size = batch_size
@@ -38,6 +38,7 @@ class QueuePoller:
         self.invoke = invoke
         self.name = name
         self.visibility_timeout = visibility_timeout
+        self.idle_wait = idle_wait  # a long poll's wait, whole seconds as SQS takes it (0: answer at once)
         self._held: dict[str, float] = {}  # receipt handle -> when SQS makes it visible again
         self._lock = threading.Lock()
 
@@ -54,15 +55,18 @@ class QueuePoller:
         return messages
 
     def gather(self, stop: threading.Event) -> list[dict[str, Any]]:
-        """One batch: up to batch_size messages, waiting at most the window after the first."""
+        """One batch: up to batch_size messages, waiting at most the window after the first;
+        empty when none came within one idle wait."""
         batch: list[dict[str, Any]] = []
         closes_at = math.inf
         while len(batch) < self.batch_size and not stop.is_set():
             remaining = closes_at - time.monotonic()
             if batch and remaining <= 0:
                 break
-            wait = IDLE_WAIT_SECONDS if not batch else min(IDLE_WAIT_SECONDS, int(remaining))
+            wait = self.idle_wait if not batch else min(self.idle_wait, int(remaining))
             messages = self._receive(self.batch_size - len(batch), wait)
+            if not messages and not batch:
+                break
             if messages and not batch:
                 closes_at = time.monotonic() + self.batching_window
             # A message whose visibility timeout ran out while the batch gathered comes back:

@@ -1,10 +1,11 @@
-"""A moto-backed AWS for the Chalice app, built from infra/template.json, and a tiny Lambda runtime.
+"""A moto-backed AWS for the Chalice app, built as the local stack builds it, and Lambda's SQS delivery.
 
-`world` creates the bucket (with the template's S3 → SQS notifications), the
-queues and the tables exactly as the template declares them, so the tests check
-the code and the template together. `World.drain` plays Lambda's SQS poller:
-it receives what S3 really sent, invokes the handler through chalice.test.Client,
-and deletes only the records the handler did not report as failed.
+`world` creates the bucket (with its S3 → SQS notifications), the queues and the tables
+from infra/template.json with the stack's own code (`local_aws.project.infra`), so the
+tests check the code and the template together. `World.deliver` and `World.drain` play
+Lambda's SQS poller with the dispatcher's own (`local_aws.dispatcher.poller`): they
+receive what S3 really sent, invoke the handler with Lambda's event through
+chalice.test.Client, and delete only the records the handler did not report as failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import uuid
 from functools import lru_cache
 from dataclasses import dataclass, field
@@ -27,6 +29,12 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sagemaker.models import FakeTrainingJob, HyperParameterTuningJob, sagemaker_backends
 
 from infra import policies
+from local_aws.dispatcher import wiring_from_app
+from local_aws.dispatcher.lambda_shapes import failed_message_ids, sqs_event
+from local_aws.dispatcher.poller import QueuePoller
+from local_aws.dispatcher.queues import queue_arn
+from local_aws.dispatcher.stage import Stage
+from local_aws.project.infra import apply, render
 from training.metrics import VERDICT_VALUES
 
 from . import iam
@@ -66,25 +74,28 @@ def png_bytes(seed: int = 0, size: int = 8) -> bytes:
     return buffer.getvalue()
 
 
-def _resolve(value: Any) -> Any:
-    """The template's Fn::Sub names for the test stage."""
-    if isinstance(value, dict) and "Fn::Sub" in value:
-        return value["Fn::Sub"].replace("${Stage}", STAGE)
-    return value
+# The test stage as the stack's infrastructure and the dispatcher see it.
+TEST_STAGE = Stage(name=STAGE, app_name="image-pipeline", environment=ENV, lambda_timeout=60, lambda_memory_size=128)
 
 
-def _table_request(resource: dict[str, Any]) -> dict[str, Any]:
-    props = resource["Properties"]
-    request = {key: props[key] for key in ("AttributeDefinitions", "KeySchema", "BillingMode", "GlobalSecondaryIndexes")
-               if key in props}
-    request["TableName"] = _resolve(props["TableName"])
-    return request
+@dataclass
+class Delivery:
+    """One batch delivered: the messages, the handler's answer (one per invocation), the records it failed."""
+
+    messages: list[dict[str, Any]]
+    payloads: list[Any]
+    failed: set[str]
+
+    @property
+    def payload(self) -> Any:
+        return self.payloads[-1]
 
 
 @dataclass
 class World:
     client: Client
     clock: list[float]
+    batch_sizes: dict[str, int]  # per SQS-fed function, as the app declares it
     uploaded: int = 0
     s3: Any = field(default_factory=lambda: boto3.client("s3", region_name=REGION))
     sqs: Any = field(default_factory=lambda: boto3.client("sqs", region_name=REGION))
@@ -98,31 +109,47 @@ class World:
     def queue_url(self, name: str) -> str:
         return self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
 
-    def receive(self, queue: str, max_messages: int = 10) -> list[dict[str, Any]]:
-        response = self.sqs.receive_message(QueueUrl=self.queue_url(queue), MaxNumberOfMessages=max_messages,
-                                            AttributeNames=["All"], VisibilityTimeout=0)
+    def peek(self, queue: str) -> list[dict[str, Any]]:
+        """What `queue` holds (up to 10 messages), left there for the next delivery."""
+        response = self.sqs.receive_message(QueueUrl=self.queue_url(queue), MaxNumberOfMessages=10,
+                                            VisibilityTimeout=0)
         return response.get("Messages", [])
 
-    def lambda_event(self, queue: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        arn = f"arn:aws:sqs:{REGION}:{DEFAULT_ACCOUNT_ID}:{queue}"
-        return {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
-                             "attributes": m.get("Attributes", {}), "messageAttributes": {},
-                             "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs", "eventSourceARN": arn,
-                             "awsRegion": REGION} for m in messages]}
+    def deliver(self, function: str, queue: str, *, duplicate: bool = False) -> Delivery | None:
+        """One batch from `queue` to `function` as the dispatcher's poller delivers it (twice when
+        `duplicate`): what succeeded is deleted, the reported failures come back with the next
+        delivery. None when the queue is empty."""
+        delivery = Delivery([], [], set())
 
-    def drain(self, function: str, queue: str, *, duplicate: bool = False) -> list[dict[str, Any]]:
-        """Deliver everything in `queue` to `function` in batches of 10 (twice each when `duplicate`)."""
-        responses = []
-        while messages := self.receive(queue):
-            event = self.lambda_event(queue, messages)
+        def invoke(messages: list[dict[str, Any]]) -> set[str] | None:
+            delivery.messages = messages
+            delivery.failed = {m["MessageId"] for m in messages}  # all of them, unless the handler answers
+            event = sqs_event(messages, queue_arn(REGION, queue), REGION)
             for _ in range(2 if duplicate else 1):
-                payload = self.client.lambda_.invoke(function, event).payload or {}
-                responses.append(payload)
-            failed = {item["itemIdentifier"] for item in payload.get("batchItemFailures", [])}
-            assert not failed, f"{function} reported failures: {failed}"
-            self.sqs.delete_message_batch(QueueUrl=self.queue_url(queue), Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
-        return responses
+                delivery.payloads.append(self.client.lambda_.invoke(function, event).payload)
+            failed = failed_message_ids(delivery.payload)
+            if failed is not None:
+                delivery.failed = failed
+            return failed
+
+        # The world's time stands still: a batch is what one receive finds (its window has closed),
+        # and an empty queue answers at once rather than after a long poll.
+        url = self.queue_url(queue)
+        visibility = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])["Attributes"]
+        poller = QueuePoller(self.sqs, url, batch_size=self.batch_sizes[function], batching_window=0, invoke=invoke,
+                             name=function, visibility_timeout=float(visibility["VisibilityTimeout"]), idle_wait=0)
+        batch = poller.gather(threading.Event())
+        if not batch:
+            return None
+        poller.process(batch)
+        poller.release()  # the failures' visibility timeout passes before the next delivery
+        return delivery
+
+    def drain(self, function: str, queue: str, *, duplicate: bool = False) -> None:
+        """Deliver everything in `queue` to `function`, batch by batch (twice each when `duplicate`);
+        no record may fail."""
+        while delivery := self.deliver(function, queue, duplicate=duplicate):
+            assert not delivery.failed, f"{function} reported failures: {delivery.failed}"
 
     # S3 uploads -----------------------------------------------------------
     def upload(self, key: str, body: bytes) -> str:
@@ -226,24 +253,14 @@ def world(app_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
         monkeypatch.setattr(job_class, "__init__", running)
     with mock_aws():
-        dynamodb, sqs, s3 = (boto3.client(s, region_name=REGION) for s in ("dynamodb", "sqs", "s3"))
-        resources = TEMPLATE["Resources"]
-        for resource in resources.values():
-            if resource.get("Type") == "AWS::DynamoDB::Table":
-                dynamodb.create_table(**_table_request(resource))
-        arns = {}
-        for logical, resource in resources.items():
-            if resource.get("Type") == "AWS::SQS::Queue":
-                url = sqs.create_queue(QueueName=_resolve(resource["Properties"]["QueueName"]))["QueueUrl"]
-                arns[logical] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        s3.create_bucket(Bucket=BUCKET)
-        notifications = resources["DataBucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
-        s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={"QueueConfigurations": [
-            {"QueueArn": arns[n["Queue"]["Fn::GetAtt"][0]], "Events": [n["Event"]],
-             "Filter": {"Key": {"FilterRules": n["Filter"]["S3Key"]["Rules"]}}} for n in notifications]})
-        for logical in arns:  # S3 sends a test event when notifications are configured
-            sqs.purge_queue(QueueUrl=sqs.get_queue_url(QueueName=arns[logical].rsplit(":", 1)[1])["QueueUrl"])
+        infra = render(TEST_STAGE)
+        session = boto3.Session(region_name=REGION)
+        apply(infra, session)
+        sqs = session.client("sqs")
+        for notification in infra.notifications:  # S3 sent each queue a test event when they were configured
+            sqs.purge_queue(QueueUrl=sqs.get_queue_url(QueueName=notification.queue_arn.rsplit(":", 1)[1])["QueueUrl"])
         from app import app
 
+        batch_sizes = {source.handler: source.batch_size for source in wiring_from_app(app, TEST_STAGE).sqs}
         with Client(app, stage_name=STAGE, project_dir=str(project)) as client:
-            yield World(client=client, clock=now)
+            yield World(client=client, clock=now, batch_sizes=batch_sizes)

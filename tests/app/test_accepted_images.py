@@ -89,7 +89,7 @@ def test_a_failed_image_reads_the_endpoints_own_message_not_the_sdks_wrapper(wor
     refusal = ("ModelError", WRAPPER.format(status=status, body=body), 424,
                {"OriginalStatusCode": status, "OriginalMessage": body, "LogStreamArn": LOG_STREAM})
     result = deliver_once(world, (Images(bad), refusal))
-    assert result["failed"] == set()
+    assert result.failed == set()
     item = prediction(world, "bad.bmp")
     assert item["status"] == "FAILED" and item["error"] == reason
 

@@ -20,7 +20,7 @@ from botocore.stub import Stubber
 
 from chalice_app import invocations
 
-from .conftest import BUCKET, ENV, png_bytes
+from .conftest import BUCKET, ENV, Delivery, png_bytes
 from .test_retraining import deploy_model
 
 FN, QUEUE = "on_incoming_image", ENV["INCOMING_QUEUE"]
@@ -82,17 +82,13 @@ def prediction(world, name: str) -> dict:
     return world.client.http.get(f"/predictions/{name}").json_body
 
 
-def deliver_once(world, *calls) -> dict:
+def deliver_once(world, *calls) -> Delivery:
     """One Lambda invocation for what is queued, as Lambda's poller does it: delete what
-    succeeded, leave the reported failures to SQS. Returns the response and the messages."""
-    messages = world.receive(QUEUE)
+    succeeded, leave the reported failures to SQS."""
     with endpoint(*calls):
-        payload = world.client.lambda_.invoke(FN, world.lambda_event(QUEUE, messages)).payload
-    failed = {item["itemIdentifier"] for item in payload["batchItemFailures"]}
-    for message in messages:
-        if message["MessageId"] not in failed:
-            world.sqs.delete_message(QueueUrl=world.queue_url(QUEUE), ReceiptHandle=message["ReceiptHandle"])
-    return {"payload": payload, "messages": messages, "failed": failed}
+        delivery = world.deliver(FN, QUEUE)
+    assert delivery is not None, "nothing was queued"
+    return delivery
 
 
 def test_predictions_before_any_endpoint_are_pending_then_ok_after_in_service(world):
@@ -151,10 +147,10 @@ def test_a_notification_delivered_twice_in_one_batch_is_classified_once(world):
     deploy_model(world)
     picture = png_bytes(4)
     world.upload("incoming/twice.png", picture)
-    [message] = world.receive(QUEUE)
+    [message] = world.peek(QUEUE)
     world.sqs.send_message(QueueUrl=world.queue_url(QUEUE), MessageBody=message["Body"])  # SQS's at-least-once
     result = deliver_once(world, (Images(picture), answer("v1")))
-    assert len(result["messages"]) == 2 and result["failed"] == set()
+    assert len(result.messages) == 2 and result.failed == set()
     assert prediction(world, "twice.png")["status"] == "OK"
 
 
@@ -169,7 +165,7 @@ def test_one_bad_image_in_a_batch_fails_alone_and_the_others_are_classified(worl
         (Images(good), answer("v1")),  # then each image alone
         (Images(bad), ("ModelError", "body: image file is truncated", 400)),
         (Images(other), answer("v1")))
-    assert result["payload"] == {"batchItemFailures": []}
+    assert result.payload == {"batchItemFailures": []}
     assert prediction(world, "good.png")["status"] == prediction(world, "other.png")["status"] == "OK"
     failed = prediction(world, "bad.png")
     assert failed["status"] == "FAILED" and "image file is truncated" in failed["error"]
@@ -181,10 +177,10 @@ def test_a_5xx_for_the_batch_retries_every_record_and_the_redelivery_stores_them
     for index, picture in enumerate(pictures):
         world.upload(f"incoming/later-{index}.png", picture)
     result = deliver_once(world, (Images(*pictures), ("InternalFailure", "the model server is restarting", 500)))
-    assert result["failed"] == {m["MessageId"] for m in result["messages"]} and len(result["failed"]) == 3
+    assert result.failed == {m["MessageId"] for m in result.messages} and len(result.failed) == 3
     assert all(world.client.http.get(f"/predictions/later-{i}.png").status_code == 404 for i in range(3))
     result = deliver_once(world, (Images(*pictures), answer("v1", images=3)))  # SQS delivers them again
-    assert result["failed"] == set()
+    assert result.failed == set()
     assert [prediction(world, f"later-{i}.png")["status"] for i in range(3)] == ["OK"] * 3
 
 
@@ -198,8 +194,8 @@ def test_a_transient_error_for_one_image_retries_only_its_record(world):
         (Images(odd, later), ("ModelError", "images[0]: cannot identify image file", 400)),
         (Images(odd), ("ModelError", "body: cannot identify image file", 400)),
         (Images(later), ("ThrottlingException", "slow down", 400)))
-    [retried] = [m for m in result["messages"] if m["MessageId"] in result["failed"]]
-    assert "later.png" in retried["Body"] and len(result["failed"]) == 1
+    [retried] = [m for m in result.messages if m["MessageId"] in result.failed]
+    assert "later.png" in retried["Body"] and len(result.failed) == 1
     item = prediction(world, "odd.png")
     assert item["status"] == "FAILED" and "cannot identify image file" in item["error"]
     assert world.client.http.get("/predictions/later.png").status_code == 404, "not stored: SQS delivers it again"
@@ -211,8 +207,8 @@ def test_a_message_that_is_not_an_s3_notification_fails_alone(world):
     world.upload("incoming/fine.png", picture)
     world.sqs.send_message(QueueUrl=world.queue_url(QUEUE), MessageBody="not json")
     result = deliver_once(world, (Images(picture), answer("v1")))
-    [garbage] = [m for m in result["messages"] if m["Body"] == "not json"]
-    assert result["failed"] == {garbage["MessageId"]}
+    [garbage] = [m for m in result.messages if m["Body"] == "not json"]
+    assert result.failed == {garbage["MessageId"]}
     assert prediction(world, "fine.png")["status"] == "OK"
 
 
@@ -283,7 +279,7 @@ def test_a_batch_over_one_request_s_bytes_is_read_invoked_and_stored_one_group_a
         result = deliver_once(world, (Images(*pictures[:3]), answer("v1", images=3)),
                               (Images(*pictures[3:]), answer("v1", images=3)))
 
-    assert not result["failed"] and len(result["messages"]) == 6
+    assert not result.failed and len(result.messages) == 6
     assert [prediction(world, f"big-{seed}.png")["status"] for seed in range(6)] == ["OK"] * 6
     # Read, invoke, store, release: one group's bytes at most, never the batch's 9 MB.
     assert [event for event, _ in trace] == ["read"] * 3 + ["store"] * 3 + ["read"] * 3 + ["store"] * 3
@@ -308,7 +304,7 @@ def test_an_object_grown_since_its_notification_waits_for_a_later_group(world, m
         result = deliver_once(world, (Images(a, b), answer("v1", images=2)),
                               (Images(grown, grown), answer("v1", images=2)))
 
-    assert not result["failed"]
+    assert not result.failed
     assert prediction(world, "c.png")["status"] == "OK" and prediction(world, "c.png")["etag"] == world.s3.head_object(
         Bucket=BUCKET, Key="incoming/c.png")["ETag"].strip('"')
     # c's first GetObject read no body (it was put back for the next group), and a and b went first.

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from training.demo_data import write_digits
 
 # A budget that trains a real ResNet-18 on a third of the digits (>0.9 test accuracy) in well
 # under a minute per job on 2 idle cores: one tuning trial, then the final job, 2 epochs of
@@ -47,13 +46,6 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
 def upload_all(s3: Any, bucket: str, files: dict[str, Path], threads: int = 8) -> None:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda item: s3.upload_file(str(item[1]), bucket, item[0]), files.items()))
-
-
-@pytest.fixture(scope="session")
-def digits_by_label(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("e2e-digits")
-    write_digits(root, "labels")
-    return root
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""moto's request routing, memoised by local_aws.moto_dispatch, finds what moto finds."""
+"""moto's request routing, memoised by local_aws.moto_dispatch (applied for the session), finds what moto finds."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ HOSTS = [None, "moto_api", "s3", "s3.us-east-1.amazonaws.com", "sqs.eu-west-1.am
 
 
 def test_backends_and_actions_are_moto_s():
-    moto_dispatch.make_dispatch_memoised()
     app = DomainDispatcherApplication(create_backend_app)
     for host in HOSTS * 2:  # the second round answers from the cache
         assert app.get_backend_for_host(host) == moto_dispatch.moto_backend_for_host(app, host), host

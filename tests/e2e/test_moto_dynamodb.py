@@ -1,5 +1,5 @@
 """moto's DynamoDB with its condition-expression lexer memoised and its transactions saving items,
-not tables (local_aws.moto_dynamodb): same tokens, same verdicts, same rollbacks."""
+not tables (local_aws.moto_dynamodb, applied for the session): same tokens, same verdicts, same rollbacks."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ def tokens(expression: str) -> list:
 
 def test_the_tokens_are_moto_s_and_each_parse_gets_its_own_sequence():
     plain = {text: list(moto_dynamodb.moto_lexer(ConditionExpressionParser(text, {}, {}))) for text in EXPRESSIONS}
-    moto_dynamodb.make_lexing_memoised()
     for text in EXPRESSIONS * 2:
         assert tokens(text) == plain[text]
     first = ConditionExpressionParser(EXPRESSIONS[0], {}, {})._lex_condition_expression()
@@ -59,7 +58,6 @@ def test_conditional_writes_decide_as_before(moto_url):
 @pytest.fixture
 def transactions():
     """moto in this process, its transactions saving items rather than tables; a table with both keys."""
-    moto_dynamodb.make_transactions_item_scoped()
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",

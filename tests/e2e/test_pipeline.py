@@ -25,8 +25,8 @@ def _group_gone(pid: int) -> bool:
     return False
 
 
-def test_upload_train_serve_restart(tmp_path, digits_by_label):
-    files = sorted(digits_by_label.rglob("*.png"))
+def test_upload_train_serve_restart(tmp_path, digits_labels):
+    files = sorted(digits_labels.rglob("*.png"))
     training = {f"training-data/{p.parent.name}/{p.name}": p for p in files[::3]}
     queries = {f"incoming/{p.parent.name}-{p.name}": p for p in files[1::60][:8]}
     state = tmp_path / "state"

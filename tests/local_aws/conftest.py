@@ -1,5 +1,5 @@
-"""Fixtures for the local SageMaker: moto in server mode (S3, EventBridge, SQS) and the
-service in-process, each on a free port, driven with boto3 only.
+"""Fixtures for the local SageMaker: moto in server mode as the stack serves it (S3, EventBridge,
+SQS) and the service in-process, each on a free port, driven with boto3 only.
 
 The AWS environment (endpoint URL, fake credentials) is set for this package's tests and
 restored after them, so other packages' tests (moto's in-process mock) are not affected.
@@ -17,9 +17,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from local_aws.ports import free_port
+from local_aws.moto_server import MotoServer
 from local_aws.project.containers import with_project_containers
 from local_aws.sagemaker.config import Settings
 from local_aws.sagemaker.server import LocalSageMaker
@@ -31,10 +30,8 @@ IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-p
 
 @pytest.fixture(scope="package")
 def aws_env() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+    server = MotoServer().start()  # the stack's moto, patched for the session (tests/conftest.py)
+    url = server.url
     patch = pytest.MonkeyPatch()
     for key, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}.items():
