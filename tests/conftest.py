@@ -48,6 +48,12 @@ def digits_labels(tmp_path_factory) -> Path:
     return root
 
 
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Bytes by their size, not their content: a test's id is in PYTEST_CURRENT_TEST, and a 7 MiB body
+    there made the environment too long to start the endpoint host a module fixture starts."""
+    return f"{argname}-{len(val)}B" if isinstance(val, bytes) else None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow tests first, so the workers start them at once instead of one worker ending with them."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
