@@ -71,9 +71,9 @@ def up(argv: list[str]) -> int:
         print(stack.usage(), flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
-        print("stopping: API, dispatcher, local SageMaker, then saving moto's state ...", flush=True)
+        print("stopping: API, dispatcher, local SageMaker, then moto ...", flush=True)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the snapshot short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
         stack.stop()
     print("stopped", flush=True)
     return 0

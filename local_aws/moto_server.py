@@ -15,11 +15,17 @@ it: the patches are the process's to apply (`MotoPatches`), not a server's. `Mot
 runs it in its own interpreter, `python -m local_aws.moto_server --port N`, patched, as
 the stack does: moto's request handling is most of the stack's CPU time under load, and
 in the stack's process it would hold the same GIL as the handlers that call it.
+
+With a state directory (`--state-dir`, `MotoProcess(..., state_dir=...)`) the process is
+durable: it starts with what the directory holds (`local_aws.moto_restore`, before it
+listens) and every write it acknowledges is on disk first (`local_aws.moto_write_through`),
+so a SIGKILL loses nothing and a stop needs no snapshot.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -36,7 +42,13 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 
 from .moto_http import KeepAliveRequestHandler, close_open_connections, open_connections
 from .moto_patches import MotoPatches
+from .moto_restore import restore
+from .moto_store import MotoStore
+from .moto_write_through import WriteThrough
+from .patching import Patches
 from .wsgi_server import ThreadedServer
+
+RESTORED_FILE = "restored.json"  # in the state directory: what the last start found there
 
 
 def serialise_dynamodb(app: Callable) -> Callable:
@@ -56,9 +68,10 @@ class MotoServer(ThreadedServer):
 
     thread_name = "moto"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(serialise_dynamodb(DomainDispatcherApplication(create_backend_app)), host, port,
-                         request_handler=KeepAliveRequestHandler)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, application: Callable | None = None) -> None:
+        """`application`: moto's, or one around it (the default: moto's own)."""
+        application = application or DomainDispatcherApplication(create_backend_app)
+        super().__init__(serialise_dynamodb(application), host, port, request_handler=KeepAliveRequestHandler)
         open_connections(self._server)
 
     def stop(self) -> None:
@@ -67,14 +80,16 @@ class MotoServer(ThreadedServer):
 
 
 class MotoProcess:
-    """`MotoProcess(host, port).start()`: moto in a child process; `url`; `stop()` ends it.
+    """`MotoProcess(host, port, state_dir=...).start()`: moto in a child process; `url`; `stop()` ends it.
 
     The child ignores Ctrl-C (a terminal sends it to the whole process group): the stack
-    stops moto itself, after taking its snapshot. It exits by itself if the stack dies.
+    stops moto itself. It exits by itself if the stack dies. With a `state_dir`, `restored`
+    says what it found there at start.
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, state_dir: Path | None = None) -> None:
+        self.host, self.port, self.state_dir = host, port, state_dir
+        self.restored: dict[str, int] = {}
         self._process: subprocess.Popen | None = None
 
     @property
@@ -83,14 +98,19 @@ class MotoProcess:
 
     def start(self, timeout: float = 60.0) -> "MotoProcess":
         root = Path(__file__).resolve().parent.parent
-        self._process = subprocess.Popen([sys.executable, "-m", "local_aws.moto_server", "--host", self.host,
-                                          "--port", str(self.port)], cwd=root)
+        command = [sys.executable, "-m", "local_aws.moto_server", "--host", self.host, "--port", str(self.port)]
+        if self.state_dir is not None:
+            command += ["--state-dir", str(self.state_dir)]
+            (self.state_dir / RESTORED_FILE).unlink(missing_ok=True)
+        self._process = subprocess.Popen(command, cwd=root)
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError(f"moto exited with code {self._process.returncode} before it listened")
             try:
                 socket.create_connection((self.host, self.port), timeout=1).close()
+                if self.state_dir is not None:
+                    self.restored = json.loads((self.state_dir / RESTORED_FILE).read_text())
                 return self
             except OSError:
                 if time.monotonic() > deadline:
@@ -120,11 +140,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m local_aws.moto_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--state-dir", type=Path, help="keep moto's state here, every write on disk before its answer")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request
     MotoPatches().apply()  # for the process's life: it serves nothing else
-    server = MotoServer(args.host, args.port)
+    application = DomainDispatcherApplication(create_backend_app)
+    if args.state_dir is not None:
+        store = MotoStore(args.state_dir)
+        restored = restore(store)  # before the server listens: no client sees a half-restored moto
+        (args.state_dir / RESTORED_FILE).write_text(json.dumps(restored))
+        write_through = WriteThrough(application, store)
+        write_through.install(Patches())  # for the process's life, as the patches above
+        server = MotoServer(args.host, args.port, write_through)
+    else:
+        server = MotoServer(args.host, args.port, application)
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     server.serve_forever()
 

@@ -8,7 +8,7 @@ its dead-letter queue after maxReceiveCount receives (moto does that, as SQS doe
 A handler that raises fails its whole batch.
 
 On stop, messages this poller still holds (received, not deleted) are made visible
-at once, so a snapshot of the queue taken next finds them.
+at once, so whoever polls the queue next gets them without waiting for the timeout.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ def queue_arn(region: str, name: str) -> str:
 
 
 def ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:
-    """Create a queue or bring an existing one (restored from a snapshot) to these attributes."""
+    """Create a queue or bring an existing one (restored from the state directory) to these attributes."""
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     if attributes:
         sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)

@@ -4,8 +4,8 @@
         stack.client("s3").put_object(...); stack.api("/models/live")
 
 The child picks free ports and writes them to `<state_dir>/stack.json` once it is
-ready; `stop()` sends SIGINT (Ctrl-C) and waits for the clean stop (the snapshot of
-moto included), killing the whole process group only if it does not come.
+ready; `stop()` sends SIGINT (Ctrl-C) and waits for the clean stop, killing the whole
+process group only if it does not come.
 """
 
 from __future__ import annotations

@@ -3,11 +3,13 @@
     with Stack(StackOptions(state_dir=Path(".local-aws"))) as stack:
         stack.urls  # {"moto": ..., "sagemaker": ..., "api": ...}
 
-Start order matters: moto's snapshot is restored before the bucket notifications are
-configured (restoring sends no S3 events); the EventBridge rules exist before the
-local SageMaker starts (it re-hosts endpoints and announces them); the dispatcher
-polls only once everything it calls is up. Stop runs the other way and ends with a
-snapshot of moto, so the next start finds everything where it was.
+Start order matters: moto starts with what its state directory holds (`<state_dir>/moto`,
+put back before it listens, sending no S3 events) before the bucket notifications are
+configured; the EventBridge rules exist before the local SageMaker starts (it re-hosts
+endpoints and announces them); the dispatcher polls only once everything it calls is up.
+Stop runs the other way. moto writes every write it acknowledges to that directory
+before answering (`local_aws.moto_write_through`), so a stop saves nothing and a killed
+stack loses nothing: the next start finds S3, DynamoDB and SQS where they were.
 
 Everything runs in this process (threads) except moto, which has its own interpreter
 (its request handling would otherwise share a GIL with the handlers calling it), and
@@ -33,7 +35,6 @@ from aws_lambda_powertools import Logger
 
 from chalice_app.config import settings_from_env
 
-from .. import moto_state
 from ..dispatcher.stage import Stage
 from ..ports import free_port
 from . import infra
@@ -109,7 +110,7 @@ class Stack:
             self._dispatcher.start()
             self._start_api()
         except BaseException:
-            self.stop(snapshot=False)
+            self.stop()
             raise
         (self.state_dir / STACK_FILE).write_text(json.dumps({
             "pid": os.getpid(), "urls": self.urls, "bucket": self.bucket, "stage": self.stage.name,
@@ -119,9 +120,9 @@ class Stack:
     def _start_moto(self) -> None:
         from ..moto_server import MotoProcess
 
-        self._moto = MotoProcess(self.options.host, self.ports["moto"]).start()
+        self._moto = MotoProcess(self.options.host, self.ports["moto"], state_dir=self.state_dir / "moto").start()
+        self.restored = self._moto.restored
         session = self.session()
-        self.restored = moto_state.restore(session, self.state_dir / "moto")
         infra.apply(infra.render(self.stage), session)
         self._upload_source(session)
         from ..dispatcher import Dispatcher, wiring_from_app
@@ -167,7 +168,7 @@ class Stack:
 
     # --- stop -----------------------------------------------------------------------------
 
-    def stop(self, snapshot: bool = True) -> None:
+    def stop(self) -> None:
         if self._api is not None:
             self._api.server.shutdown()
             self._api.server.server_close()
@@ -180,9 +181,6 @@ class Stack:
             self._sagemaker.stop()
             self._sagemaker = None
         if self._moto is not None:
-            if snapshot:
-                figures = moto_state.save(self.session(), self.state_dir / "moto")
-                logger.info("moto state saved", **figures)
             self._moto.stop()
             self._moto = None
         (self.state_dir / STACK_FILE).unlink(missing_ok=True)

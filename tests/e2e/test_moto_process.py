@@ -18,7 +18,7 @@ def test_serves_ignores_ctrl_c_and_stops():
                           aws_secret_access_key="testing")
         s3.create_bucket(Bucket="kept")
         # A terminal's Ctrl-C reaches the whole process group; only the stack may stop moto,
-        # after its snapshot.
+        # after what calls it.
         moto._process.send_signal(signal.SIGINT)
         time.sleep(0.5)
         assert moto._process.poll() is None

@@ -31,4 +31,4 @@ def test_the_emulated_services_import_nothing_of_the_product():
 def test_relative_imports_are_resolved_so_the_check_sees_them():
     assert {"local_aws.dispatcher.queues", "local_aws.dispatcher.stage"} <= imported_modules(
         ROOT / "local_aws" / "dispatcher" / "dispatcher.py")
-    assert "local_aws.moto_state" in imported_modules(ROOT / "local_aws" / "project" / "stack.py")
+    assert "local_aws.project.infra" in imported_modules(ROOT / "local_aws" / "project" / "stack.py")  # from . import
