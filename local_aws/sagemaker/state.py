@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from . import events
 from .config import Settings
@@ -148,35 +148,24 @@ class SageMakerState:
     # ----- lookups, answering as AWS does for a name it does not know ---------------------
 
     def training_job(self, name: str) -> TrainingJob:
-        job = self.training_jobs.get(name)
-        if job is None:
-            raise ResourceNotFound(f"Requested resource not found: training job {name!r} does not exist")
-        return job
+        return _found(self.training_jobs, name, lambda: ResourceNotFound(
+            f"Requested resource not found: training job {name!r} does not exist"))
 
     def tuning_job(self, name: str) -> TuningJob:
-        tuning = self.tuning_jobs.get(name)
-        if tuning is None:
-            raise ResourceNotFound(f"Amazon SageMaker can't find a tuning job with name {name}")
-        return tuning
+        return _found(self.tuning_jobs, name, lambda: ResourceNotFound(
+            f"Amazon SageMaker can't find a tuning job with name {name}"))
 
     def model(self, name: str) -> Model:
-        model = self.models.get(name)
-        if model is None:
-            raise ValidationException(f"Could not find model \"{self.settings.arn('model', name)}\".")
-        return model
+        return _found(self.models, name, lambda: ValidationException(
+            f"Could not find model \"{self.settings.arn('model', name)}\"."))
 
     def endpoint_config(self, name: str) -> EndpointConfig:
-        config = self.endpoint_configs.get(name)
-        if config is None:
-            raise ValidationException(
-                f"Could not find endpoint configuration \"{self.settings.arn('endpoint-config', name)}\".")
-        return config
+        return _found(self.endpoint_configs, name, lambda: ValidationException(
+            f"Could not find endpoint configuration \"{self.settings.arn('endpoint-config', name)}\"."))
 
     def endpoint(self, name: str) -> Endpoint:
-        endpoint = self.endpoints.get(name)
-        if endpoint is None:
-            raise ValidationException(f"Could not find endpoint \"{self.settings.arn('endpoint', name)}\".")
-        return endpoint
+        return _found(self.endpoints, name, lambda: ValidationException(
+            f"Could not find endpoint \"{self.settings.arn('endpoint', name)}\"."))
 
     def config_model(self, config_name: str) -> tuple[dict[str, Any], Model]:
         """The first production variant of a config and its model (the local host serves one variant)."""
@@ -184,3 +173,14 @@ class SageMakerState:
             config = self.endpoint_config(config_name)
             variant = config.request["ProductionVariants"][0]
             return variant, self.model(variant["ModelName"])
+
+
+R = TypeVar("R")
+
+
+def _found(table: dict[str, R], name: str, missing: Callable[[], Exception]) -> R:
+    """The record named `name`, or the error AWS answers for a name it does not know."""
+    record = table.get(name)
+    if record is None:
+        raise missing()
+    return record
