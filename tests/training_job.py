@@ -61,6 +61,11 @@ class TrainingRun:
         return cls(data["log"], tmp / "model", tmp / "output", tmp / "model.tar.gz", data["returncode"])
 
 
+def metric_lines(log: str) -> list[str]:
+    """The lines a job prints for its metrics: one per epoch, then the test line."""
+    return [line for line in log.splitlines() if line.startswith(("epoch=", "test_loss="))]
+
+
 def hyperparameter_args(hyperparameters: dict[str, str]) -> list[str]:
     return [item for name, value in hyperparameters.items() for item in (f"--{name}", str(value))]
 

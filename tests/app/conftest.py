@@ -41,6 +41,7 @@ from . import iam
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = json.loads((ROOT / "infra" / "template.json").read_text())
+CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())  # the stages, as Chalice reads them
 REGION = "us-east-1"
 STAGE = "test"
 BUCKET = "image-pipeline-test-bucket"

@@ -13,8 +13,8 @@ from chalice_app import invocations, manifest
 from training import image_contract
 
 from .conftest import png_bytes
-from .test_predictions import FN, QUEUE, Images, answer, deliver_once, endpoint, prediction
-from .test_retraining import deploy_model
+from .incoming import FN, QUEUE, Images, answer, deliver_once, endpoint, prediction
+from .scenario import deploy_model
 
 WRAPPER = ('Received client error ({status}) from primary with message "{body}". See '
            '"https://us-east-1.console.aws.amazon.com/cloudwatch/home" in account 123456789012 for more information.')

@@ -7,10 +7,10 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 
-from .conftest import BUCKET, png_bytes
 from chalice_app import aws
 
-from .test_retraining import deliver_training_uploads, runs, start_run, tick, tuning_done, tuning_jobs
+from .conftest import BUCKET, png_bytes
+from .scenario import deliver_training_uploads, runs, start_run, tick, tuning_done, tuning_jobs
 
 
 def test_predictions_list_newest_first_in_pages(world):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from chalice_app import aws
 
-CONFIG = json.loads((Path(__file__).resolve().parents[2] / ".chalice" / "config.json").read_text())
+from .conftest import CONFIG
 
 
 def lambda_timeouts() -> list[int]:

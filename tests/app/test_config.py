@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +13,7 @@ from chalice_app.config import ConfigError, settings_from_env
 from infra.images import resolve
 from infra.policies import stage_env
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
+from .conftest import CONFIG, ROOT
 
 
 @pytest.mark.parametrize("stage", ["local", "dev", "prod"])

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -26,7 +25,8 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from infra import deploy
 from infra.deploy import AwsRunner, Build, DeployError, Step, Target
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import CONFIG, ROOT
+
 REGION = "eu-west-1"
 NOW = datetime(2026, 11, 30, 7, 0, tzinfo=timezone.utc)
 CHANGE_SET = "deploy-20261130T070000Z"
@@ -151,8 +151,7 @@ def test_the_package_names_the_regions_images(built):
                              for name in ("TRAINING_IMAGE", "INFERENCE_IMAGE", "DEBUGGER_RULES_IMAGE"))
     # The rules image lives in another account per region: not a host rewrite of us-east-1's.
     assert all(v["DEBUGGER_RULES_IMAGE"].startswith("929884845733.") for v in variables)
-    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
-    assert config["stages"]["dev"]["environment_variables"]["DEBUGGER_RULES_IMAGE"] == US_EAST_1_RULES_IMAGE
+    assert CONFIG["stages"]["dev"]["environment_variables"]["DEBUGGER_RULES_IMAGE"] == US_EAST_1_RULES_IMAGE
 
 
 @pytest.mark.parametrize("region", ["us-east-1", REGION])

@@ -17,8 +17,8 @@ from chalice_app.config import settings
 from chalice_app.stores import stores
 
 from .conftest import ENV
-from .test_retraining import (TUNED, deploy_model, endpoint_event, reconcile_age, runs, start_run, tick,
-                              training_done, tuning_done)
+from .scenario import (TUNED, deploy_model, endpoint_event, reconcile_age, runs, start_run, tick, training_done,
+                       tuning_done)
 
 ENDPOINT = ENV["ENDPOINT_NAME"]
 

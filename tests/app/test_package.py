@@ -19,9 +19,8 @@ from infra import policies
 from infra.package import capabilities, package
 
 from . import iam
+from .conftest import CONFIG, ROOT, TEMPLATE
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
 ACCOUNT, REGION = "123456789012", "us-east-1"
 RUN = "r270115080000-abcdef"
 FORBIDDEN = {"torch", "torchvision", "smdebug", "sagemaker", "numpy", "PIL"}
@@ -245,7 +244,7 @@ def test_the_data_outlives_the_stack():
     """A deleted or replaced stack keeps the bucket and the tables; the queues are transport, but
     explicitly so, and a message lives longer in a dead-letter queue than in its source (SQS keeps
     its first enqueue time when it moves it)."""
-    resources = json.loads((ROOT / "infra" / "template.json").read_text())["Resources"]
+    resources = TEMPLATE["Resources"]
     for logical in ("DataBucket", "PipelineTable", "PredictionsTable"):
         assert resources[logical]["DeletionPolicy"] == resources[logical]["UpdateReplacePolicy"] == "Retain", logical
     for resource in resources.values():

@@ -14,7 +14,7 @@ from chalice_app.config import DEFAULT_TUNING_RANGES, ConfigError, settings_from
 from training import metrics
 from training.metrics import DEBUGGER_RULES, METRIC_DEFINITIONS, epoch_line, parse_metrics
 
-from .conftest import ENV
+from .conftest import CONFIG, ENV
 
 MODEL = botocore.session.get_session().get_service_model("sagemaker")
 RUN = "r270115080000-a1b2c3"
@@ -225,8 +225,6 @@ def test_the_local_sagemaker_accepts_every_stages_tuning_request(stage):
     tuning = pytest.importorskip("local_aws.sagemaker.tuning")
     training = pytest.importorskip("local_aws.sagemaker.training_jobs")
     from infra.policies import stage_env
-
-    from .test_config import CONFIG
 
     env = {k: v.replace("${AWS::AccountId}", "123456789012") for k, v in stage_env(CONFIG, stage).items()}
     settings = settings_from_env(env)

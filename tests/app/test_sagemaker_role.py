@@ -24,7 +24,7 @@ from chalice_app import sagemaker_requests as requests
 from chalice_app.config import settings_from_env
 from infra import policies
 
-from .conftest import ROOT, TEMPLATE
+from .conftest import CONFIG, TEMPLATE
 from .iam import enable_string_like
 
 ACCOUNT, REGION, RUN = "123456789012", "eu-west-1", "r251130120000-abcdef"
@@ -47,9 +47,8 @@ def _resolve(value: Any, names: dict[str, str]) -> Any:
 
 
 def _stage(stage: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     env = {name: value.replace("${AWS::AccountId}", ACCOUNT)
-           for name, value in policies.stage_env(config, stage).items()}
+           for name, value in policies.stage_env(CONFIG, stage).items()}
     settings = settings_from_env({**env, "AWS_DEFAULT_REGION": REGION})
     names = {"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "aws", "Stage": stage,
              "DataBucket.Arn": f"arn:aws:s3:::{settings.bucket}", "DataBucket": settings.bucket}

@@ -13,7 +13,8 @@ import boto3
 import pytest
 from PIL import Image
 
-from .conftest import IMAGE, REGION, ROLE, unique, wait_for
+from .conftest import REGION, unique, wait_for
+from .sagemaker_requests import deployable
 
 ENDPOINT_DONE = ("InService", "Failed")
 
@@ -44,17 +45,6 @@ def broken_copy(model_tar: Path) -> bytes:
 @pytest.fixture(scope="module")
 def runtime(service):
     return boto3.client("sagemaker-runtime", region_name=REGION, endpoint_url=service.url)
-
-
-def deployable(sm, s3, bucket, body: bytes) -> str:
-    """Model + endpoint config for an artefact; returns the config's name."""
-    name = unique("model")
-    s3.put_object(Bucket=bucket, Key=f"models/{name}/model.tar.gz", Body=body)
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
-        "Image": IMAGE, "ModelDataUrl": f"s3://{bucket}/models/{name}/model.tar.gz"})
-    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}])
-    return name
 
 
 @pytest.fixture(scope="module")

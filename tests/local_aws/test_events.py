@@ -13,8 +13,7 @@ from chalice_app.events import (ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTE
                                 TrainingJobStateChange, TuningJobStateChange)
 
 from .conftest import REGION, job_definition, sdk_hyperparameters, unique, wait_for
-from .test_endpoints import deployable
-from .test_tuning_jobs import tuning_request
+from .sagemaker_requests import deployable, tuning_request
 
 DONE = ("Completed", "Failed", "Stopped")
 # moto 5.2.5 drops "account" from the events it delivers to targets (its default input

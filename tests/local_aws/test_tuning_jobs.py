@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
 
-from .conftest import job_definition, unique, wait_for
+from .conftest import wait_for
+from .sagemaker_requests import tuning_request
 
 DONE = ("Completed", "Failed", "Stopped")
-
-
-def tuning_request(bucket, source, strategy, *, max_jobs=4, parallel=2, static=None, ranges=None, **config):
-    return {
-        "HyperParameterTuningJobName": unique(strategy.lower())[:32],
-        "HyperParameterTuningJobConfig": {
-            "Strategy": strategy,
-            "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "valid:accuracy"},
-            "ResourceLimits": {"MaxNumberOfTrainingJobs": max_jobs, "MaxParallelTrainingJobs": parallel},
-            "ParameterRanges": ranges or {
-                "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.001", "MaxValue": "1.0",
-                                               "ScalingType": "Logarithmic"}],
-                "CategoricalParameterRanges": [{"Name": "optimizer", "Values": ["sgd", "adam"]}],
-            },
-            **config,
-        },
-        "TrainingJobDefinition": {
-            "StaticHyperParameters": {"sagemaker_program": json.dumps("train.py"),
-                                      "sagemaker_submit_directory": json.dumps(source), "epochs": "3",
-                                      **(static or {})},
-            **job_definition(bucket, source),
-        },
-        "Tags": [{"Key": "pipeline-role", "Value": "tuning"}],
-    }
 
 
 def run(sm, request, timeout=120):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training_job import REPO_ROOT
-from tests.training.test_train import small_copy
+from tests.training.digits_subset import small_copy
+from tests.training_job import REPO_ROOT, metric_lines
 from training import checkpoints, data, train
 
 # Seconds (each run): 3 epochs of a ResNet-18 on 32-pixel images, a few small batches each.
@@ -45,10 +45,6 @@ class Job:
 
     def model_bytes(self, name: str) -> bytes:
         return (self.tmp / name / "model" / "model.pth").read_bytes()
-
-
-def metric_lines(out: str) -> list[str]:
-    return [line for line in out.splitlines() if line.startswith(("epoch=", "test_loss="))]
 
 
 def logged(out: str, message: str) -> list[dict]:

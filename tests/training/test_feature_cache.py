@@ -17,16 +17,12 @@ import pytest
 import torch
 from moto import mock_aws
 
-from tests.training_job import TINY_HYPERPARAMETERS, run_training_job, run_training_script
-from tests.training.test_train import small_copy
+from tests.training.digits_subset import small_copy
+from tests.training_job import TINY_HYPERPARAMETERS, metric_lines, run_training_job, run_training_script
 from training import feature_cache
 from training.data import Sample
 
 FROZEN = {**TINY_HYPERPARAMETERS, "freeze": "backbone", "epochs": "2", "min-images-per-class": "3", "report": "off"}
-
-
-def metric_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if line.startswith(("epoch=", "test_loss="))]
 
 
 def entries(cache: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.test_debugger import train_digits
+from tests.training.debugged_training import train_digits
 from training.debugger import CONFIG_FILE_ENV
 from training.metrics import DEBUGGER_RULES
 from training.rules import (

@@ -5,30 +5,20 @@ Jobs run in this process (tests/training_job.py); one test runs training/train.p
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.training_job import TINY_HYPERPARAMETERS, run_training_job, run_training_script
+from tests.training.digits_subset import small_copy
+from tests.training_job import TINY_HYPERPARAMETERS, metric_lines, run_training_job, run_training_script
 from training import metrics, train
 from training.model import ModelSpec, build_model
 from training.presets import ClassificationPresetEval
 
 
-def small_copy(source: Path, target: Path, labels: tuple[str, ...] = ("0", "1", "7"), per_label: int = 12) -> Path:
-    """A few classes of the labels-layout digits, to keep a whole job to seconds."""
-    for label in labels:
-        (target / label).mkdir(parents=True)
-        for path in sorted((source / label).iterdir())[:per_label]:
-            shutil.copy(path, target / label / path.name)
-    return target
-
-
 def test_job_prints_one_metric_line_per_epoch_and_the_test_line(trained_run):
-    lines = [line for line in trained_run.log.splitlines() if line.startswith(("epoch=", "test_loss="))]
+    lines = metric_lines(trained_run.log)
     assert [line.split()[0] for line in lines] == ["epoch=1", "epoch=2", lines[-1].split()[0]]
     parsed = metrics.parse_metrics(trained_run.log)
     assert len(parsed["train:loss"]) == len(parsed["valid:accuracy"]) == 2
