@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -45,7 +44,9 @@ from .moto_patches import MotoPatches
 from .moto_restore import restore
 from .moto_store import MotoStore
 from .moto_write_through import WriteThrough
+from .owner_watch import die_with_owner
 from .patching import Patches
+from .process_record import record
 from .wsgi_server import ThreadedServer
 
 RESTORED_FILE = "restored.json"  # in the state directory: what the last start found there
@@ -83,8 +84,8 @@ class MotoProcess:
     """`MotoProcess(host, port, state_dir=...).start()`: moto in a child process; `url`; `stop()` ends it.
 
     The child ignores Ctrl-C (a terminal sends it to the whole process group): the stack
-    stops moto itself. It exits by itself if the stack dies. With a `state_dir`, `restored`
-    says what it found there at start.
+    stops moto itself. It ends itself if the stack dies (`local_aws.owner_watch`). With a
+    `state_dir`, `restored` says what it found there at start.
     """
 
     def __init__(self, host: str, port: int, state_dir: Path | None = None) -> None:
@@ -103,6 +104,7 @@ class MotoProcess:
             command += ["--state-dir", str(self.state_dir)]
             (self.state_dir / RESTORED_FILE).unlink(missing_ok=True)
         self._process = subprocess.Popen(command, cwd=root)
+        record(self._process.pid, "moto")
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:
@@ -130,12 +132,6 @@ class MotoProcess:
         self._process = None
 
 
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(0)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m local_aws.moto_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -155,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         server = MotoServer(args.host, args.port, write_through)
     else:
         server = MotoServer(args.host, args.port, application)
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    die_with_owner()
     server.serve_forever()
 
 

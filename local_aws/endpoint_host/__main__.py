@@ -11,6 +11,7 @@ from pathlib import Path
 
 from local_aws.endpoint_host.extract import UnsafeArchiveError, safe_extract
 from local_aws.endpoint_host.server import ServeConfig, serve
+from local_aws.owner_watch import die_with_owner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    die_with_owner()  # in the master, before it forks its workers: it ends its whole group
     scratch: Path | None = None
     owner = os.getpid()  # gunicorn's forked workers unwind through this frame too
     try:

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from local_aws.ports import free_port
+from local_aws.process_record import record
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,6 +72,7 @@ class EndpointHost:
         env = {**os.environ, **self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
                                          env=env, cwd=REPO_ROOT, start_new_session=True)
+        record(self._process.pid, "endpoint host")
         return self
 
     def log_tail(self, chars: int = 4000) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 
 import boto3
 
-from .stack import STACK_FILE
+from ..process_record import end_recorded
+from .stack import PROCESS_FILE, STACK_FILE
 from .stage import FAKE_CREDENTIALS, REPO_ROOT
 
 
@@ -126,8 +127,8 @@ class StackProcess:
             raise StackError(f"the stack did not stop within {timeout} s (killed); see {self.log_path}") from None
 
     def kill(self) -> None:
-        """SIGKILL the stack's whole process group (its own session): training processes and endpoint
-        hosts left behind by a stack that died go too."""
+        """SIGKILL the stack's whole process group (its own session), then what it recorded starting
+        (endpoint hosts, training processes: each in a session of its own)."""
         if self.process is None:
             return
         try:
@@ -135,6 +136,7 @@ class StackProcess:
         except ProcessLookupError:
             pass
         self.process.wait(10)
+        end_recorded(self.state_dir / PROCESS_FILE)
 
     def __enter__(self) -> "StackProcess":
         return self.start()

@@ -14,8 +14,11 @@ stack loses nothing: the next start finds S3, DynamoDB and SQS where they were.
 Everything runs in this process (threads) except moto, which has its own interpreter
 (its request handling would otherwise share a GIL with the handlers calling it), and
 what the local SageMaker starts (training processes, endpoint hosts), which it stops
-itself. The handlers run in-process, so this process's environment is the Lambda's:
-the stage's variables plus the endpoint URLs.
+itself. None outlives a stack that is killed: each ends itself once the stack is gone
+(`local_aws.owner_watch`), and each is recorded in `<state_dir>/processes.jsonl` for the
+next start to end before it starts anything (`local_aws.process_record`). The handlers
+run in-process, so this process's environment is the Lambda's: the stage's variables
+plus the endpoint URLs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 import sys
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,9 @@ from aws_lambda_powertools import Logger
 from chalice_app.config import settings_from_env
 
 from ..dispatcher.stage import Stage
+from ..owner_watch import OWNER_ENV, owner_token
 from ..ports import free_port
+from ..process_record import RECORD_ENV, end_recorded
 from . import infra
 from .containers import with_project_containers
 from .stage import REPO_ROOT, handler_environment, load_stage
@@ -44,6 +49,7 @@ from .stage import REPO_ROOT, handler_environment, load_stage
 logger = Logger(service="local-aws")
 
 STACK_FILE = "stack.json"
+PROCESS_FILE = "processes.jsonl"  # what the stack started (`local_aws.process_record`)
 # What the stack starts (endpoint hosts, training jobs) shares the machine's cores with
 # moto, the handlers and each other. OpenMP's default (torch's intra-op threads) spins a
 # waiting thread on its core for a while: measured with bench/e2e.py, the endpoint host
@@ -101,6 +107,7 @@ class Stack:
         quiet_libraries()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / STACK_FILE).unlink(missing_ok=True)
+        self._end_leftovers()
         os.environ.update(self.environment)
         for name, value in SHARED_CORES_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
@@ -116,6 +123,15 @@ class Stack:
             "pid": os.getpid(), "urls": self.urls, "bucket": self.bucket, "stage": self.stage.name,
             "region": self.stage.region, "restored": self.restored}, indent=2))
         return self
+
+    def _end_leftovers(self) -> None:
+        """End what a stack that died on this state directory left running, then record what this one starts."""
+        ended = end_recorded(self.state_dir / PROCESS_FILE)
+        if ended:
+            logger.warning("ended the processes a stack that died left running",
+                           processes=[asdict(entry) for entry in ended])
+        os.environ[OWNER_ENV] = owner_token()  # every child ends itself when this process is gone
+        os.environ[RECORD_ENV] = str(self.state_dir / PROCESS_FILE)
 
     def _start_moto(self) -> None:
         from ..moto_server import MotoProcess
@@ -184,6 +200,8 @@ class Stack:
             self._moto.stop()
             self._moto = None
         (self.state_dir / STACK_FILE).unlink(missing_ok=True)
+        for name in (OWNER_ENV, RECORD_ENV):
+            os.environ.pop(name, None)
 
     def __enter__(self) -> "Stack":
         return self.start()

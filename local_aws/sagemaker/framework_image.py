@@ -4,7 +4,9 @@
 torchvision) and asks it for each job's process; `start_process` falls back to a plain
 `subprocess.Popen` when the image is off or cannot answer. Either way the caller gets a
 process with `pid`, `stdout` (the job's output and errors, as text lines), `poll()` and
-`wait(timeout)` (raising `subprocess.TimeoutExpired`), in its own process group.
+`wait(timeout)` (raising `subprocess.TimeoutExpired`), in its own process group, which
+ends itself if the service dies (`local_aws.owner_watch`) and is recorded for the next start
+to end if it did not (`local_aws.process_record`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -22,6 +25,9 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from aws_lambda_powertools import Logger
+
+from .. import owner_watch
+from ..process_record import record
 
 logger = Logger(service="local-sagemaker")
 
@@ -56,6 +62,7 @@ class ForkedProcess:
             status.close()
             raise ImageUnavailable("the framework image did not start the job")
         self.pid = int(json.loads(reply)["pid"])
+        record(self.pid, shlex.join(argv))
         threading.Thread(target=self._await_exit, name=f"job-{self.pid}", daemon=True).start()
 
     def _await_exit(self) -> None:
@@ -134,6 +141,7 @@ class FrameworkImage:
         # Its own session: a terminal's Ctrl-C reaches the service, which then stops the jobs and the image.
         self._process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, pass_fds=[theirs.fileno()],
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        record(self._process.pid, "framework image")
         theirs.close()
         self._control = ours
         ours.settimeout(self.start_timeout)
@@ -168,8 +176,12 @@ def start_process(argv: list[str], cwd: Path, env: dict[str, str], image: Framew
             return image.spawn(argv, cwd, env)
         except ImageUnavailable as error:
             logger.warning("starting the job as a fresh process", extra={"reason": str(error)})
-    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+    # Under the owner watch, which runs the job as its child and ends its group if the service dies.
+    watched = [sys.executable, "-I", owner_watch.__file__, *argv]
+    process = subprocess.Popen(watched, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+    record(process.pid, shlex.join(argv))
+    return process
 
 
 def terminate(process: JobProcess, grace: float = 10.0) -> None:

@@ -31,6 +31,8 @@ import sys
 import traceback
 import types
 
+from local_aws.owner_watch import die_with_owner
+
 MAX_MESSAGE = 1 << 20
 READY = b'{"ready": true}'
 
@@ -89,6 +91,7 @@ def _run_job(request: dict, output_fd: int, base_path: list[str]) -> None:
         env = request["env"]
         os.environ.clear()
         os.environ.update(env)
+        die_with_owner()  # the service, named in its environment: neither the zygote nor a supervisor ends a job
         program = os.path.abspath(request["argv"][1])
         # sys.path as the interpreter builds it for `python program`: the script's folder,
         # then PYTHONPATH, then the installation's paths (none of the zygote's own).

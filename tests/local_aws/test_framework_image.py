@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from local_aws.owner_watch import OWNER_ENV, owner_token
 from local_aws.sagemaker.framework_image import (
     REPO_ROOT,
     ForkedProcess,
@@ -176,6 +177,28 @@ def _alive(pid: int) -> bool:
     # A zombie still answers kill(0): reaped by its (dead) parent's reaper soon.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "fresh"])
+def test_a_job_ends_with_its_group_when_the_service_dies(image, job_dir, forked):
+    (job_dir / "code" / "sleeper.py").write_text(textwrap.dedent("""
+        import subprocess, time
+        child = subprocess.Popen(["sleep", "300"])
+        print(child.pid, flush=True)
+        time.sleep(300)
+    """))
+    service = subprocess.Popen(["sleep", "300"])  # stands in for the service, named as the jobs' owner
+    env = job_env(job_dir, **{OWNER_ENV: owner_token(service.pid)})
+    process = start_process([sys.executable, "sleeper.py"], job_dir / "code", env, image if forked else None)
+    child = int(process.stdout.readline())
+    service.kill()
+    service.wait()
+    assert process.wait(15) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child)
+    process.stdout.close()
 
 
 def test_a_time_limit_stops_the_job_and_says_so(image, job_dir):
