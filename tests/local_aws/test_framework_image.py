@@ -127,10 +127,7 @@ def test_a_stop_reaches_the_job_and_its_children(image, job_dir):
         process.wait(0.1)
     os.killpg(process.pid, signal.SIGTERM)
     assert process.wait(10) == -signal.SIGTERM
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(child):
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert _ends(child)
     process.stdout.close()
 
 
@@ -174,6 +171,14 @@ def test_a_killed_image_is_started_again_for_the_next_job(job_dir):
     assert isinstance(process, ForkedProcess) and code == 0 and json.loads(lines[0])["marker"] == "job-1"
 
 
+def _ends(pid: int, within: float = 10.0) -> bool:
+    """Whether `pid` is gone within `within` seconds (a bound on waiting, not a timing check)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -199,10 +204,7 @@ def test_a_job_ends_with_its_group_when_the_service_dies(image, job_dir, forked)
     service.kill()
     service.wait()
     assert process.wait(15) == -signal.SIGKILL
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(child):
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert _ends(child)
     process.stdout.close()
 
 
