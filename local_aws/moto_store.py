@@ -142,13 +142,8 @@ class MotoStore:
                     db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (account, bucket, key, files[account, bucket, key], stored.etag,
                                 json.dumps(stored.metadata), stored.storage))
-            for (account, region, name), definition in change.tables.items():
-                if definition is None:
-                    db.execute("DELETE FROM items WHERE account=? AND region=? AND tbl=?", (account, region, name))
-                    db.execute("DELETE FROM tables WHERE account=? AND region=? AND name=?", (account, region, name))
-                else:
-                    db.execute("INSERT OR REPLACE INTO tables VALUES (?, ?, ?, ?)",
-                               (account, region, name, json.dumps(definition)))
+            for key, definition in change.tables.items():
+                _replace_definition(db, "tables", key, definition, contents=("items", "tbl"))
             for (account, region, table, key), item in change.items.items():
                 if item is None:
                     db.execute("DELETE FROM items WHERE account=? AND region=? AND tbl=? AND key=?",
@@ -156,13 +151,8 @@ class MotoStore:
                 else:
                     db.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?)",
                                (account, region, table, key, _dumps(item)))
-            for (account, region, name), attributes in change.queues.items():
-                if attributes is None:
-                    db.execute("DELETE FROM messages WHERE account=? AND region=? AND queue=?", (account, region, name))
-                    db.execute("DELETE FROM queues WHERE account=? AND region=? AND name=?", (account, region, name))
-                else:
-                    db.execute("INSERT OR REPLACE INTO queues VALUES (?, ?, ?, ?)",
-                               (account, region, name, json.dumps(attributes)))
+            for key, attributes in change.queues.items():
+                _replace_definition(db, "queues", key, attributes, contents=("messages", "queue"))
             for account, region, name in change.purged:
                 db.execute("DELETE FROM messages WHERE account=? AND region=? AND queue=?", (account, region, name))
             for message_id, placed in change.messages.items():
@@ -218,3 +208,15 @@ class MotoStore:
     def messages(self) -> Iterator[tuple[str, str, str, str, dict[str, Any]]]:
         for row in self._db.execute("SELECT id, account, region, queue, message FROM messages ORDER BY rowid"):
             yield *row[:4], _loads(row[4])
+
+
+def _replace_definition(db: sqlite3.Connection, kind: str, key: tuple[str, str, str], definition: dict[str, Any] | None,
+                        *, contents: tuple[str, str]) -> None:
+    """A table's or queue's definition (`kind`: "tables" or "queues") stored; when it is gone (None),
+    what it held goes with it (`contents`: the table of its items or messages, and the column naming it)."""
+    if definition is None:
+        held, column = contents
+        db.execute(f"DELETE FROM {held} WHERE account=? AND region=? AND {column}=?", key)
+        db.execute(f"DELETE FROM {kind} WHERE account=? AND region=? AND name=?", key)
+    else:
+        db.execute(f"INSERT OR REPLACE INTO {kind} VALUES (?, ?, ?, ?)", (*key, json.dumps(definition)))
