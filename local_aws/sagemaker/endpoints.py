@@ -164,9 +164,10 @@ class EndpointFleet:
         try:
             host = self._launch(name, config_name)
         except Exception as error:  # noqa: BLE001 - the endpoint fails with the reason
-            logger.warning("endpoint failed to start", endpoint=name, reason=str(error))
+            reason = str(error)[:1024]  # bound here: `error` is unbound when the except block ends
+            logger.warning("endpoint failed to start", endpoint=name, reason=reason)
             self.state.change_endpoint(name, lambda e: (setattr(e, "status", "Failed"),
-                                                        setattr(e, "failure_reason", str(error)[:1024])))
+                                                        setattr(e, "failure_reason", reason)))
             return
         with self._lock:
             self._hosts[name] = host

@@ -218,9 +218,9 @@ class TrainingRunner:
             self.state.change_training_job(name, lambda j: j.move_to("Completed", "Training job completed",
                                                                       status="Completed"))
         except JobStopped as stopped:
-            self.state.change_training_job(name, lambda j: (
-                j.move_to("MaxRuntimeExceeded" if "time limit" in str(stopped) else "Stopped", str(stopped),
-                          status="Stopped")))
+            why = str(stopped)  # bound here: `stopped` is unbound when the except block ends
+            secondary = "MaxRuntimeExceeded" if "time limit" in why else "Stopped"
+            self.state.change_training_job(name, lambda j: j.move_to(secondary, why, status="Stopped"))
         except Exception as error:  # noqa: BLE001 - any error ends the job as Failed, with its reason
             logger.exception("training job failed", job=name)
             self._fail(name, f"ClientError: {error}"[:FAILURE_REASON_MAX])
