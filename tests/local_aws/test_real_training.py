@@ -46,6 +46,10 @@ def definition(bucket: str, digits_uri: str) -> dict:
     }
 
 
+def _log(service, job: str) -> str:
+    return requests.get(f"{service.url}/_local/training-jobs/{job}/log", timeout=10).text
+
+
 def source_hyperparameters(sourcedir_uri: str) -> dict[str, str]:
     return {"sagemaker_program": json.dumps(PROGRAM), "sagemaker_submit_directory": json.dumps(sourcedir_uri)}
 
@@ -74,7 +78,8 @@ def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, di
     )["TrainingJobSummaries"]
 
     assert tuning["HyperParameterTuningJobStatus"] == "Completed", tuning.get("FailureReason")
-    failed = {c["TrainingJobName"]: sm.describe_training_job(TrainingJobName=c["TrainingJobName"]).get("FailureReason")
+    failed = {c["TrainingJobName"]: (sm.describe_training_job(TrainingJobName=c["TrainingJobName"]).get("FailureReason"),
+                                     _log(service, c["TrainingJobName"])[-3000:])
               for c in children if c["TrainingJobStatus"] != "Completed"}
     assert len(children) == 4 and not failed, failed
     values = [c["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for c in children]
@@ -90,8 +95,7 @@ def test_a_real_tuning_job_on_the_digits_picks_its_best_trial(sm, s3, bucket, di
     bucket_name, key = s3_transfer.split_s3_uri(described["ModelArtifacts"]["S3ModelArtifacts"])
     assert s3.head_object(Bucket=bucket_name, Key=key)["ContentLength"] > 1000
 
-    logs = {c["TrainingJobName"]: requests.get(f"{service.url}/_local/training-jobs/{c['TrainingJobName']}/log",
-                                               timeout=10).text for c in children}
+    logs = {c["TrainingJobName"]: _log(service, c["TrainingJobName"]) for c in children}
     hits = [job for job, log in logs.items() if "feature cache hit" in log]
     assert len(hits) >= 2, {job: log[-1500:] for job, log in logs.items()}
     assert len(s3.list_objects_v2(Bucket=bucket, Prefix=f"cache/{name}/")["Contents"]) == 1
