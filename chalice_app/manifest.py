@@ -8,6 +8,7 @@ stable hash of the key, so an image keeps its split as the data grows) and
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -55,6 +56,12 @@ def refusal(entries: list[Entry], min_images: int) -> str | None:
     if missing:
         return f"no images in the {' and '.join(missing)} split"
     return None
+
+
+def digest(entries: list[Entry]) -> str:
+    """What the snapshot holds, as one value: equal for the same images with the same contents."""
+    lines = sorted(f"{entry.key}\t{entry.etag.strip(chr(34))}" for entry in entries)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def to_jsonl(entries: list[Entry]) -> str:

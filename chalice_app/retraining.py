@@ -140,21 +140,38 @@ def _launch(run_id: str, trigger: str, now: float, created_at: float | None = No
     config, store = settings(), stores()
     since = {} if created_at is None else {"created_at": created_at}
     entries = _snapshot()
+    digest = manifest.digest(entries)
+    if trigger == "data":
+        took = _run_that_took(digest, run_id)
+        if took:
+            # A notification that came back after its burst's run had listed the data (its handling
+            # failed: SQS delivers it again), or a burst of nothing new: the data is that run's.
+            store.runs.release_lock(run_id)
+            logger.info("no new data since the last run", extra={"run_id": took})
+            return StartOutcome(False, took, f"the data is what run {took} took: nothing new to train on")
     refusal = manifest.refusal(entries, config.min_images)
     labels = sorted({entry.label for entry in entries})
     if refusal:
         store.runs.create(run_id, now, status="REFUSED", reason=refusal, trigger=trigger, images=len(entries),
-                          labels=labels, **since)
+                          labels=labels, data_digest=digest, **since)
         store.runs.release_lock(run_id)
         logger.warning("run refused", extra={"run_id": run_id, "reason": refusal})
         metrics.add_metric(name="RunsRefused", unit=MetricUnit.Count, value=1)
         return StartOutcome(False, run_id, refusal)
     store.runs.create(run_id, now, status="STARTING", trigger=trigger, images=len(entries), labels=labels,
                       manifest=config.s3_uri(requests.manifest_key(config, run_id)),
-                      data_bytes=manifest.total_bytes(entries), **since)
+                      data_bytes=manifest.total_bytes(entries), data_digest=digest, **since)
     for put in requests.manifest_puts(config, run_id, entries):
         aws.client("s3").put_object(**put)
     return _start_tuning(run_id, now, manifest.total_bytes(entries))
+
+
+def _run_that_took(digest: str, run_id: str) -> str | None:
+    """The latest run before `run_id`, if it listed exactly this data. Runs start one at a time (the
+    lock `run_id` holds), so that run recorded what it listed before this one could start."""
+    runs, _ = stores().runs.recent(2)
+    latest = next((run for run in runs if run["run_id"] != run_id), None)
+    return latest["run_id"] if latest and latest.get("data_digest") == digest else None
 
 
 def _start_tuning(run_id: str, now: float, data_bytes: int | None) -> StartOutcome:

@@ -19,7 +19,10 @@ in the stack's process it would hold the same GIL as the handlers that call it.
 With a state directory (`--state-dir`, `MotoProcess(..., state_dir=...)`) the process is
 durable: it starts with what the directory holds (`local_aws.moto_restore`, before it
 listens) and every write it acknowledges is on disk first (`local_aws.moto_write_through`),
-so a SIGKILL loses nothing and a stop needs no snapshot.
+so a SIGKILL loses nothing and a stop needs no snapshot. `MotoProcess` restarts a process
+that dies, on the same address and state directory, as AWS's services recover by themselves:
+its clients see connection errors for the seconds the restart takes, and messages that were
+in flight reappear once their visibility timeout ends.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from aws_lambda_powertools import Logger
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+from .moto_configuration import replay
 from .moto_http import KeepAliveRequestHandler, close_open_connections, open_connections
 from .moto_patches import MotoPatches
 from .moto_restore import restore
@@ -49,7 +54,10 @@ from .patching import Patches
 from .process_record import record
 from .wsgi_server import ThreadedServer
 
+logger = Logger(service="local-aws")
+
 RESTORED_FILE = "restored.json"  # in the state directory: what the last start found there
+WATCH_SECONDS = 0.5  # how often `MotoProcess` checks that its process is alive
 
 
 def serialise_dynamodb(app: Callable) -> Callable:
@@ -84,20 +92,52 @@ class MotoProcess:
     """`MotoProcess(host, port, state_dir=...).start()`: moto in a child process; `url`; `stop()` ends it.
 
     The child ignores Ctrl-C (a terminal sends it to the whole process group): the stack
-    stops moto itself. It ends itself if the stack dies (`local_aws.owner_watch`). With a
-    `state_dir`, `restored` says what it found there at start.
+    stops moto itself. It ends itself if the stack dies (`local_aws.owner_watch`), and is
+    started again if it dies first. With a `state_dir`, `restored` says what it found there
+    at (the first) start.
     """
 
     def __init__(self, host: str, port: int, state_dir: Path | None = None) -> None:
         self.host, self.port, self.state_dir = host, port, state_dir
         self.restored: dict[str, int] = {}
         self._process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._watch: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 60.0) -> "MotoProcess":
+        self._spawn(timeout)
+        self.restored = self._read_restored()
+        self._watch = threading.Thread(target=self._keep_alive, args=(timeout,), name="moto-watch", daemon=True)
+        self._watch.start()
+        return self
+
+    def _read_restored(self) -> dict[str, int]:
+        return json.loads((self.state_dir / RESTORED_FILE).read_text()) if self.state_dir is not None else {}
+
+    def _keep_alive(self, timeout: float) -> None:
+        while not self._stopping.wait(WATCH_SECONDS):
+            process = self._process
+            if process is None or process.poll() is None:
+                continue
+            logger.warning("moto died; restarting it", url=self.url, exit_code=process.returncode)
+            started = time.monotonic()
+            try:
+                self._spawn(timeout)
+            except RuntimeError as error:  # the next round tries again
+                logger.warning("moto did not restart", url=self.url, reason=str(error))
+                continue
+            logger.info("moto restarted", url=self.url, seconds=round(time.monotonic() - started, 2),
+                        restored=self._read_restored())
+
+    def _spawn(self, timeout: float) -> None:
         root = Path(__file__).resolve().parent.parent
         command = [sys.executable, "-m", "local_aws.moto_server", "--host", self.host, "--port", str(self.port)]
         if self.state_dir is not None:
@@ -111,16 +151,21 @@ class MotoProcess:
                 raise RuntimeError(f"moto exited with code {self._process.returncode} before it listened")
             try:
                 socket.create_connection((self.host, self.port), timeout=1).close()
-                if self.state_dir is not None:
-                    self.restored = json.loads((self.state_dir / RESTORED_FILE).read_text())
-                return self
+                return
             except OSError:
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self._end_process()
                     raise RuntimeError(f"moto did not listen on {self.url} within {timeout} s") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._watch is not None:
+            self._watch.join()
+            self._watch = None
+        self._end_process()
+
+    def _end_process(self) -> None:
         if self._process is None:
             return
         self._process.terminate()
@@ -145,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.state_dir is not None:
         store = MotoStore(args.state_dir)
         restored = restore(store)  # before the server listens: no client sees a half-restored moto
+        for failure in replay(store.configuration(), application):  # after the queues it names
+            logger.warning("configuration not restored", request=failure)
         (args.state_dir / RESTORED_FILE).write_text(json.dumps(restored))
         write_through = WriteThrough(application, store)
         write_through.install(Patches())  # for the process's life, as the patches above

@@ -11,6 +11,10 @@ Object bodies are files named by their SHA-256 (`objects/<hex>`), written before
 row that names them is committed; a body no row names any more is removed after the
 commit, and `sweep()` removes what a crash between the two left behind.
 
+Configuration (a bucket's notifications or lifecycle, an EventBridge rule or target) is kept
+as the last request that set it, under a name for what it sets (`configuration`), to be
+replayed into moto in the order it was set.
+
 Layout: `<dir>/moto.sqlite3` (+ its -wal and -shm), `<dir>/objects/`.
 """
 
@@ -38,6 +42,7 @@ CREATE TABLE IF NOT EXISTS items (account TEXT, region TEXT, tbl TEXT, key TEXT,
 CREATE TABLE IF NOT EXISTS queues (account TEXT, region TEXT, name TEXT, attributes TEXT,
                                    PRIMARY KEY (account, region, name));
 CREATE TABLE IF NOT EXISTS messages (id TEXT PRIMARY KEY, account TEXT, region TEXT, queue TEXT, message TEXT);
+CREATE TABLE IF NOT EXISTS configuration (name TEXT PRIMARY KEY, request TEXT);
 """
 
 
@@ -60,9 +65,12 @@ class Change:
     queues: dict[tuple[str, str, str], dict[str, Any] | None] = field(default_factory=dict)  # (account, region, name)
     messages: dict[str, tuple[str, str, str, dict[str, Any]] | None] = field(default_factory=dict)  # id: (where, what)
     purged: set[tuple[str, str, str]] = field(default_factory=set)  # queues emptied (before messages above)
+    # In order: (name, the request that sets it), or (prefix, None): what every name under it set is gone.
+    configuration: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any((self.buckets, self.objects, self.tables, self.items, self.queues, self.messages, self.purged))
+        return any((self.buckets, self.objects, self.tables, self.items, self.queues, self.messages, self.purged,
+                    self.configuration))
 
 
 def _bytes_to_json(value: Any) -> Any:
@@ -164,6 +172,12 @@ class MotoStore:
                     db.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
                                "account=excluded.account, region=excluded.region, queue=excluded.queue, "
                                "message=excluded.message", (message_id, account, region, queue, _dumps(message)))
+            for name, request in change.configuration:
+                if request is None:
+                    db.execute("DELETE FROM configuration WHERE substr(name, 1, ?) = ?", (len(name), name))
+                else:  # a new row: replayed after what was set before it
+                    db.execute("DELETE FROM configuration WHERE name=?", (name,))
+                    db.execute("INSERT INTO configuration VALUES (?, ?)", (name, _dumps(request)))
             unused = [f for f in dropped - set(files.values())
                       if db.execute("SELECT 1 FROM objects WHERE file=? LIMIT 1", (f,)).fetchone() is None]
             db.execute("COMMIT")
@@ -204,6 +218,11 @@ class MotoStore:
     def queues(self) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
         for account, region, name, attributes in self._db.execute("SELECT * FROM queues"):
             yield account, region, name, json.loads(attributes)
+
+    def configuration(self) -> Iterator[dict[str, Any]]:
+        """The requests that set the configuration, in the order they were set."""
+        for (request,) in self._db.execute("SELECT request FROM configuration ORDER BY rowid"):
+            yield _loads(request)
 
     def messages(self) -> Iterator[tuple[str, str, str, str, dict[str, Any]]]:
         for row in self._db.execute("SELECT id, account, region, queue, message FROM messages ORDER BY rowid"):

@@ -15,8 +15,9 @@ EventBridge targets as well as from SendMessage, and leave on delete, purge or r
 
 Covered: buckets, each key's latest version (body, ETag, metadata, storage class), tables
 (schema, indexes, TTL) and items, queues (attributes) and messages (body, attributes,
-group and deduplication ids). Not covered: bucket configurations (notifications,
-versioning, policies), object versions and tags, message receive counts (a message in
+group and deduplication ids), and as the requests that set them, bucket configurations
+(notifications, lifecycle, encryption...) and EventBridge rules and targets
+(`local_aws.moto_configuration`). Not covered: object versions and tags, message receive counts (a message in
 flight at a crash is visible again after the restart, as SQS promises: at least once).
 S3 requests are expected path-style (http://host:port/bucket/key), as boto3 sends them
 to an endpoint URL.
@@ -39,6 +40,7 @@ from moto.iam.models import get_account_id_from
 from moto.s3.models import FakeKey, s3_backends
 from moto.sqs.models import Message, Queue, SQSBackend, sqs_backends
 
+from . import moto_configuration
 from .moto_store import Change, MotoStore, StoredObject, item_key
 from .patching import Patches
 
@@ -59,6 +61,7 @@ class _Touched:
     queues: set[tuple[str, str, str]] = field(default_factory=set)
     messages: dict[str, tuple[Queue, Message] | None] = field(default_factory=dict)
     purged: set[tuple[str, str, str]] = field(default_factory=set)
+    configuration: moto_configuration.Changes = field(default_factory=list)
 
 
 def _scope(environ: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -84,7 +87,8 @@ class WriteThrough:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         scope = _scope(environ)
         body = b""
-        if scope and scope[2] == "dynamodb":  # small JSON: read here, given to moto as it came
+        configures = bool(scope) and moto_configuration.sets_configuration(scope, environ)
+        if scope and (scope[2] == "dynamodb" or configures):  # small: read here, given to moto as it came
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             environ["wsgi.input"] = io.BytesIO(body)
         touched = self._current.touched = _Touched()
@@ -95,6 +99,8 @@ class WriteThrough:
                     _touch_s3(touched, scope[0], environ, content)
                 elif scope[2] == "dynamodb":
                     _touch_dynamodb(touched, scope[0], scope[1], environ.get("HTTP_X_AMZ_TARGET", ""), body)
+                if configures:
+                    touched.configuration += moto_configuration.changes(scope, environ, body)
         finally:
             self._current.touched = None
             self._commit(touched)  # whatever happened: what moto's models changed is stored
@@ -255,6 +261,7 @@ def _post_images(touched: _Touched) -> Change:
             k: v for k, v in queue.attributes.items() if k not in _QUEUE_COMPUTED and v is not None
         } if queue else None
     change.purged = touched.purged
+    change.configuration = touched.configuration
     for message_id, placed in touched.messages.items():
         if placed is None:
             change.messages[message_id] = None

@@ -13,7 +13,9 @@ from this file run as its wrapper, with the standard library only:
 
     python -I local_aws/owner_watch.py COMMAND ...
 
-which runs COMMAND as its child, in its own process group, and exits with its status.
+which runs COMMAND as its child, in its own process group, and exits with its status once
+it has ended what COMMAND left in the group (as a container ends with its entry point: a
+killed training toolkit does not leave its script running).
 
 A watch thread, not `prctl(PR_SET_PDEATHSIG)`: the signal fires when the *thread* that
 forked the child ends, and the stack starts endpoint hosts from threads that end at once.
@@ -76,6 +78,19 @@ def die_with_owner() -> None:
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
+def _end_rest_of_group() -> None:
+    """SIGKILL every process of our group but us."""
+    group, me = os.getpgrp(), os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.getpgid(int(entry)) == group:
+                os.kill(int(entry), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
 def main(argv: list[str]) -> int:
     """Run `argv` under the watch; its exit status (or the signal that ended it) is ours."""
     if not argv:
@@ -91,6 +106,7 @@ def main(argv: list[str]) -> int:
     child = subprocess.Popen(argv)
     die_with_owner()
     code = child.wait()
+    _end_rest_of_group()
     if code < 0:
         for sent in stops:
             signal.signal(sent, signal.SIG_DFL)

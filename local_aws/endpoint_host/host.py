@@ -50,6 +50,11 @@ class EndpointHost:
         return self._process.pid if self._process is not None else None
 
     @property
+    def running(self) -> bool:
+        """Started, not stopped, and its master process has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 

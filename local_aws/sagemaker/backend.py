@@ -3,14 +3,18 @@ validates its request, turns it into a record in the state (`state`) or answers 
 records, and hands the work to the runners (training, tuning, endpoints), built here.
 
 On a restart, the state fails the jobs that were running (a training process cannot be
-re-attached); endpoints that were serving are hosted again from their current config.
+re-attached); endpoints that were serving are hosted again from their current config. What a
+killed service left in its work folders (its hosts' model copies, its jobs' /opt/ml) goes first.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from aws_lambda_powertools import Logger
 
 from . import events
 from .config import Settings
@@ -22,6 +26,21 @@ from .state import SageMakerState
 from .training_jobs import TrainingRunner
 from .tuning import Tuner
 
+logger = Logger(service="local-sagemaker")
+
+WORK_FOLDERS = ("hosts", "jobs")  # under the state directory: endpoint hosts' and training jobs' folders
+
+
+def remove_leftovers(state_dir: Path) -> list[str]:
+    """Empty the work folders: at start no host or job of this service runs yet (a clean stop removes
+    its own; a killed service's processes end with it)."""
+    removed = []
+    for folder in WORK_FOLDERS:
+        for path in sorted((state_dir / folder).glob("*")):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"{folder}/{path.name}")
+    return removed
+
 
 class SageMakerBackend:
     """The operations, over the state and the runners. Runners do the work in threads and
@@ -29,6 +48,9 @@ class SageMakerBackend:
 
     def __init__(self, settings: Settings, publish: Callable[[events.Event], None] | None = None) -> None:
         self.settings = settings
+        removed = remove_leftovers(settings.state_dir)
+        if removed:
+            logger.warning("removed what a killed service left in its work folders", folders=removed)
         self.state = SageMakerState(settings, publish or events.eventbridge_publisher(settings.region))
         self.runner = TrainingRunner(settings, self.state)
         self.tuner = Tuner(self.state, self.runner, self.start_training_job, settings.max_running_jobs)

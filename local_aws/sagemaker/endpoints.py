@@ -6,6 +6,11 @@ answer /ping and the configured probe request before traffic moves; requests alr
 sent to the old host finish before it stops, so no request fails during an update. A new host that
 does not pass leaves the old one serving, and the endpoint's FailureReason says why,
 as AWS's rollback does.
+
+A host whose process dies is replaced, as SageMaker replaces an instance that fails its
+health checks: a watch thread notices, starts a new host from the same config and moves
+traffic to it once it answers; the endpoint stays InService, and meanwhile an invoke is
+answered ServiceUnavailable (a retry may succeed), never a ValidationError.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from aws_lambda_powertools import Logger
 
 from . import s3_transfer
 from ..endpoint_host import EndpointHost, HostStartError
-from .exceptions import ModelError, ValidationError
+from .exceptions import ModelError, ServiceUnavailable, ValidationError
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 logger = Logger(service="local-sagemaker")
 
 INVOKE_TIMEOUT = 60.0
+WATCH_SECONDS = 1.0  # how often the hosts' processes are checked
 
 
 @dataclass
@@ -89,6 +95,9 @@ class EndpointFleet:
         self._hosts: dict[str, Host] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._watch = threading.Thread(target=self._watch_hosts, name="endpoint-host-watch", daemon=True)
+        self._watch.start()
 
     # ----- the operations' side ----------------------------------------------------------
 
@@ -118,6 +127,8 @@ class EndpointFleet:
             thread.join(timeout)
 
     def shutdown(self) -> None:
+        self._stopping.set()
+        self._watch.join(self.settings.host_start_timeout)
         self.wait(timeout=self.settings.host_start_timeout)
         with self._lock:
             hosts, self._hosts = list(self._hosts.values()), {}
@@ -140,6 +151,9 @@ class EndpointFleet:
             if custom_attributes:
                 headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
             status, answer, answer_type = host.request("POST", "/invocations", body, headers)
+        except (ConnectionError, http.client.HTTPException) as error:  # the host died (its replacement is on its way)
+            raise ServiceUnavailable(f"The endpoint {name} could not serve the request: {type(error).__name__}. "
+                                     "Retry the request.") from None
         finally:
             with host.idle:
                 host.inflight -= 1
@@ -191,6 +205,33 @@ class EndpointFleet:
         if old:
             old.stop()
 
+    def _watch_hosts(self) -> None:
+        while not self._stopping.wait(WATCH_SECONDS):
+            with self._lock:
+                dead = [(name, host) for name, host in self._hosts.items() if not host.server.running]
+            for name, host in dead:
+                if not self._stopping.is_set():
+                    self._replace(name, host)
+
+    def _replace(self, name: str, dead: Host) -> None:
+        """A new host for the config the dead one served; traffic moves once it answers."""
+        logger.warning("endpoint host died; replacing it", endpoint=name, config=dead.config_name,
+                       log=dead.log_tail(2))
+        dead.stop(drain_timeout=0)
+        try:
+            host = self._launch(name, dead.config_name)
+        except Exception as error:  # noqa: BLE001 - the dead host stays listed: the next round tries again
+            logger.warning("endpoint host replacement failed; trying again", endpoint=name, reason=str(error)[:300])
+            return
+        with self._lock:
+            replaced = self._hosts.get(name) is dead
+            if replaced:
+                self._hosts[name] = host
+        if not replaced:  # an update or a delete moved on meanwhile
+            host.stop(drain_timeout=0)
+            return
+        logger.info("endpoint host replaced", endpoint=name, config=dead.config_name)
+
     def _launch(self, name: str, config_name: str) -> Host:
         variant, model = self.state.config_model(config_name)
         container = model.request.get("PrimaryContainer") or model.request["Containers"][0]
@@ -200,7 +241,9 @@ class EndpointFleet:
                                       workdir / "model.tar.gz")
         log_path = self.settings.state_dir / "logs" / "endpoints" / f"{name}-{workdir.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        server = EndpointHost(archive, log_path=log_path, env=container.get("Environment", {})).start()
+        # Its scratch (the unpacked model) in its workdir too, which goes when it stops or at the next start.
+        env = {**container.get("Environment", {}), "TMPDIR": str(workdir)}
+        server = EndpointHost(archive, log_path=log_path, env=env).start()
         host = Host(config_name=config_name, variant_name=variant["VariantName"], server=server, workdir=workdir)
         try:
             host.wait_ready(self.settings.host_start_timeout, self.settings.health_probe)

@@ -44,6 +44,13 @@ class UnknownOperationException(SageMakerError):
     status = 400
 
 
+class ServiceUnavailable(SageMakerError):
+    """The runtime's answer while the instance behind an endpoint cannot take the request (a retry may succeed)."""
+
+    code = "ServiceUnavailable"
+    status = 503
+
+
 class ModelError(SageMakerError):
     """The runtime's answer when the model container itself answers with an error."""
 

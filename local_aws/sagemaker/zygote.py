@@ -64,6 +64,10 @@ def _supervise(request: dict, fds: list[int], base_path: list[str]) -> None:
         os.close(output_fd)
         status.send(json.dumps({"pid": pid}).encode())
         _, wait_status = os.waitpid(pid, 0)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # what the job left in its group (a container ends with its process)
+        except ProcessLookupError:
+            pass
         status.send(json.dumps({"returncode": os.waitstatus_to_exitcode(wait_status)}).encode())
     except BaseException:  # noqa: BLE001 - a supervisor must never return into the zygote's loop
         traceback.print_exc()

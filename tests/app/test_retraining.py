@@ -13,7 +13,7 @@ from chalice_app import aws
 from chalice_app.stores import stores
 from training.metrics import DEBUGGER_RULES
 
-from .conftest import BUCKET, ENV
+from .conftest import BUCKET, ENV, png_bytes
 from .scenario import (SCHEDULE_FN, TUNED, deliver_training_uploads, reconcile_age, runs, start_run, tick,
                        training_done, tuning_done, tuning_jobs)
 
@@ -319,3 +319,73 @@ def test_new_data_over_the_daily_cap_waits_for_the_next_day(world, monkeypatch, 
     assert tick(world)["started"] is True
     newest = runs(world)[0]
     assert newest["status"] == "TUNING" and newest["images"] == 60 and len(tuning_jobs(world)) == 3
+
+
+def test_a_late_notification_of_an_image_the_run_holds_starts_no_second_run(world):
+    # The images' notifications are held back (their handling failed: SQS delivers them again after
+    # the visibility timeout); the burst's _COMMIT overtakes them and starts the run on the listing.
+    world.upload_training(20)
+    queue = world.queue_url(ENV["TRAINING_QUEUE"])
+    held = []
+    while True:
+        messages = world.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
+                                             VisibilityTimeout=600).get("Messages", [])
+        if not messages:
+            break
+        held += messages
+    world.upload("training-data/_COMMIT", b"")
+    deliver_training_uploads(world)
+    [run] = runs(world)
+    assert run["images"] == 20
+    for message in held:
+        world.sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"],
+                                            VisibilityTimeout=0)
+    deliver_training_uploads(world)
+    tuning_done(world, run, "Failed")
+    world.advance(61)
+    tick(world)
+    assert [r["run_id"] for r in runs(world)] == [run["run_id"]]  # the burst became one run
+    assert len(tuning_jobs(world)) == 1
+
+
+def test_a_late_commit_marker_of_a_burst_the_run_took_starts_no_second_run(world):
+    # The marker's notification fails and comes back after the quiet window started the run.
+    world.upload_training(20)
+    deliver_training_uploads(world)
+    world.upload("training-data/_COMMIT", b"")
+    queue = world.queue_url(ENV["TRAINING_QUEUE"])
+    [held] = world.sqs.receive_message(QueueUrl=queue, VisibilityTimeout=600)["Messages"]
+    world.advance(61)
+    tick(world)
+    [run] = runs(world)
+    world.sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=held["ReceiptHandle"], VisibilityTimeout=0)
+    deliver_training_uploads(world)
+    tuning_done(world, run, "Failed")
+    world.advance(61)
+    tick(world)
+    assert [r["run_id"] for r in runs(world)] == [run["run_id"]]
+
+
+def test_a_burst_that_brings_nothing_new_starts_no_run_but_a_changed_image_and_a_person_do(world):
+    run = start_run(world)
+    tuning_done(world, run, "Failed")
+    for index in range(2):  # the same images again, byte for byte: the run already listed them
+        world.upload(f"training-data/{('cat', 'dog')[index % 2]}/img-{index:04d}.png", png_bytes(index))
+    deliver_training_uploads(world)
+    world.advance(61)
+    assert tick(world)["started"] is False
+    assert len(runs(world)) == 1
+
+    world.upload("training-data/cat/img-0000.png", png_bytes(1000))  # changed content: new data
+    deliver_training_uploads(world)
+    world.advance(61)
+    assert tick(world)["started"] is True
+    assert len(runs(world)) == 2 and len(tuning_jobs(world)) == 2
+
+    newest = runs(world)[0]
+    tuning_done(world, newest, "Failed")
+    response = world.client.http.post("/runs")  # a person may retrain on the same data
+    assert response.status_code == 202
+    world.advance(61)
+    tick(world)
+    assert len(tuning_jobs(world)) == 3

@@ -15,9 +15,10 @@ import psutil
 import pytest
 from PIL import Image
 
+from local_aws.project.budget import SCHEDULE_SECONDS, SMALL_BUDGET
 from local_aws.project.launcher import StackProcess
 
-from .conftest import SCHEDULE_SECONDS, SMALL_BUDGET, upload_all, wait_until
+from .conftest import upload_all, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 from PIL import Image
 
@@ -165,3 +166,38 @@ def test_unknown_endpoints_and_models_answer_aws_errors(sm, runtime):
         sm.describe_model(ModelName="nope")
     with pytest.raises(sm.exceptions.ClientError, match="Could not find endpoint"):
         sm.describe_endpoint(EndpointName="nope")
+
+
+def _host_master(endpoint: str) -> psutil.Process | None:
+    """The endpoint host's gunicorn master: the process serving a model copied under hosts/<endpoint>/."""
+    for process in psutil.Process().children(recursive=True):
+        try:
+            command = process.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "local_aws.endpoint_host" in command and f"/hosts/{endpoint}/" in " ".join(command):
+            return process
+    return None
+
+
+def test_a_killed_host_is_replaced_and_the_endpoint_stays_in_service(sm, runtime, live_endpoint, service):
+    hosts = service.backend.settings.state_dir / "hosts" / live_endpoint
+    dead = _host_master(live_endpoint)
+    dead_copy = list(hosts.iterdir())
+    dead.kill()
+    dead.wait(15)
+    errors = set()
+    deadline = time.monotonic() + 120
+    while True:  # as on AWS, the instance is replaced; meanwhile a request may fail, retryably
+        assert sm.describe_endpoint(EndpointName=live_endpoint)["EndpointStatus"] == "InService"
+        try:
+            invoke(runtime, live_endpoint)
+            replacement = _host_master(live_endpoint)
+            if replacement is not None and replacement.pid != dead.pid:
+                break
+        except runtime.exceptions.ClientError as error:
+            errors.add(error.response["Error"]["Code"])
+        assert time.monotonic() < deadline, f"no replacement answered within 120 s: {errors}"
+        time.sleep(0.2)
+    assert errors <= {"ServiceUnavailable"}, errors
+    assert not any(path.exists() for path in dead_copy)  # the dead host's model copy went with it

@@ -88,3 +88,13 @@ def test_the_wrapper_gives_the_commands_exit_status(owner):
     assert stopped.wait(15) == -signal.SIGTERM
     for process in (exits, stopped):
         process.stdout.close()
+
+
+def test_a_killed_command_takes_what_it_left_in_the_group_with_it(owner):
+    # A training toolkit killed while its script runs: the container ends, the script with it.
+    wrapped = start([sys.executable, "-I", owner_watch.__file__, "sh", "-c", "sleep 300 & echo $$ $!; wait"], owner)
+    shell, sleeper = map(int, wrapped.stdout.readline().split())
+    os.kill(shell, signal.SIGKILL)
+    assert wrapped.wait(15) == -signal.SIGKILL
+    assert gone(sleeper)
+    wrapped.stdout.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 
 import boto3
+import psutil
 import pytest
 import requests
 
@@ -192,3 +194,34 @@ def test_a_job_with_checkpoint_config_finds_the_checkpoints_of_the_job_before(sm
     assert counts == [1, 2]
     key = checkpoints["S3Uri"].removeprefix(f"s3://{bucket}/") + "count"
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"2"
+
+
+def _job_process(job: str, program: str, timeout: float = 120) -> psutil.Process:
+    """The job's process running `program` (its script, or the toolkit that runs it), once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in psutil.Process().children(recursive=True):
+            try:
+                command, environ = " ".join(process.cmdline()), process.environ()
+            except psutil.Error:
+                continue
+            if program in command and "owner_watch" not in command and environ.get("TRAINING_JOB_NAME") == job:
+                return process
+        time.sleep(0.2)
+    raise AssertionError(f"no process running {program} for {job}")
+
+
+@pytest.mark.parametrize("program", ["train.py", "sagemaker_training.cli.train"])
+def test_a_job_whose_process_is_killed_ends_failed_with_its_reason_and_leaves_nothing(sm, bucket, tiny_source,
+                                                                                      program):
+    # As when a training instance dies: the job ends Failed with a FailureReason, not stuck InProgress.
+    name = unique("killed")
+    sm.create_training_job(TrainingJobName=name,
+                           HyperParameters=sdk_hyperparameters("train.py", tiny_source, epochs=1000, sleep=0.2),
+                           **job_definition(bucket, tiny_source))
+    victim = _job_process(name, program)
+    script = _job_process(name, "train.py")
+    victim.kill()
+    job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE, timeout=60)
+    assert job["TrainingJobStatus"] == "Failed" and job["FailureReason"], job
+    script.wait(30)  # the script does not outlive its toolkit: the container ended

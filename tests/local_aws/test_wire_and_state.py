@@ -98,3 +98,18 @@ def test_state_survives_a_restart_and_running_jobs_come_back_failed(aws_env, tmp
         running = client.describe_training_job(TrainingJobName="running")
         assert running["TrainingJobStatus"] == "Failed" and running["FailureReason"] == RESTART_REASON
         assert client.describe_model(ModelName="kept")["PrimaryContainer"]["Image"] == "img"
+
+
+def test_a_start_removes_what_a_killed_service_left_in_its_work_folders(aws_env, tmp_path):
+    # A SIGKILL leaves the hosts' model copies and the jobs' /opt/ml folders; nothing of them runs any more.
+    settings = Settings(state_dir=tmp_path / "state", region=REGION)
+    left = [settings.state_dir / "hosts" / "ep" / "config-1a2b3c4d", settings.state_dir / "jobs" / "job-1" / "model"]
+    for folder in left:
+        folder.mkdir(parents=True)
+        (folder / "model.tar.gz").write_bytes(b"tens of MB")
+    kept = settings.state_dir / "logs" / "job-1.log"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("what CloudWatch would hold")
+    with LocalSageMaker(settings):
+        assert [path for name in ("hosts", "jobs") for path in (settings.state_dir / name).iterdir()] == []
+        assert kept.exists()
