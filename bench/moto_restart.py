@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -98,7 +100,7 @@ def main() -> None:
         moto, restart = timed_start(state_dir, port)
         figures["restart_s"] = round(restart, 2)
         check(moto, *counts)
-        moto._process.kill()  # SIGKILL, as a crash
+        os.killpg(moto._process.pid, signal.SIGKILL)  # a crash: gunicorn's master and worker, its group
         moto._process.wait()
         moto, restart = timed_start(state_dir, port)
         figures["restart_after_sigkill_s"] = round(restart, 2)
