@@ -5,8 +5,8 @@
 One moto process (`MotoProcess` with a state directory, as the stack runs it) in a
 temporary directory: PUT `--objects` small objects (2 KB, 8 client threads), write
 `--items` DynamoDB items and send `--messages` SQS messages, then time a clean stop, a
-restart (until it listens, everything restored), a SIGKILL and the restart after it,
-checking after each restart that every object, item and message is there. Prints JSON.
+restart (until it answers, everything restored), a SIGKILL of its process group and the
+restart `MotoProcess` makes by itself (until the new process answers), checking after each restart that every object, item and message is there. Prints JSON.
 Goals (issue #15): restart <= 10 s, clean stop <= 5 s, at 10,000 objects on 2 cores.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -23,6 +25,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -72,6 +75,20 @@ def check(moto: MotoProcess, objects: int, items: int, messages: int) -> None:
                          f"{queued}/{messages} messages")
 
 
+def back_after(moto: MotoProcess, killed: int, started: float) -> float:
+    """Seconds from `started` until a process other than `killed` answers for `moto`."""
+    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing", config=Config(retries={"max_attempts": 1}))
+    while True:
+        try:
+            if moto.pid != killed:
+                s3.list_buckets()
+                return time.perf_counter() - started
+        except BotoCoreError:
+            pass
+        time.sleep(0.05)
+
+
 def timed_start(state_dir: Path, port: int) -> tuple[MotoProcess, float]:
     started = time.perf_counter()
     moto = MotoProcess("127.0.0.1", port, state_dir=state_dir).start()
@@ -98,10 +115,9 @@ def main() -> None:
         moto, restart = timed_start(state_dir, port)
         figures["restart_s"] = round(restart, 2)
         check(moto, *counts)
-        moto._process.kill()  # SIGKILL, as a crash
-        moto._process.wait()
-        moto, restart = timed_start(state_dir, port)
-        figures["restart_after_sigkill_s"] = round(restart, 2)
+        killed, started = moto.pid, time.perf_counter()
+        os.killpg(killed, signal.SIGKILL)  # a crash: gunicorn's master and worker, its group
+        figures["restart_after_sigkill_s"] = round(back_after(moto, killed, started), 2)  # MotoProcess restarts it
         check(moto, *counts)
         moto.stop()
         figures["state_dir_mb"] = round(sum(p.stat().st_size for p in state_dir.rglob("*") if p.is_file()) / 2**20, 1)

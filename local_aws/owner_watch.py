@@ -3,10 +3,10 @@
 The stack names itself in the environment its children inherit (`OWNER_ENV`: its pid and
 start time, so a reused pid is never taken for it). A child of ours calls `die_with_owner()`
 at start: a thread watches the owner and, once it is gone, SIGKILLs the child's process
-group when the child leads one (an endpoint host's gunicorn master and its workers, a
-training job and its data loaders) or else the child alone (moto shares the stack's group,
-which may hold a shell's other commands). Without an owner in the environment the watched
-process is the parent.
+group when the child leads one (a gunicorn master and its workers: moto's, an endpoint
+host's; a training job and its data loaders) or else the child alone (a group it shares may
+hold a shell's other commands). Without an owner in the environment the watched process is
+the parent.
 
 A program that is not ours (the training toolkit and the script it runs) gets the watch
 from this file run as its wrapper, with the standard library only:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,18 @@ class Moto:
         return self.process
 
     def kill(self) -> None:
+        """SIGKILL moto's process group (gunicorn's master and worker), as its owner's death does."""
         assert self.process is not None and self.process._process is not None
-        self.process._process.kill()
+        os.killpg(self.process._process.pid, signal.SIGKILL)
         self.process._process.wait()
         self.process = None
+
+    def worker(self) -> int:
+        """The pid of gunicorn's worker, the master's one child."""
+        assert self.process is not None and self.process._process is not None
+        pid = self.process._process.pid
+        (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return int(child)
 
     def client(self, service: str) -> Any:
         assert self.process is not None
@@ -177,3 +187,21 @@ def test_deletes_survive_a_sigkill(moto):
     assert sorted(u.rsplit("/", 1)[1] for u in sqs.list_queues()["QueueUrls"]) == ["jobs", "purged"]
     assert [m["Body"] for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]] == ["m1"]
     assert "Messages" not in sqs.receive_message(QueueUrl=purged)
+
+
+def test_a_worker_that_dies_is_replaced_by_one_with_the_state(moto):
+    moto.start()
+    s3, sqs = moto.client("s3"), moto.client("sqs")
+    s3.create_bucket(Bucket="data")
+    s3.put_object(Bucket="data", Key="kept", Body=b"kept")
+    queue = sqs.create_queue(QueueName="jobs")["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody="waiting")
+    first = moto.worker()
+
+    os.kill(first, signal.SIGKILL)  # the master stays, and its port: requests wait for the replacement
+
+    assert s3.get_object(Bucket="data", Key="kept")["Body"].read() == b"kept"
+    assert [m["Body"] for m in sqs.receive_message(QueueUrl=queue)["Messages"]] == ["waiting"]
+    assert moto.worker() != first
+    assert json.loads((moto.state_dir / "restored.json").read_text()) == {
+        "s3_objects": 1, "dynamodb_items": 0, "sqs_messages": 1}
