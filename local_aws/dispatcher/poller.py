@@ -64,7 +64,14 @@ class QueuePoller:
             if batch and remaining <= 0:
                 break
             wait = self.idle_wait if not batch else min(self.idle_wait, int(remaining))
-            messages = self._receive(self.batch_size - len(batch), wait)
+            try:
+                messages = self._receive(self.batch_size - len(batch), wait)
+            except Exception:  # noqa: BLE001 - what the batch holds is in flight: invoke with it, not drop it
+                if not batch:
+                    raise
+                logger.exception("receive failed; the batch goes with what it holds", poller=self.name,
+                                 size=len(batch))
+                break
             if not messages and not batch:
                 break
             if messages and not batch:
