@@ -156,7 +156,7 @@ def test_a_killed_moto_is_started_again_with_its_data_and_its_wiring(tmp_path):
         events.remove_targets(Rule="jobs", Ids=["gone"])
         sqs.purge_queue(QueueUrl=uploads)  # the configuration's test event
         killed = moto.pid
-        os.kill(killed, signal.SIGKILL)
+        os.killpg(killed, signal.SIGKILL)  # a crash: gunicorn's master and its worker
 
         assert _until_back(lambda: s3.get_object(Bucket="kept", Key="k"))["Body"].read() == b"acknowledged"
         assert moto.pid != killed

@@ -18,7 +18,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from local_aws.moto_server import MotoServer
+from local_aws.moto_server import MotoProcess
+from local_aws.ports import free_port
 from local_aws.project.containers import with_project_containers
 from local_aws.sagemaker.config import Settings
 from local_aws.sagemaker.server import LocalSageMaker
@@ -30,7 +31,9 @@ IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-cpu-p
 
 @pytest.fixture(scope="package")
 def aws_env() -> Iterator[str]:
-    server = MotoServer().start()  # the stack's moto, patched for the session (tests/conftest.py)
+    # The stack's moto, as the stack runs it: in a process of its own, so that no in-process moto of
+    # another test in this worker (mock_aws, a reset) can touch the buckets these tests' jobs read.
+    server = MotoProcess("127.0.0.1", free_port()).start()
     url = server.url
     patch = pytest.MonkeyPatch()
     for key, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
