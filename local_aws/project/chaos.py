@@ -14,7 +14,7 @@ host (gunicorn's master or its worker). What does not come back by itself is res
 (the stack, as a new `StackProcess` on the same state directory, once no process of the
 dead one is left); the time until the component answers again is kept. A run that a kill
 failed is asked for again (`POST /runs`) until a model is LIVE and the second burst's data
-is deployed or judged, a few times at most.
+is deployed or judged: at most once per kill, plus a spare or two.
 
 Then, once everything has settled, the invariants (`Report.failures` lists each broken one):
 every acknowledged upload has its object; every image under `incoming/` has exactly one
@@ -54,7 +54,9 @@ COMPONENTS = ("moto", "stack", "training job", "endpoint host")
 NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=60)
 PROBE_SECONDS = 0.5
 UPLOAD_SECONDS = 3.0
-RUN_ATTEMPTS = 4  # asks for a run (a burst's, then by hand) before the scenario gives up on a model
+# Runs asked for (a burst's, then by hand) beyond one per kill before the scenario gives up on a model:
+# each kill fails at most one run, and kills may follow each other faster than a run can end.
+SPARE_RUNS = 2
 
 
 @dataclass
@@ -252,7 +254,8 @@ class ChaosRun:
             new = [r for r in runs or [] if r.get("trigger") == "data" and r["run_id"] not in before]
             return runs if new else None
 
-        for _ in range(RUN_ATTEMPTS):
+        attempts = self.kills_wanted + SPARE_RUNS
+        for _ in range(attempts):
             runs = self._wait(settled, 1200, f"{what}: the runs to settle", every=5)
             live = self._live()
             if good(live):
@@ -264,7 +267,7 @@ class ChaosRun:
             self._wait(lambda: self._api("/runs", "POST", {})[0] == 202, 300, "a run asked for by hand")
             self._wait(lambda: any(r["status"] not in TERMINAL_RUNS for r in self._runs() or []) or self._live() != live,
                        300, "the run asked for to start", every=2)
-        raise TimeoutError(f"{what}: not after {RUN_ATTEMPTS} runs")
+        raise TimeoutError(f"{what}: not after {attempts} runs")
 
     def _settled_runs(self) -> list[dict[str, Any]] | None:
         runs = self._runs()
