@@ -14,7 +14,7 @@ host (gunicorn's master or its worker). What does not come back by itself is res
 (the stack, as a new `StackProcess` on the same state directory, once no process of the
 dead one is left); the time until the component answers again is kept. A run that a kill
 failed is asked for again (`POST /runs`) until a model is LIVE and the second burst's data
-is deployed or judged: at most once per kill, plus a spare or two.
+is deployed or judged: at most once per kill, plus two.
 
 Then, once everything has settled, the invariants (`Report.failures` lists each broken one):
 every acknowledged upload has its object; every image under `incoming/` has exactly one
