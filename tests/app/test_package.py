@@ -116,6 +116,7 @@ def cfn_lint_findings(stages) -> dict[str, list[dict]]:
                            *templates.values()], capture_output=True, text=True)
     assert not lint.returncode & 1, lint.stderr  # its exit code is a bit mask of the levels found; 1 is a crash
     findings = json.loads(lint.stdout or "[]")
+    assert {f["Filename"] for f in findings} <= set(templates.values()), findings  # none dropped by the split below
     return {stage: [f for f in findings if f["Filename"] == path] for stage, path in templates.items()}
 
 
