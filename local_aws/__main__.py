@@ -9,6 +9,7 @@ every thread and process and saves moto's state; `up` again finds it all.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from chalice_app.config import ConfigError
 
+from .owner_watch import OWNER_ENV, when_owner_gone
 from .project.stack import DEFAULT_PORTS, Stack, StackOptions
 from .project.stage import parse_overrides
 
@@ -43,6 +45,8 @@ def up_parser(prog: str = "python -m local_aws up") -> argparse.ArgumentParser:
     parser.add_argument("--schedule-seconds", type=float, default=None,
                         help="run the app's schedule handlers this often instead of their rate")
     parser.add_argument("--concurrency", type=int, default=2, help="batches of one queue handled at once")
+    parser.add_argument("--stop-with-owner", action="store_true",
+                        help=f"stop (cleanly) once the process named in {OWNER_ENV} is gone, or else the parent")
     return parser
 
 
@@ -66,6 +70,8 @@ def up(argv: list[str]) -> int:
     # Ctrl-C stops the stack even when started from a shell that ignores SIGINT in background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does
+    if args.stop_with_owner:  # a launcher killed by a timeout leaves no stack behind
+        when_owner_gone(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
         stack.start()
         print(stack.usage(), flush=True)

@@ -164,14 +164,24 @@ class MotoProcess:
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError(f"moto exited with code {self._process.returncode} before it served")
-            if self._answers(max(0.1, deadline - time.monotonic())):
+            if self.answers(max(0.1, deadline - time.monotonic())):
                 return
             if time.monotonic() > deadline:
                 self._end_process()
                 raise RuntimeError(f"moto did not serve on {self.url} within {timeout} s")
             time.sleep(0.1)
 
-    def _answers(self, timeout: float) -> bool:
+    def back_within(self, timeout: float, *, killed: int | None = None) -> float:
+        """Seconds until moto answers again, from a process other than `killed` (its watch restarts a
+        dead one); RuntimeError after `timeout`."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if (killed is None or self.pid != killed) and self.answers(1.0):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise RuntimeError(f"moto did not answer on {self.url} within {timeout} s")
+
+    def answers(self, timeout: float) -> bool:
         """Whether moto answers a request (the port accepts connections before the worker serves)."""
         connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:

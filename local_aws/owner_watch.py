@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 OWNER_ENV = "LOCAL_AWS_OWNER"  # "pid:start time" of the process whose children die with it
 POLL_SECONDS = 0.5
@@ -66,16 +67,21 @@ def _end_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_with_owner() -> None:
-    """Watch the owner from a daemon thread; end this process (and the group it leads) when it is gone."""
+def when_owner_gone(act: Callable[[], object]) -> None:
+    """Watch the owner (named now, from the environment) from a daemon thread; `act()` once it is gone."""
     pid, started = _owner()
 
     def watch() -> None:
         while started is not None and start_time(pid) == started:
             time.sleep(POLL_SECONDS)
-        _end_self()
+        act()
 
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+
+
+def die_with_owner() -> None:
+    """End this process (and the group it leads) once the owner is gone."""
+    when_owner_gone(_end_self)
 
 
 def _end_rest_of_group() -> None:

@@ -172,7 +172,7 @@ class ChaosRun:
         while True:
             try:
                 result = check()
-            except (OSError, BotoCoreError, ClientError):  # an outage the kills cause
+            except (OSError, StackError, BotoCoreError, ClientError):  # an outage the kills cause
                 result = None
             if result:
                 return result
@@ -427,7 +427,7 @@ class ChaosRun:
             items = self._wait(lambda: self._final_predictions(incoming), self.settle_timeout,
                                "a final prediction for every image", every=5)
         except TimeoutError as error:
-            items = self._all_predictions()
+            items = self._current().predictions()
             self.report.failures.append(f"{error}; not final: "
                                         f"{[(i['image_key'], i['status']) for i in items if i['status'] not in ('OK', 'FAILED')][:5]}")
         counts = Counter(item["image_key"] for item in items)
@@ -455,18 +455,7 @@ class ChaosRun:
         if outside:
             self.report.failures.append(f"{len(outside)} probes failed while the endpoint's host was up: {outside[:5]}")
 
-    def _all_predictions(self) -> list[dict[str, Any]]:
-        items, cursor = [], None
-        while True:
-            status, page = self._api("/predictions?limit=100" + (f"&cursor={cursor}" if cursor else ""))
-            if status != 200:
-                raise OSError(f"GET /predictions answered {status}")
-            items += page["items"]
-            cursor = page.get("next")
-            if not cursor:
-                return items
-
     def _final_predictions(self, incoming: set[str]) -> list[dict[str, Any]] | None:
-        items = self._all_predictions()
+        items = self._current().predictions()
         final = {i["image_key"] for i in items if i["status"] in ("OK", "FAILED")}
         return items if final >= incoming else None

@@ -23,6 +23,7 @@ from typing import Any
 
 import boto3
 
+from ..owner_watch import OWNER_ENV, owner_token
 from ..process_record import end_recorded
 from .stack import PROCESS_FILE, STACK_FILE
 from .stage import FAKE_CREDENTIALS, REPO_ROOT
@@ -46,7 +47,7 @@ class StackProcess:
 
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "local_aws", "up", "--state-dir", str(self.state_dir),
-                   "--ports", "moto=0,sagemaker=0,api=0"]
+                   "--ports", "moto=0,sagemaker=0,api=0", "--stop-with-owner"]
         for name, value in self.overrides.items():
             command += ["--set", f"{name}={value}"]
         if self.schedule_seconds:
@@ -59,6 +60,7 @@ class StackProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / STACK_FILE).unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+        env[OWNER_ENV] = owner_token()  # the stack stops once this process is gone, however it ended
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -112,6 +114,19 @@ class StackProcess:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """Every stored prediction: all pages of `GET /predictions`."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            status, page = self.api("/predictions?limit=100" + (f"&cursor={cursor}" if cursor else ""))
+            if status != 200:
+                raise StackError(f"GET /predictions answered {status}: {page}")
+            items += page["items"]
+            cursor = page.get("next")
+            if not cursor:
+                return items
 
     # --- stopping -------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
 
 from local_aws.moto_server import MotoProcess
 from local_aws.ports import free_port
@@ -122,17 +121,6 @@ def test_without_a_state_dir_the_death_of_its_worker_ends_moto():
         moto.stop()
 
 
-def _until_back(call):
-    """A few seconds of connection errors, as with any outage; then the answer."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return call()
-        except (EndpointConnectionError, ConnectionClosedError):
-            assert time.monotonic() < deadline, "moto was not back within 60 s"
-            time.sleep(0.2)
-
-
 def _received(sqs, url):
     messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=5).get("Messages", [])
     return [json.loads(m["Body"]) for m in messages]
@@ -158,8 +146,8 @@ def test_a_killed_moto_is_started_again_with_its_data_and_its_wiring(tmp_path):
         killed = moto.pid
         os.killpg(killed, signal.SIGKILL)  # a crash: gunicorn's master and its worker
 
-        assert _until_back(lambda: s3.get_object(Bucket="kept", Key="k"))["Body"].read() == b"acknowledged"
-        assert moto.pid != killed
+        moto.back_within(60, killed=killed)  # a few seconds of connection errors, as with any outage
+        assert s3.get_object(Bucket="kept", Key="k")["Body"].read() == b"acknowledged"
         # S3 still notifies its queue and EventBridge still routes to its target (and only to it).
         sqs.purge_queue(QueueUrl=uploads)  # the replayed configuration's test event
         s3.put_object(Bucket="kept", Key="after", Body=b"x")

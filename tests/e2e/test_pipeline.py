@@ -42,17 +42,6 @@ def _object_count(s3: Any, bucket: str) -> int:
     return sum(page["KeyCount"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket))
 
 
-def _predictions(stack: StackProcess) -> list[dict[str, Any]]:
-    items, cursor = [], None
-    while True:
-        status, page = stack.api("/predictions?limit=100" + (f"&cursor={cursor}" if cursor else ""))
-        assert status == 200, page
-        items += page["items"]
-        cursor = page.get("next")
-        if not cursor:
-            return items
-
-
 def test_upload_train_serve_restart(tmp_path, digits_labels):
     files = sorted(digits_labels.rglob("*.png"))
     training = {f"training-data/{p.parent.name}/{p.name}": p for p in files[::3]}
@@ -141,7 +130,7 @@ def test_upload_train_serve_restart(tmp_path, digits_labels):
         assert status == 200 and body == model
 
         def burst_predicted():
-            items = [i for i in _predictions(third) if i["image_key"] in burst]
+            items = [i for i in third.predictions() if i["image_key"] in burst]
             done = {i["image_key"] for i in items if i["status"] in ("OK", "FAILED")}
             return items if done == set(burst) else None
 

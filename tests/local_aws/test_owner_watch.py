@@ -98,3 +98,28 @@ def test_a_killed_command_takes_what_it_left_in_the_group_with_it(owner):
     assert wrapped.wait(15) == -signal.SIGKILL
     assert gone(sleeper)
     wrapped.stdout.close()
+
+
+STOPS_CLEANLY = """
+import os, signal, threading
+from local_aws.owner_watch import when_owner_gone
+def interrupt(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, interrupt)
+when_owner_gone(lambda: os.kill(os.getpid(), signal.SIGTERM))  # as `python -m local_aws up --stop-with-owner`
+print("up", flush=True)
+try:
+    threading.Event().wait()
+except KeyboardInterrupt:
+    print("stopped cleanly", flush=True)
+"""
+
+
+def test_a_process_can_stop_cleanly_instead_once_its_owner_is_gone(owner):
+    # The stack a launcher (a test, a benchmark) started: a launcher killed by a timeout leaves none behind.
+    watched = start([sys.executable, "-c", STOPS_CLEANLY], owner)
+    assert watched.stdout.readline() == "up\n"
+    owner.kill()
+    assert watched.wait(15) == 0
+    assert watched.stdout.read() == "stopped cleanly\n"
+    watched.stdout.close()
