@@ -23,6 +23,14 @@ from training.demo_data import write_digits
 # the pure-Python implementation, chosen when protobuf is first imported, by whichever test that is.
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
+# Three xdist workers share two cores: one torch (OpenMP) thread each, waiting passively, set before
+# torch is imported; subprocesses inherit it unless a test gives them their own. Torch's default, a
+# thread per core in every worker, oversubscribes the cores, and OpenMP's threads spin while they wait
+# for each other: measured on this machine under the suite's load, the shared tiny training job took
+# 243 s with two threads and 56 s with one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from tests.training_job import TINY_HYPERPARAMETERS, TrainingRun, run_training_job  # noqa: E402 - after protobuf's choice
 
 

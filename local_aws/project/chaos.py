@@ -6,7 +6,8 @@
 With a seeded `random.Random`: a stack on a fresh state directory, a labelled burst of the
 digits (ending with `_COMMIT`) that becomes run 1 (tuning, final training, gate, deploy),
 bursts of images into `incoming/` all along (every PUT answered 200 is kept), and once a
-model is LIVE a second labelled burst, run 2, which updates the endpoint blue/green. A
+model is LIVE a second labelled burst, run 2, which updates the endpoint blue/green (the
+short form, `update=False`, leaves it out). A
 prober invokes the endpoint twice a second from its first InService. Meanwhile, at random
 moments, one random component among those alive is killed: moto, the stack's own process
 (the local SageMaker and the dispatcher live in it), a training job's process, an endpoint
@@ -114,11 +115,14 @@ def _png(path: Path) -> bytes:
 
 class ChaosRun:
     def __init__(self, work_dir: Path, digits: Path, *, kills: int, seed: int,
-                 gap_seconds: tuple[float, float] = (20.0, 60.0), settle_timeout: float = 900.0) -> None:
-        """`digits`: labelled images in the <label>/<file> layout (`python -m training.demo_data digits`)."""
+                 gap_seconds: tuple[float, float] = (20.0, 60.0), settle_timeout: float = 900.0,
+                 update: bool = True) -> None:
+        """`digits`: labelled images in the <label>/<file> layout (`python -m training.demo_data digits`).
+        `update=False` leaves out run 2 (the blue/green update): the short form, a third of the time."""
         self.work_dir = Path(work_dir)
         self.state_dir = self.work_dir / "state"
         self.kills_wanted = kills
+        self.phases = PHASES if update else tuple(p for p in PHASES if p != "run 2")
         self.rng = random.Random(seed)
         self.gap_seconds = gap_seconds
         self.settle_timeout = settle_timeout
@@ -211,15 +215,19 @@ class ChaosRun:
         self._burst(0)
         self._until_settled_run(set(), lambda live: live is not None, "a LIVE model")
         first = self._live()
+        if "run 2" in self.phases:
+            self._update(first)
+        self.phase = "serving"
+        # The kills left land while images are classified.
+        while len(self.report.kills) < self.kills_wanted and not self._done.is_set():
+            time.sleep(1)
+
+    def _update(self, first: dict[str, Any] | None) -> None:
         self.phase = "run 2"
         before = {r["run_id"] for r in self._wait(self._runs, 300, "the runs")}
         self._burst(1)
         self._until_settled_run(before, lambda live: live is not None and live["model_version"] != first["model_version"],
                                 "the second model judged", second_data=True)
-        self.phase = "serving"
-        # The kills left land while images are classified.
-        while len(self.report.kills) < self.kills_wanted and not self._done.is_set():
-            time.sleep(1)
 
     def _burst(self, index: int) -> None:
         files = self.bursts[index]
@@ -341,8 +349,8 @@ class ChaosRun:
         try:
             while len(self.report.kills) < self.kills_wanted:
                 # Kill i waits for its share of the phases to begin (it may land in a later one).
-                phase = PHASES[len(self.report.kills) * len(PHASES) // self.kills_wanted]
-                while self.phase not in PHASES[PHASES.index(phase):]:
+                phase = self.phases[len(self.report.kills) * len(self.phases) // self.kills_wanted]
+                while self.phase not in self.phases[self.phases.index(phase):]:
                     if self._done.wait(1):
                         return
                 if self._done.wait(self.rng.uniform(*self.gap_seconds)):
