@@ -60,6 +60,7 @@ RUNS = {
 
 
 def tuning_request(name: str, run: dict, args: argparse.Namespace, bucket: str, seed: int) -> dict:
+    from chalice_app.sagemaker_requests import SOURCE_ENVIRONMENT
     from infra.sourcedir import PROGRAM
     from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
@@ -91,6 +92,7 @@ def tuning_request(name: str, run: dict, args: argparse.Namespace, bucket: str, 
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": config,
         "TrainingJobDefinition": {
+            "Environment": dict(SOURCE_ENVIRONMENT),  # as the product's: the source's requirements without deps
             "StaticHyperParameters": static,
             "AlgorithmSpecification": {"TrainingImage": "local", "TrainingInputMode": "File",
                                        "MetricDefinitions": METRIC_DEFINITIONS},

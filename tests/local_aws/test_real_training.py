@@ -4,12 +4,14 @@ job whose best job really is the best, and a final job with Debugger rules and t
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 
 import pytest
 import requests
 
-from local_aws.sagemaker import s3_transfer
+from chalice_app.sagemaker_requests import SOURCE_ENVIRONMENT
 from infra.sourcedir import PROGRAM, build_sourcedir
+from local_aws.sagemaker import s3_transfer
 from training.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
 from .conftest import IMAGE, ROLE, unique, wait_for
@@ -19,6 +21,14 @@ DONE = ("Completed", "Failed", "Stopped")
 # Tiny but real: a random-init ResNet-18 on 32-pixel digits, frozen trunk (features cached once).
 STATIC = {"arch": "resnet18", "pretrained": "none", "image-size": "32", "epochs": "3", "batch-size": "64",
           "freeze": "backbone", "hflip-prob": "0", "workers": "0"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _venv_untouched():
+    """The local SageMaker runs jobs in this venv: installing their source's requirements must change nothing."""
+    before = {name: version(name) for name in ("protobuf", "numpy", "torch")}
+    yield
+    assert {name: version(name) for name in before} == before
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +44,11 @@ def sourcedir_uri(s3, bucket) -> str:
 
 
 def definition(bucket: str, digits_uri: str) -> dict:
+    """The product's own training request shape: its source's requirements installed without their
+    dependencies (SOURCE_ENVIRONMENT). With them, pip would downgrade protobuf to smdebug's stale pin,
+    and here the job's "container" is this venv."""
     return {
+        "Environment": dict(SOURCE_ENVIRONMENT),
         "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File",
                                    "MetricDefinitions": METRIC_DEFINITIONS},
         "RoleArn": ROLE,
