@@ -114,11 +114,17 @@ def tarball(files: dict[str, str]) -> bytes:
 
 
 @pytest.fixture(scope="package")
-def tiny_source(s3, bucket: str) -> str:
-    key = "code/tiny/sourcedir.tar.gz"
-    s3.put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": TINY_TRAIN}))
+def tiny_data(s3, bucket: str) -> str:
+    """The training channel `job_definition` names by default."""
     for name in ("a.txt", "sub/b.txt"):
         s3.put_object(Bucket=bucket, Key=f"data/tiny/{name}", Body=b"x")
+    return f"s3://{bucket}/data/tiny/"
+
+
+@pytest.fixture(scope="package")
+def tiny_source(s3, bucket: str, tiny_data: str) -> str:
+    key = "code/tiny/sourcedir.tar.gz"
+    s3.put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": TINY_TRAIN}))
     return f"s3://{bucket}/{key}"
 
 

@@ -177,7 +177,7 @@ print(f"test_accuracy={count + 1}", flush=True)
 """
 
 
-def test_a_job_with_checkpoint_config_finds_the_checkpoints_of_the_job_before(sm, s3, bucket):
+def test_a_job_with_checkpoint_config_finds_the_checkpoints_of_the_job_before(sm, s3, bucket, tiny_data):
     from .conftest import tarball
 
     s3.put_object(Bucket=bucket, Key="code/resume/sourcedir.tar.gz", Body=tarball({"train.py": RESUMING_TRAIN}))
