@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from training.image_contract import MAX_IMAGE_BYTES
-from training.metrics import DEBUGGER_RULES
+from training.metrics import DEBUGGER_RULES, DEFAULT_MIN_AGREEMENT
 
 # The seed projects' search space (lr 0.001-0.1 log-scaled, batch sizes 32..256,
 # a few epochs, SGD momentum); the configuration may replace any of it.
@@ -150,6 +150,14 @@ def endpoint_max_instances(env: dict[str, str]) -> int:
     return _count(env, "ENDPOINT_MAX_INSTANCES", 1)
 
 
+def _agreement(env: dict[str, str]) -> float:
+    """OPTIMISED_MIN_AGREEMENT: a fraction of the test split; 1 asks for every answer the same."""
+    value = _float(env, "OPTIMISED_MIN_AGREEMENT", DEFAULT_MIN_AGREEMENT)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"OPTIMISED_MIN_AGREEMENT must be a fraction from 0 to 1, not {value}")
+    return value
+
+
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name) or default
     if value not in choices:
@@ -208,6 +216,8 @@ class Settings:
     debugger_rule_policy: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RULE_POLICY))
     debugger_rule_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
     debug_save_interval: int = 100
+    # The final job's optimised model goes into the artefact only at this top-1 agreement with the eager model.
+    optimised_min_agreement: float = DEFAULT_MIN_AGREEMENT
 
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -280,6 +290,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         debugger_rule_parameters={rule: {k: str(v) for k, v in params.items()}
                                   for rule, params in _json(env, "DEBUGGER_RULE_PARAMETERS", {}).items()},
         debug_save_interval=_int(env, "DEBUG_SAVE_INTERVAL", 100),
+        optimised_min_agreement=_agreement(env),
     )
 
 

@@ -204,8 +204,8 @@ def tuning_job_request(settings: Settings, run_id: str, *, data_bytes: int | Non
         config["TrainingJobEarlyStoppingType"] = settings.early_stopping
     definition = {
         # Nobody reads a trial's report or deploys a trial's model (the final job trains the one
-        # deployed): trials draw no report and leave their model uncompressed.
-        "StaticHyperParameters": {**static_hyperparameters(settings), "report": "off"},
+        # deployed): trials draw no report, build no optimised model and leave their model uncompressed.
+        "StaticHyperParameters": {**static_hyperparameters(settings), "report": "off", "optimise": "off"},
         "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
                                    "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
         **_job_resources(settings, run_id, "tuning", data_bytes),
@@ -236,7 +236,8 @@ def final_training_job_request(settings: Settings, run_id: str, tuned: dict[str,
     same images. `data_bytes` as for the tuning job, whose trials get the same resources.
     """
     hyperparameters = {**static_hyperparameters(settings),
-                       **{k: str(v) for k, v in tuned.items() if k not in _TUNER_KEYS}}
+                       **{k: str(v) for k, v in tuned.items() if k not in _TUNER_KEYS},
+                       "optimised-min-agreement": str(settings.optimised_min_agreement)}
     resources = _job_resources(settings, run_id, "final", data_bytes)
     if live_artifact:
         resources["InputDataConfig"].append(_channel("live", live_artifact))

@@ -280,14 +280,15 @@ def expect_status(response: Response, status: int) -> None:
 
 
 def check_answer(response: Response, classes: list[str], images: int, top_k: int) -> list[list[dict]]:
-    """inference.py's documented answer: model_version, num_classes, top-k per image, best first."""
+    """inference.py's documented answer: model_version, engine, num_classes, top-k per image, best first."""
     expect_status(response, 200)
     expect(response.content_type.split(";")[0].strip() == "application/json",
            f"Content-Type {response.content_type!r}, wanted application/json")
     answer = json.loads(response.body)
-    expect(isinstance(answer, dict) and set(answer) == {"model_version", "num_classes", "predictions"},
+    expect(isinstance(answer, dict) and set(answer) == {"model_version", "engine", "num_classes", "predictions"},
            f"answer keys {sorted(answer) if isinstance(answer, dict) else type(answer).__name__}")
     expect(isinstance(answer["model_version"], str) and answer["model_version"] != "", "model_version empty")
+    expect(isinstance(answer["engine"], str) and answer["engine"] != "", "engine empty")
     expect(answer["num_classes"] == len(classes), f"num_classes {answer['num_classes']}, artefact has {len(classes)}")
     predictions = answer["predictions"]
     expect(isinstance(predictions, list) and len(predictions) == images,

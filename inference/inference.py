@@ -17,8 +17,14 @@ wins; the default is DEFAULT_TOP_K, capped at the number of classes.
 
 Answer (the Lambda side parses exactly this):
 
-    {"model_version": str, "num_classes": int,
+    {"model_version": str, "engine": str, "num_classes": int,
      "predictions": [[{"label": str, "probability": float}, ...top k...], ...per image]}
+
+`engine` says what computed it: the artefact's optimised model (`model.onnx`, written by the
+training job only when it agrees with the eager model), e.g. "openvino-int8", when the
+artefact has one and a runtime of training/onnx_engine.py runs it here (OpenVINO, else ONNX
+Runtime), else "pytorch-eager" (`model.pth`). Both take the same preprocessed batch and give
+logits of the same shape: only the forward differs. `model_version` is the artefact's either way.
 
 A bad request raises RequestError with an HTTP status (400, 406, 413, 415) and a
 message (the contract's own for what is not an accepted image; the Lambda stores it as
@@ -36,7 +42,7 @@ import binascii
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,7 @@ import torch
 
 from training.image_contract import MAX_IMAGES_PER_REQUEST, MIME_TYPES
 from training.model import ModelSpec, build_model
+from training.onnx_engine import EAGER_ENGINE, OPTIMISED_MODEL, EngineUnavailable, OnnxClassifier
 from training.presets import (
     ClassificationPresetEval,
     ImageDecodeError,
@@ -88,15 +95,22 @@ class RequestError(_StatusError):
         return self.message
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # a preprocessed batch (N, 3, S, S) to logits (N, classes)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """What model_fn returns: the module and everything needed to answer with it."""
+    """What model_fn returns: the forward pass and everything needed to answer with it.
 
-    module: torch.nn.Module
+    `module` is the eager model, None when the optimised one serves (it is then not loaded)."""
+
+    module: torch.nn.Module | None
     classes: list[str]
     preset: ClassificationPresetEval
     version: str
     device: torch.device
+    forward: Forward
+    engine: str = EAGER_ENGINE
 
     @property
     def num_classes(self) -> int:
@@ -119,6 +133,7 @@ class Prediction:
     classes: list[str]
     model_version: str
     top_k: int | None = None
+    engine: str = EAGER_ENGINE
 
 
 # --- model_fn -------------------------------------------------------------------------
@@ -137,8 +152,31 @@ def _model_version(model_dir: Path) -> str:
     return "sha256-" + hashlib.sha256((model_dir / "model.pth").read_bytes()).hexdigest()[:16]
 
 
+def _optimised(model_dir: Path, device: torch.device) -> OnnxClassifier | None:
+    """The artefact's optimised model, when it has one and it runs here; else None (eager serves).
+
+    The one place the engine is chosen. On a GPU the eager model serves: the optimised model
+    was built and measured for CPUs (int8 on CPU kernels)."""
+    path = model_dir / OPTIMISED_MODEL
+    if not path.exists() or device.type != "cpu":
+        return None
+    try:
+        return OnnxClassifier(path, torch.get_num_threads())
+    except EngineUnavailable as error:
+        logger.warning("optimised model not served, falling back to eager PyTorch: %s", error)
+        return None
+
+
+def _eager(model_dir: Path, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
+    state_dict = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
+    module = build_model(spec)
+    module.load_state_dict(state_dict)
+    return module.eval().to(device)
+
+
 def model_fn(model_dir: str | Path) -> LoadedModel:
-    """Load the artefact's weights (weights_only), classes and preprocessing; warm up."""
+    """Load the optimised model when the artefact has one that runs here, else the weights
+    (weights_only); classes and preprocessing; warm up."""
     model_dir = Path(model_dir)
     spec = ModelSpec.from_dict(_read_json(model_dir / "model.json"))
     classes = [str(name) for name in _read_json(model_dir / "classes.json")]
@@ -146,13 +184,23 @@ def model_fn(model_dir: str | Path) -> LoadedModel:
         raise ValueError(f"classes.json names {len(classes)} classes, model.json says {spec.num_classes}")
     preset = ClassificationPresetEval.from_dict(_read_json(model_dir / "preprocessing.json"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    state_dict = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
-    module = build_model(spec)
-    module.load_state_dict(state_dict)
-    module.eval().to(device)
-    model = LoadedModel(module, classes, preset, _model_version(model_dir), device)
-    _warm_up(model)
-    logger.info("model loaded: version=%s classes=%d device=%s", model.version, model.num_classes, device)
+    version = _model_version(model_dir)
+    optimised = _optimised(model_dir, device)
+    model = None
+    if optimised is not None:
+        model = LoadedModel(None, classes, preset, version, device, optimised, optimised.engine)
+        try:
+            _warm_up(model)
+        except Exception as error:  # noqa: BLE001 - a model the runtime loads but cannot run: eager serves
+            logger.warning("optimised model failed its warm-up, falling back to eager PyTorch: %r", error)
+            model = None
+    if model is None:
+        module = _eager(model_dir, spec, device)
+        model = LoadedModel(module, classes, preset, version, device, module, EAGER_ENGINE)
+        _warm_up(model)
+    # Logged before /ping answers: which engine this worker serves.
+    logger.info("model loaded: version=%s engine=%s classes=%d device=%s", model.version, model.engine,
+                model.num_classes, device)
     return model
 
 
@@ -280,8 +328,8 @@ def predict_fn(request: InferenceRequest, model: LoadedModel) -> Prediction:
     """Preprocess and run one batched forward pass in inference mode."""
     with torch.inference_mode():
         batch = preprocess(request.images, model.preset).to(model.device)
-        probabilities = torch.softmax(model.module(batch).float(), dim=1).cpu()
-    return Prediction(probabilities, model.classes, model.version, request.top_k)
+        probabilities = torch.softmax(model.forward(batch).float(), dim=1).cpu()
+    return Prediction(probabilities, model.classes, model.version, request.top_k, model.engine)
 
 
 # --- output_fn ------------------------------------------------------------------------
@@ -303,7 +351,8 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
         [{"label": prediction.classes[i], "probability": p} for p, i in zip(row_values, row_indices)]
         for row_values, row_indices in zip(values.tolist(), indices.tolist())
     ]
-    body = {"model_version": prediction.model_version, "num_classes": num_classes, "predictions": predictions}
+    body = {"model_version": prediction.model_version, "engine": prediction.engine, "num_classes": num_classes,
+            "predictions": predictions}
     return json.dumps(body), JSON_TYPE
 
 
@@ -321,6 +370,6 @@ def split_prediction(prediction: Prediction, requests: Sequence[InferenceRequest
     for request in requests:
         stop = start + len(request.images)
         parts.append(Prediction(prediction.probabilities[start:stop], prediction.classes,
-                                prediction.model_version, request.top_k))
+                                prediction.model_version, request.top_k, prediction.engine))
         start = stop
     return parts

@@ -5,9 +5,10 @@
     model.json            ModelSpec (arch, num_classes, hidden_units, dropout)
     preprocessing.json    the eval preset's parameters (ClassificationPresetEval.to_dict)
     metadata.json         version, training job, hyperparameters, final metrics
+    model.onnx            the optimised model (training/optimised.py), only when it agrees with model.pth
     code/inference.py     the SageMaker inference handler
     code/requirements.txt its requirements
-    code/training/{__init__,image_contract,presets,model}.py   the modules inference imports
+    code/training/{__init__,image_contract,presets,model,onnx_engine}.py   the modules inference imports
 
 `code/` mirrors the repository's import paths, so `inference.py` imports
 `training.presets` the same way in the repo, in the source dir and in the endpoint.
@@ -28,6 +29,7 @@ CODE_FILES = {
     "code/training/image_contract.py": REPO_ROOT / "training" / "image_contract.py",
     "code/training/presets.py": REPO_ROOT / "training" / "presets.py",
     "code/training/model.py": REPO_ROOT / "training" / "model.py",
+    "code/training/onnx_engine.py": REPO_ROOT / "training" / "onnx_engine.py",
 }
 WEIGHTS = "model.pth"
 CLASSES = "classes.json"

@@ -18,6 +18,11 @@ METRIC_DEFINITIONS: list[dict[str, str]] = [
     {"Name": "test:loss", "Regex": rf"\btest_loss={_NUMBER}"},
     {"Name": "test:accuracy", "Regex": rf"\btest_accuracy={_NUMBER}"},
     {"Name": "live:test_accuracy", "Regex": rf"\blive_test_accuracy={_NUMBER}"},
+    # The optimised model beside the eager one (training/optimised.py): its top-1 agreement with the
+    # eager fp32 model on the test split, and both models' batch-1 forward latency in the job.
+    {"Name": "optimised:agreement", "Regex": rf"\boptimised_agreement={_NUMBER}"},
+    {"Name": "optimised:latency_ms", "Regex": rf"\boptimised_latency_ms={_NUMBER}"},
+    {"Name": "eager:latency_ms", "Regex": rf"\beager_latency_ms={_NUMBER}"},
 ]
 
 # The tuning objective: validation accuracy. The test split stays for the quality gate.
@@ -25,6 +30,10 @@ OBJECTIVE_METRIC = {"Type": "Maximize", "MetricName": "valid:accuracy"}
 GATE_METRIC = "test:accuracy"
 # The live model's accuracy on the same test split (a retraining run's final job measures it).
 LIVE_GATE_METRIC = "live:test_accuracy"
+
+# The optimised model goes into the artefact only when it gives the eager model's top-1 answer on at
+# least this fraction of the test split (a stage setting, OPTIMISED_MIN_AGREEMENT, may raise or lower it).
+DEFAULT_MIN_AGREEMENT = 0.995
 
 EPOCH_RE = re.compile(r"\bepoch=(\d+)\b")
 
@@ -54,6 +63,11 @@ def test_line(test_loss: float, test_accuracy: float) -> str:
 
 def live_test_line(accuracy: float) -> str:
     return f"live_test_accuracy={accuracy:.6f}"
+
+
+def optimised_line(agreement: float, optimised_latency_ms: float, eager_latency_ms: float) -> str:
+    return (f"optimised_agreement={agreement:.6f} optimised_latency_ms={optimised_latency_ms:.3f} "
+            f"eager_latency_ms={eager_latency_ms:.3f}")
 
 
 def rule_line(rule: str, verdict: str) -> str:

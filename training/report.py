@@ -578,8 +578,11 @@ def write_report(
     profile: ProfileSummary | None,
     rule_verdicts: dict[str, str] | None = None,
     hyperparameters: dict[str, Any] | None = None,
+    optimised: dict[str, Any] | None = None,
 ) -> Path:
-    """Write out_dir/report.html and its PNGs; return the HTML's path."""
+    """Write out_dir/report.html and its PNGs; return the HTML's path.
+
+    `optimised` is training/optimised.py's Outcome.to_dict(): each candidate's agreement and latency."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _confusion_array(confusion, classes)  # refuse bad input before writing anything
@@ -647,6 +650,8 @@ def write_report(
             )
         sections.append(f"<h2>Profile</h2>{_table(['figure', 'value'], _profile_rows(profile))}{trace}{figures}")
 
+    if optimised:
+        sections.append(_optimised_html(optimised))
     if hyperparameters:
         rows = sorted((str(k), v) for k, v in hyperparameters.items())
         sections.append(f"<h2>Hyperparameters</h2>{_table(['name', 'value'], rows)}")
@@ -672,6 +677,20 @@ def write_report(
     return path
 
 
+def _optimised_html(optimised: dict[str, Any]) -> str:
+    """The optimised model beside the eager one: what was measured, and what the artefact holds."""
+    eager = optimised.get("eager_latency_ms")
+    rows = [("pytorch-eager (fp32)", "1.0000", f"{eager:.2f}" if _finite(eager) else "n/a", "1.00x", "always")]
+    for candidate in optimised.get("candidates", []):
+        speed = f"{eager / candidate['latency_ms']:.2f}x" if _finite(eager) and candidate["latency_ms"] else "n/a"
+        rows.append((candidate["engine"], f"{candidate['agreement']:.4f}", f"{candidate['latency_ms']:.2f}", speed,
+                     "yes" if candidate["engine"] == optimised.get("engine") else "no"))
+    chosen = optimised.get("engine") or "none: the endpoint serves the eager model"
+    return (f"<h2>Optimised model</h2><p>In the artefact: {_esc(chosen)} (needs top-1 agreement with the eager "
+            f"model of at least {optimised.get('min_agreement')} on the test split; the fastest that agrees).</p>"
+            + _table(["engine", "top-1 agreement", "batch-1 ms", "speed-up", "in the artefact"], rows))
+
+
 def report_from_output(output_dir: Path, out_dir: Path, rule_verdicts: dict[str, str] | None = None) -> Path:
     """The report again, from a finished job's output (its SM_OUTPUT_DATA_DIR, as output.tar.gz
     holds it), with what is known only after the job: the Debugger rules' verdicts, which the
@@ -688,4 +707,5 @@ def report_from_output(output_dir: Path, out_dir: Path, rule_verdicts: dict[str,
         profile = ProfileSummary.from_dict(data)
     return write_report(out_dir, history=metrics["history"], test=metrics["metrics"],
                         confusion=metrics["confusion_matrix"], classes=metrics["classes"], profile=profile,
-                        rule_verdicts=rule_verdicts, hyperparameters=metrics.get("hyperparameters"))
+                        rule_verdicts=rule_verdicts, hyperparameters=metrics.get("hyperparameters"),
+                        optimised=metrics.get("optimised"))

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from training import artifact, checkpoints, data, feature_cache, metrics
+from training import optimised as optimised_model
 from training.debugger import DebugSession
 from training.live_model import LiveModelError, live_test_accuracy
 from training.logs import get_logger
@@ -105,6 +106,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="write the HTML report (curves, confusion matrix, profiler findings); off for tuning trials")
     add("--workers", type=int, default=None, help="DataLoader worker processes (default: 0 when the decoded "
         "images fit in memory, else up to 8)")
+    add("--optimise", default="on", choices=("on", "off"),
+        help="on: put an optimised model (ONNX, int8 or fp32) beside the state_dict when it agrees with it; "
+        "off for tuning trials")
+    add("--optimised-min-agreement", type=float, default=metrics.DEFAULT_MIN_AGREEMENT,
+        help="top-1 agreement with the eager model on the test split the optimised model needs to be included")
     add("--seed", type=int, default=0)
     add("--data-prefix", default="training-data/", help="S3 prefix of the manifest's keys inside the training channel")
     add("--min-images-per-class", type=int, default=5)
@@ -377,6 +383,7 @@ def main(args: argparse.Namespace) -> dict:
     test = evaluate(network, split_loaders["test"], criterion, device, amp)
     print(metrics.test_line(test.loss, test.accuracy), flush=True)
     live_accuracy = score_live_model(env.channels.get("live"), by_split["test"], pixels)
+    optimised = optimise(args, model, by_split, classes, eval_preset, pixels, env.model_dir)
     rule_results = evaluate_debugger_rules(debug.out_dir, args.debugger_rules, args.debugger_rule_parameters)
     rule_verdicts = {rule: result["verdict"] for rule, result in rule_results.items()}
     seconds = time.perf_counter() - started
@@ -399,6 +406,7 @@ def main(args: argparse.Namespace) -> dict:
         "metrics": test_metrics,
         "data": {"counts": summary.counts, "rejected": len(rejected)},
         "debugger_rules": rule_verdicts,
+        "optimised": optimised.to_dict() if optimised else None,
         "seconds": round(seconds, 1),
     }
     artifact.write_model_dir(env.model_dir, state_dict_bytes=buffer.getvalue(), classes=classes,
@@ -415,7 +423,7 @@ def main(args: argparse.Namespace) -> dict:
 
         report = write_report(env.output_dir / "report", history=history, test=test_metrics, confusion=confusion,
                               classes=classes, profile=profile, rule_verdicts=rule_verdicts,
-                              hyperparameters=metadata["hyperparameters"])
+                              hyperparameters=metadata["hyperparameters"], optimised=metadata["optimised"])
     logger.info("done", extra={"seconds": round(seconds, 1), "test_accuracy": test.accuracy,
                                "model_dir": str(env.model_dir), "report": str(report) if report else None})
     return metadata
@@ -434,6 +442,23 @@ def shared_features(args: argparse.Namespace, env: SageMakerEnv, amp: bool,
     weights = weights_identity(args.pretrained, args.arch, env.channels.get("weights"), args.seed)
     trunk = feature_cache.Trunk(args.arch, args.freeze, weights, args.image_size, "cuda-bf16" if amp else "cpu")
     return store, feature_cache.entry_name(trunk, discovered)
+
+
+def optimise(args: argparse.Namespace, model: nn.Module, by_split: dict[str, list[data.Sample]], classes: list[str],
+             eval_preset: ClassificationPresetEval, pixels: dict[Path, torch.Tensor] | None,
+             model_dir: Path) -> optimised_model.Outcome | None:
+    """The optimised model beside the state_dict (training/optimised.py), judged on the test split
+    and calibrated on the first training images, both through the eval transform the endpoint uses."""
+    if args.optimise == "off":
+        return None
+
+    def images(split: str, limit: int | None = None) -> list[torch.Tensor]:
+        dataset = data.ImageDataset(by_split[split][:limit], classes, eval_preset, pixels)
+        return [dataset[i][0] for i in range(len(dataset))]
+
+    return optimised_model.optimise_in_job(
+        model, images("train", optimised_model.CALIBRATION_IMAGES), images("test"), model_dir,
+        min_agreement=args.optimised_min_agreement, print_line=lambda line: print(line, flush=True))
 
 
 def evaluate_debugger_rules(tensors: Path | None, rules: tuple[str, ...],

@@ -54,6 +54,7 @@ def valid_env(**changes: str) -> dict[str, str]:
     ("MAX_RUNS_PER_DAY", "many", "MAX_RUNS_PER_DAY must be an integer, not 'many'"),
     ("MAX_IMAGE_BYTES", str(64 * 1024 * 1024), "MAX_IMAGE_BYTES must be from 1 to 6291456"),
     ("MAX_IMAGE_BYTES", "0", "MAX_IMAGE_BYTES must be from 1 to 6291456"),
+    ("OPTIMISED_MIN_AGREEMENT", "99.5", "OPTIMISED_MIN_AGREEMENT must be a fraction from 0 to 1, not 99.5"),
 ])
 def test_a_malformed_setting_is_a_config_error_naming_it(name, value, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
@@ -63,6 +64,8 @@ def test_a_malformed_setting_is_a_config_error_naming_it(name, value, says):
 def test_numbers_are_read_and_an_empty_one_is_its_default():
     settings = settings_from_env(valid_env(MAX_TRAINING_JOBS="7", GATE_MARGIN="0.25", TOP_K=""))
     assert (settings.max_training_jobs, settings.gate_margin, settings.top_k) == (7, 0.25, 5)
+    assert settings.optimised_min_agreement == 0.995
+    assert settings_from_env(valid_env(OPTIMISED_MIN_AGREEMENT="0.99")).optimised_min_agreement == 0.99
 
 
 @pytest.mark.parametrize("prefix", ["IP-dev", "ip_dev", "ip.dev", "-ip", "ip-", "ip dev", ""])

@@ -20,6 +20,7 @@ from inference import inference as handler
 from inference.inference import ACCEPTED_TYPES, RequestError
 from tests.inference import images
 from training.image_contract import NOT_AN_IMAGE
+from training.onnx_engine import OPTIMISED_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,8 @@ def b64(data: bytes) -> str:
 
 
 def check_contract(result: dict, model, images_sent: int, k: int) -> None:
-    assert set(result) == {"model_version", "num_classes", "predictions"}
+    assert set(result) == {"model_version", "engine", "num_classes", "predictions"}
+    assert result["engine"] == model.engine
     assert result["num_classes"] == model.num_classes and isinstance(result["model_version"], str)
     assert len(result["predictions"]) == images_sent
     for ranking in result["predictions"]:
@@ -55,7 +57,8 @@ def test_model_fn_loads_the_artefact(model, model_dir):
     assert model.classes == json.loads((model_dir / "classes.json").read_text())
     assert model.version == metadata["version"]
     assert model.preset.to_dict() == json.loads((model_dir / "preprocessing.json").read_text())
-    assert not model.module.training and model.device.type in ("cpu", "cuda")
+    assert model.device.type in ("cpu", "cuda")
+    assert model.module is None if model.engine != "pytorch-eager" else not model.module.training
 
 
 def test_the_version_falls_back_to_the_weights_hash(model_dir, tmp_path):
@@ -67,6 +70,7 @@ def test_the_version_falls_back_to_the_weights_hash(model_dir, tmp_path):
 
 def test_model_fn_refuses_weights_that_are_not_plain_tensors(model_dir, tmp_path):
     copy = shutil.copytree(model_dir, tmp_path / "model")
+    (copy / OPTIMISED_MODEL).unlink(missing_ok=True)  # the eager path reads model.pth (the optimised one never does)
     state = torch.load(copy / "model.pth", weights_only=True)
     state["payload"] = io.StringIO("arbitrary pickled object")  # what weights_only must refuse
     torch.save(state, copy / "model.pth")

@@ -57,7 +57,7 @@ def test_images_are_answered_with_the_json_contract(host, content_type, data):
     assert answer.status_code == 200, answer.text
     assert answer.headers["Content-Type"] == "application/json"
     body = answer.json()
-    assert set(body) == {"model_version", "num_classes", "predictions"}
+    assert set(body) == {"model_version", "engine", "num_classes", "predictions"}
     assert len(body["predictions"]) == 1 and len(body["predictions"][0]) == min(5, body["num_classes"])
     assert set(body["predictions"][0][0]) == {"label", "probability"}
 
