@@ -15,7 +15,6 @@ from tests.inference import images
 from training.metrics import DEFAULT_MIN_AGREEMENT
 from training.onnx_engine import EAGER_ENGINE, OPTIMISED_MODEL, RUNTIMES
 
-pytest.importorskip("onnxruntime")
 
 
 def copy_without_optimised(model_dir: Path, target: Path) -> Path:

@@ -13,7 +13,6 @@ from training.model import ModelSpec, build_model
 from training.onnx_engine import OPTIMISED_MODEL
 from training.optimised import FP32, INT8, Measurement, choose, top1_agreement
 
-pytest.importorskip("onnxruntime")
 
 
 # --- the pure core ---------------------------------------------------------------------
@@ -83,7 +82,7 @@ def test_an_unreachable_threshold_leaves_even_an_exact_export_out(tiny, tmp_path
 
 
 def test_an_agreeing_model_goes_into_the_model_dir_labelled_with_its_engine(tiny, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
+    import onnxruntime
     model, calibration, test = tiny
     outcome = optimised.optimise_in_job(model, calibration, test, tmp_path, min_agreement=0.995,
                                         print_line=lambda line: None, candidates=(FP32,))
