@@ -45,6 +45,7 @@ from chalice_app.sagemaker_requests import model_request
 from conformance.environments import add_override_argument, ensure_environment, progress
 from infra.frameworks import INFERENCE
 from local_aws.ports import free_port
+from training.onnx_engine import EAGER_ENGINE, OPTIMISED_MODEL
 
 CONTAINER_ML_DIR = "/opt/ml"
 REGION = "us-east-1"
@@ -279,8 +280,11 @@ def expect_status(response: Response, status: int) -> None:
     expect(response.status == status, f"status {response.status}, wanted {status}: {response.text()[:300]}")
 
 
-def check_answer(response: Response, classes: list[str], images: int, top_k: int) -> list[list[dict]]:
-    """inference.py's documented answer: model_version, engine, num_classes, top-k per image, best first."""
+def check_answer(response: Response, classes: list[str], images: int, top_k: int, engine: str) -> list[list[dict]]:
+    """inference.py's documented answer: model_version, engine, num_classes, top-k per image, best first.
+
+    `engine` is what must serve: the artefact's optimised model as its job measured it (a runtime
+    that did not install or import in the image would leave eager PyTorch serving, unnoticed)."""
     expect_status(response, 200)
     expect(response.content_type.split(";")[0].strip() == "application/json",
            f"Content-Type {response.content_type!r}, wanted application/json")
@@ -288,7 +292,7 @@ def check_answer(response: Response, classes: list[str], images: int, top_k: int
     expect(isinstance(answer, dict) and set(answer) == {"model_version", "engine", "num_classes", "predictions"},
            f"answer keys {sorted(answer) if isinstance(answer, dict) else type(answer).__name__}")
     expect(isinstance(answer["model_version"], str) and answer["model_version"] != "", "model_version empty")
-    expect(isinstance(answer["engine"], str) and answer["engine"] != "", "engine empty")
+    expect(answer["engine"] == engine, f"engine {answer['engine']!r} serves, wanted {engine!r}")
     expect(answer["num_classes"] == len(classes), f"num_classes {answer['num_classes']}, artefact has {len(classes)}")
     predictions = answer["predictions"]
     expect(isinstance(predictions, list) and len(predictions) == images,
@@ -315,7 +319,7 @@ def check_client_error(response: Response, status: int | None) -> dict[str, Any]
     return {"message": first_line, "traceback_in_body": "Traceback (most recent call last)" in response.text()}
 
 
-def run_checks(port: int, classes: list[str]) -> list[dict[str, Any]]:
+def run_checks(port: int, classes: list[str], engine: str) -> list[dict[str, Any]]:
     jpeg, png = make_image("JPEG", seed=0), make_image("PNG", seed=1)
     batch = [jpeg, png, make_image("JPEG", seed=2)]
     singles: dict[str, list[list[dict]]] = {}
@@ -329,14 +333,14 @@ def run_checks(port: int, classes: list[str]) -> list[dict[str, Any]]:
         def check() -> dict[str, Any]:
             response = call(port, "POST", "/invocations", data, {"Content-Type": content_type,
                                                                    "Accept": "application/json"})
-            singles[name] = check_answer(response, classes, 1, DEFAULT_TOP_K)
+            singles[name] = check_answer(response, classes, 1, DEFAULT_TOP_K, engine)
             return {"ms": response.ms, "top": singles[name][0][0]}
         return check
 
     def json_batch() -> dict[str, Any]:
         body = json.dumps({"images": [base64.b64encode(data).decode() for data in batch], "top_k": 3}).encode()
         response = call(port, "POST", "/invocations", body, {"Content-Type": "application/json"})
-        predictions = check_answer(response, classes, len(batch), 3)
+        predictions = check_answer(response, classes, len(batch), 3, engine)
         # One batched forward pass answers as the single requests did (same images, same model).
         for index, name in ((0, "jpeg"), (1, "png")):
             if name in singles:
@@ -348,7 +352,7 @@ def run_checks(port: int, classes: list[str]) -> list[dict[str, Any]]:
     def top_k_header() -> dict[str, Any]:
         response = call(port, "POST", "/invocations", jpeg, {"Content-Type": "image/jpeg",
                                                               "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"})
-        check_answer(response, classes, 1, 2)
+        check_answer(response, classes, 1, 2, engine)
         return {"ms": response.ms}
 
     def corrupt() -> dict[str, Any]:
@@ -383,6 +387,13 @@ def run_checks(port: int, classes: list[str]) -> list[dict[str, Any]]:
 # --- the whole check ----------------------------------------------------------------------
 
 
+def serving_engine(model_dir: Path) -> str:
+    """The engine the artefact must be served with: its optimised model's, when it holds one."""
+    if not (model_dir / OPTIMISED_MODEL).exists():
+        return EAGER_ENGINE
+    return json.loads((model_dir / "metadata.json").read_text())["optimised"]["engine"]
+
+
 def serve_and_check(model_tar: Path, python: Path, startup_timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="conformance-serving-"))
@@ -406,7 +417,8 @@ def serve_and_check(model_tar: Path, python: Path, startup_timeout: float = STAR
         summary["workers_ready_after_ping_seconds"] = wait_for_workers(port, launcher, server_log, startup_timeout)
         log("ready", ping_seconds=summary["ping_ready_seconds"],
             workers_ready_after_ping_seconds=summary["workers_ready_after_ping_seconds"])
-        summary["checks"] = run_checks(port, classes)
+        summary["engine"] = serving_engine(model_dir)
+        summary["checks"] = run_checks(port, classes, summary["engine"])
         summary["ok"] = all(check["ok"] for check in summary["checks"])
         if not summary["ok"]:
             summary["log_tail"] = log_tail(server_log)
