@@ -14,8 +14,10 @@ asked to run a model) the runtime.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -46,11 +48,41 @@ def import_runtime(name: str) -> ModuleType:
 Run = Callable[[np.ndarray], np.ndarray]
 
 
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def keeping_signal_stack() -> Iterator[None]:
+    """The calling thread's alternate signal stack as it was before, whatever the block does to it.
+
+    OpenVINO's CPU plugin installs its own alternate stack on the thread that compiles a model and
+    puts back the one it found when the plugin is released; two plugins released out of order leave
+    the thread on a freed stack. Python runs its signal handlers there (SA_ONSTACK), so the next one
+    that fired, torch's SIGCHLD handler when a child process ended, killed the process with SIGSEGV
+    (seen in the training job's process and in test workers). With the stack put back after each
+    compilation, every plugin finds, and later puts back, a stack that stays valid."""
+    try:
+        sigaltstack = ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):  # no such call here (not POSIX): nothing to keep
+        yield
+        return
+    saved = _SignalStack()
+    if sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        sigaltstack(ctypes.byref(saved), None)
+
+
 def _openvino(path: Path, threads: int) -> tuple[Run, str]:
     """The model compiled for one image (static shapes: OpenVINO's dynamic-batch path measured 1.5x
     slower per image here), run for a lone image with all threads on it, and for a batch as one
     request per image over `threads` single-threaded streams (8 images: 61 img/s against 56 with
-    one request after another, 38 with the batch in one dynamic-shape request; ResNet-18 int8, 2 cores)."""
+    one request after another, 38 with the batch in one dynamic-shape request; ResNet-18 int8, 2 cores).
+    The streams are compiled at the first batch: a host that never batches pays for one compilation."""
     ov = import_runtime(OPENVINO)
     core = ov.Core()
     try:
@@ -59,20 +91,23 @@ def _openvino(path: Path, threads: int) -> tuple[Run, str]:
         precision = "int8" if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) else "fp32"
         shape = model.input(0).get_partial_shape()
         model.reshape([1, *(dimension.get_length() for dimension in list(shape)[1:])])
-        single = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": max(1, threads),
-                                                    "PERFORMANCE_HINT": "LATENCY"})
-        streams = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": max(1, threads),
-                                                     "PERFORMANCE_HINT": "THROUGHPUT",
-                                                     "NUM_STREAMS": max(1, threads)}) if threads > 1 else None
+        with keeping_signal_stack():
+            request = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": max(1, threads),
+                                                         "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
     except Exception as error:  # noqa: BLE001 - OpenVINO raises its own untyped errors
         raise EngineUnavailable(f"openvino refuses {path.name}: {error}") from None
-    request = single.create_infer_request()
-    queue = ov.AsyncInferQueue(streams, threads) if streams is not None else None
+    queues: list = []  # the streams' queue, once a batch has asked for it
 
     def run(images: np.ndarray) -> np.ndarray:
         # The host calls a worker's model from one thread at a time, as these requests need.
-        if queue is None or len(images) == 1:
+        if threads <= 1 or len(images) == 1:
             return np.concatenate([request.infer({0: images[i:i + 1]})[0].copy() for i in range(len(images))])
+        if not queues:
+            with keeping_signal_stack():
+                streams = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                            "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads})
+            queues.append(ov.AsyncInferQueue(streams, threads))
+        queue = queues[0]
         answers: list[np.ndarray | None] = [None] * len(images)
 
         def keep(done, index: int) -> None:

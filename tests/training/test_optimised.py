@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
+import textwrap
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from training import metrics, optimised
 from training.model import ModelSpec, build_model
 from training.onnx_engine import OPTIMISED_MODEL
 from training.optimised import FP32, INT8, Measurement, choose, top1_agreement
+
+from tests.training_job import REPO_ROOT
 
 
 
@@ -105,3 +110,35 @@ def test_the_job_puts_the_optimised_model_in_the_artefact_and_prints_both_figure
         assert {OPTIMISED_MODEL, "code/training/onnx_engine.py"} <= set(tar.getnames())
     report = (trained_run.output_dir / "report" / "report.html").read_text()
     assert "Optimised model" in report and metadata["optimised"]["engine"] in report
+
+
+# Two OpenVINO engines, released in the order they were made, then a child process ends while a
+# Python SIGCHLD handler is set (torch's DataLoader sets one in the training job's process).
+ENGINES_THEN_A_CHILD = textwrap.dedent("""
+    import gc, signal, subprocess, sys, warnings
+    from pathlib import Path
+    import torch
+    from training.onnx_engine import OnnxClassifier
+
+    warnings.simplefilter("ignore")
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(144, 2)).eval()
+    path = Path(sys.argv[1]) / "tiny.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 8, 8),), str(path), input_names=["images"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    first, second = (OnnxClassifier(path, 1, runtimes=("openvino",)) for _ in range(2))
+    first(torch.zeros(1, 3, 8, 8)), second(torch.zeros(1, 3, 8, 8))
+    del first; gc.collect()
+    del second; gc.collect()
+    subprocess.run(["true"], check=True)
+    print("alive")
+""")
+
+
+def test_released_openvino_engines_leave_the_process_able_to_handle_signals(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack and, released out of order, left
+    it on freed memory: the next Python signal handler run there died of SIGSEGV (a test worker and
+    the training job both could). A fresh process, since the failure is the process dying."""
+    result = subprocess.run([sys.executable, "-c", ENGINES_THEN_A_CHILD, str(tmp_path)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.split()[-1:] == ["alive"], (result.returncode, result.stderr[-2000:])
