@@ -41,6 +41,7 @@ from aws_lambda_powertools import Logger
 from . import s3_transfer
 from .exceptions import ValidationException
 from .framework_image import FrameworkImage, JobProcess, start_process, terminate, time_limit
+from .image_packages import with_constraints, write_constraints
 from .records import now
 from .rules import run_debug_rules
 
@@ -132,6 +133,8 @@ class TrainingRunner:
         self.image = FrameworkImage(preload, env={**os.environ, "OMP_NUM_THREADS": "1"}) if preload else None
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._constraints: Path | None = None  # the image's packages, pinned (image_packages.py)
+        self._constraints_lock = threading.Lock()
 
     # ----- the operations' side ----------------------------------------------------------
 
@@ -313,7 +316,16 @@ class TrainingRunner:
             path.write_text(json.dumps(debug_hook_config(request["DebugHookConfig"], workdir / "output" / "tensors")))
             env["SMDEBUG_CONFIG_FILE_PATH"] = str(path)  # smdebug's default path is /opt/ml's
         env.update(request.get("Environment", {}))
-        return [self.settings.training_python, "-m", TOOLKIT_ENTRY_POINT], env
+        return [self.settings.training_python, "-m", TOOLKIT_ENTRY_POINT], with_constraints(env, self._image_constraints())
+
+    def _image_constraints(self) -> Path:
+        """The image's packages as pip constraints, read once per service: a job's requirements may add
+        packages but not change the ones every job shares."""
+        with self._constraints_lock:
+            if self._constraints is None:
+                self._constraints = write_constraints(self.settings.training_python,
+                                                      self.settings.state_dir / "image-constraints.txt")
+            return self._constraints
 
     def _execute(self, name: str, command: list[str], env: dict[str, str], cwd: Path, log_path: Path,
                  on_line: Callable[[str], None] | None) -> int:

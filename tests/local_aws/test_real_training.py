@@ -4,7 +4,7 @@ job whose best job really is the best, and a final job with Debugger rules and t
 from __future__ import annotations
 
 import json
-from importlib.metadata import version
+from importlib.metadata import distributions
 
 import pytest
 import requests
@@ -19,16 +19,22 @@ from .conftest import IMAGE, ROLE, unique, wait_for
 pytestmark = pytest.mark.slow
 DONE = ("Completed", "Failed", "Stopped")
 # Tiny but real: a random-init ResNet-18 on 32-pixel digits, frozen trunk (features cached once).
+# No optimised model: these tests are about the jobs (tests/training/test_optimised.py is about that step).
 STATIC = {"arch": "resnet18", "pretrained": "none", "image-size": "32", "epochs": "3", "batch-size": "64",
-          "freeze": "backbone", "hflip-prob": "0", "workers": "0"}
+          "freeze": "backbone", "hflip-prob": "0", "workers": "0", "optimise": "off"}
+
+
+def installed() -> dict[str, str]:
+    return {dist.metadata["Name"].lower(): dist.version for dist in distributions()}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _venv_untouched():
-    """The local SageMaker runs jobs in this venv: installing their source's requirements must change nothing."""
-    before = {name: version(name) for name in ("protobuf", "numpy", "torch")}
+    """The local SageMaker runs jobs in this venv: installing their source's requirements must change
+    nothing in it (local_aws/sagemaker/image_packages.py)."""
+    before = installed()
     yield
-    assert {name: version(name) for name in before} == before
+    assert installed() == before
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ import io
 import json
 import tarfile
 import time
+from importlib.metadata import version
 
 import boto3
 import psutil
 import pytest
 import requests
 
-from .conftest import job_definition, sdk_hyperparameters, unique, wait_for
+from .conftest import job_definition, sdk_hyperparameters, tarball, unique, wait_for
 
 DONE = ("Completed", "Failed", "Stopped")
 
@@ -225,3 +226,22 @@ def test_a_job_whose_process_is_killed_ends_failed_with_its_reason_and_leaves_no
     job = wait_for(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", DONE, timeout=60)
     assert job["TrainingJobStatus"] == "Failed" and job["FailureReason"], job
     script.wait(30)  # the script does not outlive its toolkit: the container ended
+
+
+def test_a_job_may_not_change_the_images_packages(sm, s3, bucket, tiny_data, service):
+    """Every local job shares one environment where AWS gives each a fresh container: a requirement
+    that would replace an installed version fails the job (pip's own conflict message) and changes
+    nothing, where on AWS it would change only that job's container. `--no-index`: whatever this
+    test finds, nothing could be downloaded and installed."""
+    installed = version("six")
+    key = "code/downgrade/sourcedir.tar.gz"
+    s3.put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": "print('never runs')\n",
+                                                        "requirements.txt": "--no-index\nsix==0.0.1\n"}))
+    source = f"s3://{bucket}/{key}"
+    job = create_job(sm, bucket, source, unique("downgrade"))
+
+    assert job["TrainingJobStatus"] == "Failed"
+    assert "InstallRequirementsError" in job["FailureReason"] or "ResolutionImpossible" in job["FailureReason"]
+    log = requests.get(f"{service.url}/_local/training-jobs/{job['TrainingJobName']}/log", timeout=5).text
+    assert f"The user requested (constraint) six=={installed}" in log
+    assert "never runs" not in log and version("six") == installed
