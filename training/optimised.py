@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import statistics
 import tempfile
 import time
@@ -215,7 +216,7 @@ def optimise_in_job(model: nn.Module, calibration: Sequence[torch.Tensor], test:
         target.unlink(missing_ok=True)
         if outcome.path is not None:
             model_dir.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(outcome.path.read_bytes())
+            shutil.copyfile(outcome.path, target)
         else:
             logger.warning("no optimised model in the artefact", extra=outcome.to_dict())
     return outcome

@@ -22,7 +22,8 @@ from tests.training_job import TINY_HYPERPARAMETERS, metric_lines, run_training_
 from training import feature_cache
 from training.data import Sample
 
-FROZEN = {**TINY_HYPERPARAMETERS, "freeze": "backbone", "epochs": "2", "min-images-per-class": "3", "report": "off"}
+FROZEN = {**TINY_HYPERPARAMETERS, "freeze": "backbone", "epochs": "2", "min-images-per-class": "3", "report": "off",
+          "optimise": "off"}
 
 
 def entries(cache: Path) -> list[Path]:

@@ -88,7 +88,8 @@ def _final_job(tmp_path, digits_splits, live):
     from tests.training_job import TINY_HYPERPARAMETERS, run_training_job
 
     return run_training_job(tmp_path / "job", {"training": digits_splits, "live": live},
-                            {**TINY_HYPERPARAMETERS, "epochs": "1", "freeze": "backbone", "report": "off"})
+                            {**TINY_HYPERPARAMETERS, "epochs": "1", "freeze": "backbone", "report": "off",
+                             "optimise": "off"})
 
 
 def test_a_job_with_a_live_channel_prints_the_live_model_s_accuracy_on_its_test_split(tmp_path, digits_splits,

@@ -67,7 +67,8 @@ def test_the_script_runs_as_sagemaker_runs_it(tmp_path, digits_labels):
     """`python training/train.py --name value ...` in a fresh process, told everything by SM_* variables."""
     data_dir = small_copy(digits_labels, tmp_path / "data")
     run = run_training_script(tmp_path, {"training": data_dir}, {
-        **TINY_HYPERPARAMETERS, "epochs": "1", "min-images-per-class": "3", "debugger-rules": "", "report": "off"})
+        **TINY_HYPERPARAMETERS, "epochs": "1", "min-images-per-class": "3", "debugger-rules": "", "report": "off",
+        "optimise": "off"})
     assert run.returncode == 0, run.log[-3000:]
     parsed = metrics.parse_metrics(run.log)
     assert len(parsed["valid:accuracy"]) == 1 and len(parsed[metrics.GATE_METRIC]) == 1  # one epoch, one test line
@@ -94,7 +95,8 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, digits_labels):
     data_dir = small_copy(digits_labels, tmp_path / "data")
     (data_dir / "1" / "truncated.png").write_bytes((data_dir / "1").joinpath(sorted(p.name for p in (data_dir / "1").iterdir())[0]).read_bytes()[:40])
     (data_dir / "7" / "not-an-image.jpg").write_text("hello")
-    run = run_training_job(tmp_path, {"training": data_dir}, {**TINY_HYPERPARAMETERS, "epochs": "1", "min-images-per-class": "3"})
+    run = run_training_job(tmp_path, {"training": data_dir}, {**TINY_HYPERPARAMETERS, "epochs": "1", "min-images-per-class": "3",
+                                                                     "optimise": "off"})
     assert run.returncode == 0, run.log[-2000:]
     assert "skipped 2 unreadable image(s)" in run.log
     assert json.loads((run.model_dir / "metadata.json").read_text())["data"]["rejected"] == 2
@@ -125,7 +127,7 @@ def test_manifest_channel_trains_on_exactly_the_listed_keys(tmp_path, digits_lab
             key = "training-data/" + path.relative_to(data_dir).as_posix()
             out.write(json.dumps({"key": key, "label": path.parent.name, "split": ("train", "valid", "test")[index % 3], "etag": "x"}) + "\n")
     run = run_training_job(tmp_path, {"training": data_dir, "manifest": manifest_dir},
-                           {**TINY_HYPERPARAMETERS, "epochs": "1"})
+                           {**TINY_HYPERPARAMETERS, "epochs": "1", "optimise": "off"})
     assert run.returncode == 0, run.log[-2000:]
     counts = json.loads((run.model_dir / "metadata.json").read_text())["data"]["counts"]
     assert sum(sum(c.values()) for c in counts.values()) == len(listed)
@@ -180,7 +182,7 @@ def test_the_gate_vetoes_a_run_blown_up_by_an_absurd_learning_rate_naming_the_ru
     data = small_copy(digits_labels, tmp_path / "data", per_label=16)
     broken = run_training_job(tmp_path / "job", {"training": data}, {
         **TINY_HYPERPARAMETERS, "optimizer": "sgd", "lr": "1000", "batch-size": "8", "min-images-per-class": "3",
-        "debug-save-interval": "1", "report": "off"})
+        "debug-save-interval": "1", "report": "off", "optimise": "off"})
     assert broken.returncode == 0, broken.log[-2000:]
     verdict = gate_verdict(broken)
     # Which veto rule sees it first depends on what was saved when (here: every step, so also the
