@@ -70,9 +70,10 @@ def up(argv: list[str]) -> int:
     # Ctrl-C stops the stack even when started from a shell that ignores SIGINT in background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does
-    if args.stop_with_owner:  # a launcher killed by a timeout leaves no stack behind
-        when_owner_gone(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
+        # Inside the try: the owner may be gone already, and its SIGTERM must stop the stack cleanly.
+        if args.stop_with_owner:  # a launcher killed by a timeout leaves no stack behind
+            when_owner_gone(lambda: os.kill(os.getpid(), signal.SIGTERM))
         stack.start()
         print(stack.usage(), flush=True)
         threading.Event().wait()

@@ -106,9 +106,9 @@ from local_aws.owner_watch import when_owner_gone
 def interrupt(*_):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, interrupt)
-when_owner_gone(lambda: os.kill(os.getpid(), signal.SIGTERM))  # as `python -m local_aws up --stop-with-owner`
-print("up", flush=True)
-try:
+try:  # the SIGTERM may come as soon as "up" is read, before this process has run another line
+    when_owner_gone(lambda: os.kill(os.getpid(), signal.SIGTERM))  # as `python -m local_aws up --stop-with-owner`
+    print("up", flush=True)
     threading.Event().wait()
 except KeyboardInterrupt:
     print("stopped cleanly", flush=True)
