@@ -126,3 +126,13 @@ def start_run():
 @app.route("/runs/{run_id}", methods=["GET"], authorizer=_auth)
 def get_run(run_id):
     return api.get_run(run_id)
+
+
+@app.route("/review", methods=["GET"], authorizer=_auth)
+def list_review():
+    return api.list_review(_query("limit"), _query("cursor"))
+
+
+@app.route("/review/{name}", methods=["POST"], authorizer=_auth)
+def label_review(name):
+    return api.label_review(name, app.current_request.json_body)

@@ -1,7 +1,7 @@
 """The HTTP API's logic: each function takes plain arguments and returns a JSON-ready dict.
 
 Errors are Chalice's view errors, which Chalice turns into JSON bodies with the
-right status code (400, 404, 409).
+right status code (400, 404, 409, 410).
 """
 
 from __future__ import annotations
@@ -11,16 +11,31 @@ import uuid
 from typing import Any
 from urllib.parse import unquote
 
-from chalice import BadRequestError, ConflictError, NotFoundError
+from chalice import BadRequestError, ChaliceViewError, ConflictError, NotFoundError
 
 from training.image_contract import SUFFIXES, has_image_suffix
 
-from . import aws, retraining
+from . import aws, retraining, review
 from .config import settings
 from .stores import stores
-from .store.predictions import decode_cursor
+from .store.predictions import REVIEW_CURSOR, decode_cursor
 
+# What a label may be: for uploads under training-data/<label>/ and for labels given in review.
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LABEL_RULE = "label must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def valid_label(label: object) -> bool:
+    # fullmatch: `$` would let a trailing newline through.
+    return isinstance(label, str) and _LABEL.fullmatch(label) is not None
+
+
+class GoneError(ChaliceViewError):
+    """410: what was asked about existed once and is gone."""
+
+    STATUS_CODE = 410
+
+
 _RUN_ID = re.compile(r"^r\d{12}-[0-9a-f]{6}$")
 MAX_PAGE = 100
 
@@ -70,8 +85,8 @@ def upload_url(body: dict[str, Any] | None) -> dict[str, Any]:
         key = f"{config.incoming_prefix}{uuid.uuid4().hex}{suffix}"
     elif target == "training":
         label = str(body.get("label", ""))
-        if not _LABEL.match(label):
-            raise BadRequestError("label must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if not valid_label(label):
+            raise BadRequestError(LABEL_RULE)
         split = body.get("split")
         if split not in (None, "train", "valid", "test"):
             raise BadRequestError("split must be train, valid or test (or left out: assigned from the key)")
@@ -117,3 +132,30 @@ def start_run() -> dict[str, Any]:
     if not outcome.started:
         raise ConflictError(outcome.reason)
     return get_run(outcome.run_id)
+
+
+def list_review(limit: str | None, cursor: str | None) -> dict[str, Any]:
+    """The predictions waiting for a label, oldest first, each with a short-lived URL to its image."""
+    if cursor:
+        try:
+            decode_cursor(cursor, REVIEW_CURSOR)
+        except ValueError as error:
+            raise BadRequestError(str(error)) from error
+    return review.waiting(page_size(limit), cursor)
+
+
+def label_review(name: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    """Label a prediction waiting for review (`incoming/<name>`): the image becomes training data
+    under the label. The same label again answers as the first time; another one is a conflict."""
+    label = (body or {}).get("label") if isinstance(body, dict) else None
+    if not valid_label(label):
+        raise BadRequestError(LABEL_RULE)
+    key = settings().incoming_prefix + unquote(name)
+    try:
+        return review.label_image(key, label)
+    except review.NotInReview as error:
+        raise NotFoundError(str(error)) from error
+    except review.LabelConflict as error:
+        raise ConflictError(str(error)) from error
+    except review.ImageGone as error:
+        raise GoneError(str(error)) from error

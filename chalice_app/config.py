@@ -158,6 +158,32 @@ def _agreement(env: dict[str, str]) -> float:
     return value
 
 
+def _fraction(env: dict[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a fraction from 0 to 1, not {value}")
+    return value
+
+
+# A presigned URL signed with SigV4 lives at most 7 days (one signed with a Lambda role's session
+# credentials dies with them sooner).
+MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
+
+
+def _url_seconds(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if not 1 <= value <= MAX_PRESIGNED_SECONDS:
+        raise ConfigError(f"{name} must be from 1 to {MAX_PRESIGNED_SECONDS} seconds, not {value}")
+    return value
+
+
+def _at_least_zero(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, not {value}")
+    return value
+
+
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name) or default
     if value not in choices:
@@ -218,6 +244,13 @@ class Settings:
     debug_save_interval: int = 100
     # The final job's optimised model goes into the artefact only at this top-1 agreement with the eager model.
     optimised_min_agreement: float = DEFAULT_MIN_AGREEMENT
+    # The review queue (chalice_app/review.py): a prediction whose top-1 probability is below the
+    # threshold waits for a person's label; so does a random sample of the others, at most so many
+    # an hour; the image's URL in GET /review lives this long.
+    review_threshold: float = 0.6
+    review_sample_rate: float = 0.02
+    review_samples_per_hour: int = 100
+    review_url_seconds: int = 900
 
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -291,6 +324,10 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
                                   for rule, params in _json(env, "DEBUGGER_RULE_PARAMETERS", {}).items()},
         debug_save_interval=_int(env, "DEBUG_SAVE_INTERVAL", 100),
         optimised_min_agreement=_agreement(env),
+        review_threshold=_fraction(env, "REVIEW_THRESHOLD", 0.6),
+        review_sample_rate=_fraction(env, "REVIEW_SAMPLE_RATE", 0.02),
+        review_samples_per_hour=_at_least_zero(env, "REVIEW_SAMPLES_PER_HOUR", 100),
+        review_url_seconds=_url_seconds(env, "REVIEW_URL_SECONDS", 900),
     )
 
 

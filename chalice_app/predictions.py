@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 
 import training.image_contract as image_contract
 
-from . import aws, clock, invocations
+from . import aws, clock, invocations, review
 from .config import settings
 from .events import S3Record
 from .observability import logger, metrics, tracer
@@ -227,8 +227,12 @@ def _invoke(group: Sequence[Image]) -> dict[Upload, Outcome]:
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     labels, version = invocations.labels_per_image(response["Body"].read(), len(group), config.top_k)
     metrics.add_metric(name="InvocationLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
+    # Each image's review marking (chalice_app/review.py) is decided as it is stored; a sampled one
+    # counts in its hour's sample counter in the same write.
     return {image.upload: _attempt(_save, image.upload.key, image.etag, "OK", labels=labels_of_image,
-                                   model_version=version, latency_ms=latency_ms)
+                                   model_version=version, latency_ms=latency_ms,
+                                   review=review.mark_prediction(labels_of_image),
+                                   samples_per_hour=config.review_samples_per_hour)
             for image, labels_of_image in zip(group, labels)}
 
 

@@ -29,5 +29,5 @@ def stores() -> Stores:
     if _built is None or _built[0] is not config:
         _built = (config, Stores(arrivals=Arrivals(config.pipeline_table), runs=Runs(config.pipeline_table),
                                  registry=Registry(config.pipeline_table),
-                                 predictions=Predictions(config.predictions_table)))
+                                 predictions=Predictions(config.predictions_table, config.pipeline_table)))
     return _built[1]

@@ -21,6 +21,17 @@ from pathlib import Path
 from typing import Any
 
 CHALICE_DIR = Path(__file__).resolve().parent.parent / ".chalice"
+TEMPLATE = Path(__file__).resolve().parent / "template.json"
+# The stage's table variables and the template's tables they name.
+_TABLE_RESOURCES = {"PIPELINE_TABLE": "PipelineTable", "PREDICTIONS_TABLE": "PredictionsTable"}
+
+
+def table_indexes() -> dict[str, list[str]]:
+    """The stage's table variable -> the names of the GSIs the template defines on that table."""
+    resources = json.loads(TEMPLATE.read_text())["Resources"]
+    return {variable: [index["IndexName"]
+                       for index in resources[logical]["Properties"].get("GlobalSecondaryIndexes", [])]
+            for variable, logical in _TABLE_RESOURCES.items()}
 
 
 # Where the policy names this stack's account and region; CloudFormation fills them in.
@@ -39,8 +50,11 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
     prefix = env["NAME_PREFIX"]
     training, incoming = env.get("TRAINING_PREFIX", "training-data/"), env.get("INCOMING_PREFIX", "incoming/")
     manifests = env.get("MANIFEST_PREFIX", "manifests/")
-    tables = [f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{env['PIPELINE_TABLE']}",
-              f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{env['PREDICTIONS_TABLE']}"]
+    table_arns = {variable: f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{env[variable]}"
+                  for variable in ("PIPELINE_TABLE", "PREDICTIONS_TABLE")}
+    tables = list(table_arns.values())
+    # Queries name an index: only the template's own, each by its ARN.
+    indexes = [f"{table_arns[variable]}/index/{name}" for variable, names in table_indexes().items() for name in names]
     queues = {name: f"arn:aws:sqs:{REGION}:{ACCOUNT}:{env[name]}" for name in ("TRAINING_QUEUE", "INCOMING_QUEUE")}
     alarms = json.loads(env.get("ROLLBACK_ALARMS") or "[]")
 
@@ -66,7 +80,8 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
         {"Sid": "Tables", "Effect": "Allow",
          "Action": ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                     "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem", "dynamodb:Query"],
-         "Resource": tables + [f"{table}/index/*" for table in tables]},
+         "Resource": tables},
+        {"Sid": "QueryIndexes", "Effect": "Allow", "Action": ["dynamodb:Query"], "Resource": indexes},
         {"Sid": "ConsumeQueues", "Effect": "Allow",
          "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"],
          "Resource": list(queues.values())},

@@ -148,6 +148,17 @@ def encryption_rule(rule: dict[str, Any]) -> dict[str, Any]:
     return rendered
 
 
+def _add_missing_indexes(dynamodb: Any, request: dict[str, Any]) -> None:
+    """A table kept from an earlier start gets the template's new GSIs, as a stack update adds them on AWS."""
+    name = request["TableName"]
+    have = {index["IndexName"] for index in
+            dynamodb.describe_table(TableName=name)["Table"].get("GlobalSecondaryIndexes", [])}
+    for index in request.get("GlobalSecondaryIndexes", []):
+        if index["IndexName"] not in have:
+            dynamodb.update_table(TableName=name, AttributeDefinitions=request["AttributeDefinitions"],
+                                  GlobalSecondaryIndexUpdates=[{"Create": index}])
+
+
 def apply(infra: Infra, session: Any) -> None:
     """Create (or re-assert) the queues, tables, bucket and its rules and notifications."""
     sqs, dynamodb, s3 = (session.client(s) for s in ("sqs", "dynamodb", "s3"))
@@ -157,6 +168,8 @@ def apply(infra: Infra, session: Any) -> None:
     for request in infra.tables:
         if request["TableName"] not in existing:
             dynamodb.create_table(**request)
+        else:
+            _add_missing_indexes(dynamodb, request)
     for table, spec in infra.ttl.items():
         try:
             dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification=spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import threading
 import uuid
 from functools import lru_cache
@@ -233,8 +234,10 @@ def app_env(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def world(app_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from chalice_app import clock
+    from chalice_app import clock, review
 
+    # The review queue's sampling draw: seeded, so every test samples the same predictions each run.
+    monkeypatch.setattr(review, "draw", random.Random(0).random)
     project = tmp_path / "project"
     (project / ".chalice").mkdir(parents=True)
     (project / ".chalice" / "config.json").write_text(json.dumps({"version": "2.0", "app_name": "image-pipeline",

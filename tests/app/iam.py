@@ -165,8 +165,15 @@ def enforce(client: Any, policy: str, region: str, account: str) -> Any:
     def after_call(parsed, model, context, **_):
         error = parsed.get("Error", {})
         params = context.get("iam_params", {})
-        if (service == "s3" and model.name in ("GetObject", "HeadObject") and error.get("Code") in ("NoSuchKey", "404")
-                and not may_know_missing(policy, params["Bucket"], params["Key"])):
+        read = None  # the bucket and key a read of a missing object names
+        if service == "s3" and model.name in ("GetObject", "HeadObject"):
+            read = params["Bucket"], params["Key"]
+        elif service == "s3" and model.name == "CopyObject":  # CopyObject reads its source as GetObject does
+            source = params["CopySource"]
+            read = (tuple(source.lstrip("/").split("/", 1)) if isinstance(source, str)
+                    else (source["Bucket"], source["Key"]))
+        if (read and error.get("Code") in ("NoSuchKey", "404")
+                and not may_know_missing(policy, *read)):
             parsed["Error"] = {"Code": "AccessDenied", "Message": "Access Denied"}
             parsed.setdefault("ResponseMetadata", {})["HTTPStatusCode"] = 403
 

@@ -55,6 +55,13 @@ def valid_env(**changes: str) -> dict[str, str]:
     ("MAX_IMAGE_BYTES", str(64 * 1024 * 1024), "MAX_IMAGE_BYTES must be from 1 to 6291456"),
     ("MAX_IMAGE_BYTES", "0", "MAX_IMAGE_BYTES must be from 1 to 6291456"),
     ("OPTIMISED_MIN_AGREEMENT", "99.5", "OPTIMISED_MIN_AGREEMENT must be a fraction from 0 to 1, not 99.5"),
+    ("REVIEW_THRESHOLD", "60", "REVIEW_THRESHOLD must be a fraction from 0 to 1, not 60.0"),
+    ("REVIEW_THRESHOLD", "high", "REVIEW_THRESHOLD must be a number, not 'high'"),
+    ("REVIEW_SAMPLE_RATE", "-0.1", "REVIEW_SAMPLE_RATE must be a fraction from 0 to 1, not -0.1"),
+    ("REVIEW_SAMPLES_PER_HOUR", "-1", "REVIEW_SAMPLES_PER_HOUR must be 0 or more, not -1"),
+    ("REVIEW_SAMPLES_PER_HOUR", "1.5", "REVIEW_SAMPLES_PER_HOUR must be an integer, not '1.5'"),
+    ("REVIEW_URL_SECONDS", "0", "REVIEW_URL_SECONDS must be from 1 to 604800 seconds, not 0"),
+    ("REVIEW_URL_SECONDS", "604801", "REVIEW_URL_SECONDS must be from 1 to 604800 seconds, not 604801"),
 ])
 def test_a_malformed_setting_is_a_config_error_naming_it(name, value, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
@@ -66,6 +73,13 @@ def test_numbers_are_read_and_an_empty_one_is_its_default():
     assert (settings.max_training_jobs, settings.gate_margin, settings.top_k) == (7, 0.25, 5)
     assert settings.optimised_min_agreement == 0.995
     assert settings_from_env(valid_env(OPTIMISED_MIN_AGREEMENT="0.99")).optimised_min_agreement == 0.99
+    review = (settings.review_threshold, settings.review_sample_rate, settings.review_samples_per_hour,
+              settings.review_url_seconds)
+    assert review == (0.6, 0.02, 100, 900)
+    changed = settings_from_env(valid_env(REVIEW_THRESHOLD="0.5", REVIEW_SAMPLE_RATE="0", REVIEW_SAMPLES_PER_HOUR="0",
+                                          REVIEW_URL_SECONDS="60"))
+    assert (changed.review_threshold, changed.review_sample_rate, changed.review_samples_per_hour,
+            changed.review_url_seconds) == (0.5, 0.0, 0, 60)
 
 
 @pytest.mark.parametrize("prefix", ["IP-dev", "ip_dev", "ip.dev", "-ip", "ip-", "ip dev", ""])

@@ -71,3 +71,38 @@ def test_a_missing_object_is_told_apart_only_where_the_policy_lets_the_lambda_li
     assert iam.may_know_missing(policy, BUCKET, "training-data/cat/deleted.png")
     assert not iam.may_know_missing(policy, BUCKET, "sagemaker/final/model.tar.gz")
     assert not iam.may_know_missing(policy, "someone-elses-bucket", "incoming/deleted.png")
+
+
+def test_the_review_queues_calls_are_granted_exactly_where_they_go(monkeypatch):
+    """Query only on the template's indexes; CopyObject only from incoming/ to training-data/; the
+    review URL (a presigned GetObject) only under incoming/ and training-data/."""
+    iam.enable_string_like(monkeypatch)
+    policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, ACCOUNT))
+    table = ENV["PREDICTIONS_TABLE"]
+    for index in ("review", "recent", "by_status"):
+        request = {"TableName": table, "IndexName": index}
+        assert iam.denial(policy, "dynamodb", "Query", request, REGION, ACCOUNT) is None
+    for request in ({"TableName": table, "IndexName": "someone-elses"},
+                    {"TableName": ENV["PIPELINE_TABLE"], "IndexName": "review"},
+                    {"TableName": "other-table", "IndexName": "review"}):
+        assert "dynamodb:Query" in iam.denial(policy, "dynamodb", "Query", request, REGION, ACCOUNT), request
+    copy = {"Bucket": BUCKET, "Key": "training-data/cat/x-0123.png",
+            "CopySource": {"Bucket": BUCKET, "Key": "incoming/x.png"}}
+    assert [c[:2] for c in iam.checks("s3", "CopyObject", copy, REGION, ACCOUNT)] == [
+        ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/incoming/x.png"),
+        ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/training-data/cat/x-0123.png")]
+    assert iam.denial(policy, "s3", "CopyObject", copy, REGION, ACCOUNT) is None
+    assert "s3:PutObject" in iam.denial(policy, "s3", "CopyObject", {**copy, "Key": "sagemaker/x.png"}, REGION, ACCOUNT)
+    assert "s3:GetObject" in iam.denial(policy, "s3", "CopyObject", {
+        **copy, "CopySource": {"Bucket": BUCKET, "Key": "sagemaker/final/model.tar.gz"}}, REGION, ACCOUNT)
+    assert "s3:GetObject" in iam.denial(policy, "s3", "CopyObject", {
+        **copy, "CopySource": {"Bucket": "someone-elses-bucket", "Key": "incoming/x.png"}}, REGION, ACCOUNT)
+
+
+def test_a_presigned_review_url_is_checked_as_the_getobject_it_signs(app_env):
+    """generate_presigned_url builds the request's parameters: the enforced client checks it as the call."""
+    s3 = aws.client("s3")
+    assert "X-Amz-Signature" in s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET,
+                                                                                "Key": "incoming/x.png"})
+    with pytest.raises(ClientError, match="AccessDenied.*s3:GetObject"):
+        s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "sagemaker/final/model.tar.gz"})

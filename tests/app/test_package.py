@@ -217,7 +217,8 @@ def test_every_route_needs_iam_on_dev_and_prod(stages, stage, secured):
     paths = _template(stages[stage])["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
     operations = {f"{method.upper()} {path}": operation for path, methods in paths.items()
                   for method, operation in methods.items()}
-    assert len(operations) == 8 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs"} <= set(operations)
+    assert len(operations) == 10 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs", "GET /review",
+                                      "POST /review/{name}"} <= set(operations)
     assert {name for name, op in operations.items() if op.get("security") == [{"sigv4": []}]} == (
         set(operations) if secured else set())
 

@@ -53,3 +53,28 @@ def test_the_bucket_gets_the_templates_lifecycle_rules_and_encryption():
     assert rules["expire-trunk-feature-cache"]["Expiration"] == {"Days": 30}
     assert rules["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
     assert encryption[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+
+def test_a_table_kept_from_an_earlier_start_gets_the_templates_new_index():
+    """A stack restarted on its state finds the predictions table as an older template made it: the
+    review queue's index is added, as a CloudFormation stack update adds it on AWS."""
+    stage = load_stage("local")
+    infra = render(stage)
+    table = stage.environment["PREDICTIONS_TABLE"]
+    with mock_aws():
+        session = boto3.Session(region_name=stage.region, aws_access_key_id="test", aws_secret_access_key="test")
+        dynamodb = session.client("dynamodb")
+        [request] = [t for t in infra.tables if t["TableName"] == table]
+        older = {**request, "GlobalSecondaryIndexes": [i for i in request["GlobalSecondaryIndexes"]
+                                                       if i["IndexName"] != "review"],
+                 "AttributeDefinitions": [a for a in request["AttributeDefinitions"] if a["AttributeName"] != "review"]}
+        dynamodb.create_table(**older)
+        dynamodb.put_item(TableName=table, Item={"image_key": {"S": "incoming/a.png"}, "review": {"S": "WAITING"},
+                                                 "created_at": {"N": "1"}})
+        apply(infra, session)
+        indexes = {i["IndexName"] for i in dynamodb.describe_table(TableName=table)["Table"]["GlobalSecondaryIndexes"]}
+        waiting = dynamodb.query(TableName=table, IndexName="review", KeyConditionExpression="#r = :w",
+                                 ExpressionAttributeNames={"#r": "review"},
+                                 ExpressionAttributeValues={":w": {"S": "WAITING"}})["Items"]
+    assert indexes == {"by_status", "recent", "review"}
+    assert [item["image_key"]["S"] for item in waiting] == ["incoming/a.png"]
