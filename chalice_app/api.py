@@ -15,7 +15,7 @@ from chalice import BadRequestError, ChaliceViewError, ConflictError, NotFoundEr
 
 from training.image_contract import SUFFIXES, has_image_suffix
 
-from . import aws, retraining, review
+from . import accuracy, aws, retraining, review
 from .config import settings
 from .stores import stores
 from .store.predictions import REVIEW_CURSOR, decode_cursor
@@ -99,15 +99,20 @@ def upload_url(body: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def list_models() -> dict[str, Any]:
+    """The registry, each version with its live accuracy (from the sampled review labels) and the
+    confusion its review labels show."""
     registry = stores().registry
-    return {"items": registry.all(), "live": registry.live()}
+    counted = accuracy.by_version(stores().accuracy.all())
+    live = registry.live()
+    return {"items": [accuracy.with_figures(model, counted) for model in registry.all()],
+            "live": accuracy.with_figures(live, counted) if live else None}
 
 
 def live_model() -> dict[str, Any]:
     live = stores().registry.live()
     if live is None:
         raise NotFoundError("no model is live yet")
-    return live
+    return accuracy.with_figures(live, accuracy.by_version(stores().accuracy.of(live["model_version"])))
 
 
 def list_runs(limit: str | None, cursor: str | None) -> dict[str, Any]:

@@ -10,7 +10,9 @@ after a crash, ends in the same state: claim (the first label wins; another one 
 copy the image server-side to `training-data/<label>/<name from its key and eTag>` (the same
 object whoever copies it; it arrives as any upload does, through the training prefix's S3
 notification), then record the label and leave the queue. A copy whose source is gone undoes
-the claim: the item stays as it was.
+the claim: the item stays as it was. The record counts the label for its model version's live
+accuracy and confusion in the same transaction (accuracy.py), so exactly once; a sampled one newly
+recorded is published as CloudWatch metrics too.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from botocore.exceptions import ClientError
 
 from training.image_contract import HEAD_BYTES, has_image_suffix, sniff
 
-from . import aws, clock
+from . import accuracy, aws, clock
 from .config import settings
-from .observability import logger
+from .observability import logger, metrics
 from .store.predictions import LOW_CONFIDENCE, SAMPLED, Marking
 from .stores import stores
 
@@ -115,6 +118,18 @@ def _settled(item: dict[str, Any] | None, image_key: str, label: str) -> dict[st
     return None
 
 
+def publish_sampled(outcome: accuracy.Outcome) -> None:
+    """A newly recorded sampled label as CloudWatch metrics (EMF, through the logs like every metric
+    here): ReviewedSamples 1 and ReviewedSamplesCorrect 0 or 1 per ModelVersion, so the ratio of
+    their sums is the version's live accuracy over any period. Apart from the shared `metrics`, whose
+    dimensions would apply to everything else it flushes."""
+    reviewed = EphemeralMetrics(namespace=metrics.namespace, service=metrics.service)
+    reviewed.add_dimension(name="ModelVersion", value=outcome.model_version)
+    reviewed.add_metric(name="ReviewedSamples", unit=MetricUnit.Count, value=1)
+    reviewed.add_metric(name="ReviewedSamplesCorrect", unit=MetricUnit.Count, value=1 if outcome.correct else 0)
+    reviewed.flush_metrics()
+
+
 def label_image(image_key: str, label: str) -> dict[str, Any]:
     """Give a waiting prediction its label: the image is copied under the label as training data."""
     config, store = settings(), stores().predictions
@@ -151,9 +166,13 @@ def label_image(image_key: str, label: str) -> dict[str, Any]:
                         "(deleted or replaced since its prediction)") from error
     labels = item.get("labels") or []
     correct = bool(labels) and labels[0]["label"] == label
-    store.finish_review(image_key, label, clock.now(), correct=correct, training_key=destination)
-    logger.info("review labelled", extra={"key": image_key, "label": label, "correct": correct,
-                                          "training_key": destination})
+    outcome = accuracy.outcome_of(item, label)
+    counters = accuracy.counter_updates(config.pipeline_table, outcome) if outcome else []
+    if store.finish_review(image_key, etag, label, clock.now(), counters, correct=correct, training_key=destination):
+        logger.info("review labelled", extra={"key": image_key, "label": label, "correct": correct,
+                                              "training_key": destination})
+        if outcome is not None and outcome.sampled:
+            publish_sampled(outcome)
     done = store.get(image_key)
     settled = _settled(done, image_key, label)
     if settled is None:

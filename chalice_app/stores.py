@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Settings, settings
+from .store.accuracy import Accuracy
 from .store.arrivals import Arrivals
 from .store.predictions import Predictions
 from .store.registry import Registry
@@ -17,6 +18,7 @@ class Stores:
     runs: Runs
     registry: Registry
     predictions: Predictions
+    accuracy: Accuracy
 
 
 _built: tuple[Settings, Stores] | None = None
@@ -29,5 +31,6 @@ def stores() -> Stores:
     if _built is None or _built[0] is not config:
         _built = (config, Stores(arrivals=Arrivals(config.pipeline_table), runs=Runs(config.pipeline_table),
                                  registry=Registry(config.pipeline_table),
-                                 predictions=Predictions(config.predictions_table, config.pipeline_table)))
+                                 predictions=Predictions(config.predictions_table, config.pipeline_table),
+                                 accuracy=Accuracy(config.pipeline_table)))
     return _built[1]

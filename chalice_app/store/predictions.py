@@ -10,7 +10,8 @@ the same key (a new eTag) replaces it. GSIs: `by_status` finds PENDING items,
 A prediction sampled for review is stored in one transaction with its hour's sample
 counter (an item of the pipeline table): it counts exactly when it is stored, so a
 redelivered event (refused by the final result's condition) never counts twice, and
-one that would pass the hour's cap is stored unmarked.
+one that would pass the hour's cap is stored unmarked. Likewise a label is recorded in one
+transaction with its model version's live-accuracy counters (chalice_app/accuracy.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -214,11 +215,30 @@ class Predictions:
         return self._update(image_key, "REMOVE review_label", "#review = :waiting AND review_label = :label",
                             {"#review": "review"}, {":label": label, ":waiting": WAITING})
 
-    def finish_review(self, image_key: str, label: str, now: float, **fields: Any) -> bool:
-        """The claimed label's copy exists: record it and leave the queue; False when already done."""
+    def finish_review(self, image_key: str, etag: str, label: str, now: float,
+                      counters: Sequence[dict[str, Any]] = (), **fields: Any) -> bool:
+        """The claimed label's copy exists: record it and leave the queue; False when already done
+        (or the item is another upload's now). `counters`: TransactWriteItems actions (the live
+        accuracy's, chalice_app/accuracy.py) written in the same transaction, so they count only
+        when the label is recorded, and so exactly once, whatever is repeated or retried."""
         names = {"#review": "review", **{f"#f{i}": name for i, name in enumerate(fields)}}
-        values = {":label": label, ":waiting": WAITING, ":now": Decimal(str(now)),
+        values = {":label": label, ":waiting": WAITING, ":etag": etag, ":now": Decimal(str(now)),
                   **{f":f{i}": value for i, value in enumerate(fields.values())}}
         sets = ", ".join(["reviewed_at = :now", *(f"#f{i} = :f{i}" for i in range(len(fields)))])
-        return self._update(image_key, f"SET {sets} REMOVE #review",
-                            "#review = :waiting AND review_label = :label", names, values)
+        expression = f"SET {sets} REMOVE #review"
+        # The eTag too: the counts are of the prediction the label was given for, not a newer upload's.
+        condition = "#review = :waiting AND review_label = :label AND etag = :etag"
+        if not counters:
+            return self._update(image_key, expression, condition, names, values)
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=[
+                {"Update": {"TableName": self._table.name, "Key": {"image_key": image_key},
+                            "UpdateExpression": expression, "ConditionExpression": condition,
+                            "ExpressionAttributeNames": names, "ExpressionAttributeValues": dynamo(values)}},
+                *counters,
+            ])
+            return True
+        except ClientError as error:
+            if aws.is_first_condition_failure(error):
+                return False  # recorded already (a repeated or concurrent request): counted then
+            raise  # a conflict with a concurrent write: the request fails; the same label again completes it

@@ -20,12 +20,10 @@ from chalice_app.store.predictions import SAMPLED, SAMPLES_PK, Marking, sample_h
 from chalice_app.stores import stores
 
 from .conftest import BUCKET, ENV, png_bytes
-from .incoming import FN, LABELS, QUEUE, Images, answer, endpoint, prediction
+from .incoming import FN, QUEUE, Images, answer, endpoint, prediction
+from .reviews import SURE, UNSURE, label
 from .scenario import deliver_training_uploads, deploy_model
 
-UNSURE = (("3", 0.45), ("8", 0.35), ("5", 0.15), ("1", 0.05))  # top-1 below the default threshold 0.6
-SURE = LABELS  # top-1 0.7
-JSON = {"Content-Type": "application/json"}
 TRAINING_QUEUE = ENV["TRAINING_QUEUE"]
 
 
@@ -59,11 +57,6 @@ def queue(world, query: str = "") -> dict:
     response = world.client.http.get(f"/review{query}")
     assert response.status_code == 200, response.json_body
     return response.json_body
-
-
-def label(world, name: str, body) -> tuple[int, dict]:
-    response = world.client.http.post(f"/review/{name}", headers=JSON, body=json.dumps(body))
-    return response.status_code, response.json_body
 
 
 def samples_counted(now: float) -> int:
