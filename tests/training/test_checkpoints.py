@@ -21,9 +21,11 @@ from tests.training.digits_subset import small_copy
 from tests.training_job import REPO_ROOT, metric_lines
 from training import checkpoints, data, train
 
-# Seconds (each run): 3 epochs of a ResNet-18 on 32-pixel images, a few small batches each.
+# Seconds (each run): 3 epochs of a ResNet-18 on 32-pixel images, a few small batches each. No optimised
+# model: resuming is about the state_dict (tests/training/test_optimised.py is about that step).
 RUN = ["--arch", "resnet18", "--pretrained", "none", "--image-size", "32", "--epochs", "3", "--batch-size", "8",
-       "--lr", "0.002", "--hflip-prob", "0", "--min-images-per-class", "3", "--seed", "7", "--report", "off"]
+       "--lr", "0.002", "--hflip-prob", "0", "--min-images-per-class", "3", "--seed", "7", "--report", "off",
+       "--optimise", "off"]
 IMAGES: list[str] = []  # the whole network learns, on images through the random train transforms
 FEATURES = ["--freeze", "backbone", "--cache-features", "auto"]  # the head learns, on cached trunk features
 
