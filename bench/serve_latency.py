@@ -349,13 +349,17 @@ class TorchServe:
 
     @staticmethod
     def install(scratch: Path) -> Path:
-        venv = scratch / "torchserve-venv"
-        if not (venv / "bin" / "torchserve").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            site = next((venv / "lib").glob("python3*/site-packages"))
-            import sysconfig
+        import sysconfig
 
-            (site / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        venv = scratch / "torchserve-venv"
+        fresh = not (venv / "bin" / "torchserve").exists()
+        if fresh:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # Every run, not only at creation: the venv outlives the interpreter that made it (a deleted
+        # clone's venv left TorchServe without psutil, and it exited at start).
+        site = next((venv / "lib").glob("python3*/site-packages"))
+        (site / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        if fresh:
             subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", f"torchserve=={TORCHSERVE_VERSION}",
                             f"torch-model-archiver=={TORCHSERVE_VERSION}"], check=True, stdout=sys.stderr)
         return venv
@@ -413,7 +417,11 @@ class TorchServe:
 
     def __exit__(self, *exc) -> None:
         if self._process is not None:
-            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                os.killpg(self._process.pid, signal.SIGTERM)
+            except ProcessLookupError:  # the whole group has ended already (a failed start)
+                self._process.wait()
+                return
             try:
                 self._process.wait(timeout=30)
             except subprocess.TimeoutExpired:
