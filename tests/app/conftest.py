@@ -268,3 +268,19 @@ def world(app_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         batch_sizes = {source.handler: source.batch_size for source in wiring_from_app(app, TEST_STAGE).sqs}
         with Client(app, stage_name=STAGE, project_dir=str(project)) as client:
             yield World(client=client, clock=now, batch_sizes=batch_sizes)
+
+
+@pytest.fixture
+def never_sampled(monkeypatch):
+    """The review queue's random sample never draws: only low confidence puts a prediction in it."""
+    from chalice_app import review
+
+    monkeypatch.setattr(review, "draw", lambda: 0.99)
+
+
+@pytest.fixture
+def always_sampled(monkeypatch):
+    """Every prediction is drawn in the review queue's random sample."""
+    from chalice_app import review
+
+    monkeypatch.setattr(review, "draw", lambda: 0.0)

@@ -51,16 +51,6 @@ def emitted(out: str) -> list[dict]:
 
 
 @pytest.fixture
-def never_sampled(monkeypatch):
-    monkeypatch.setattr(review, "draw", lambda: 0.99)
-
-
-@pytest.fixture
-def always_sampled(monkeypatch):
-    monkeypatch.setattr(review, "draw", lambda: 0.0)
-
-
-@pytest.fixture
 def version(world) -> str:
     """The deployed model's version: the one the endpoint answers with (its training job's name)."""
     return deploy_model(world)["model_version"]

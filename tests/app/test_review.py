@@ -27,16 +27,6 @@ from .scenario import deliver_training_uploads, deploy_model
 TRAINING_QUEUE = ENV["TRAINING_QUEUE"]
 
 
-@pytest.fixture
-def never_sampled(monkeypatch):
-    monkeypatch.setattr(review, "draw", lambda: 0.99)
-
-
-@pytest.fixture
-def always_sampled(monkeypatch):
-    monkeypatch.setattr(review, "draw", lambda: 0.0)
-
-
 def set_env(monkeypatch, **values: str) -> None:
     for name, value in values.items():
         monkeypatch.setenv(name, value)
