@@ -1,4 +1,4 @@
-"""What the Lambda code imports: the standard library, its requirements, and three pure training modules."""
+"""What the Lambda code imports: the standard library, its requirements, and the pure training modules it vendors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_THIRD_PARTY = {"boto3", "botocore", "aws_lambda_powertools", "pydantic", "chalice"}
-ALLOWED_FROM_REPO = {"training.image_contract", "training.metrics", "training.splits", "chalice_app"}
+VENDORED_TRAINING = ("drift", "image_contract", "metrics", "splits")
+ALLOWED_FROM_REPO = {*(f"training.{name}" for name in VENDORED_TRAINING), "chalice_app"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -32,9 +33,9 @@ def test_the_lambda_code_imports_nothing_heavy():
 
 
 def test_the_training_modules_it_uses_are_pure_python():
-    for name in ("image_contract", "metrics", "splits"):
+    for name in VENDORED_TRAINING:
         for module in imported_modules(ROOT / "training" / f"{name}.py"):
             assert module.split(".")[0] in sys.stdlib_module_names | {"__future__"}, f"training/{name}.py imports {module}"
     vendored = sorted(p.name for p in (ROOT / "vendor" / "training").iterdir())
-    assert vendored == ["__init__.py", "image_contract.py", "metrics.py", "splits.py"]
+    assert vendored == ["__init__.py", *(f"{name}.py" for name in VENDORED_TRAINING)]
     assert (ROOT / "vendor" / "chalice_app").resolve() == (ROOT / "chalice_app").resolve()
