@@ -121,40 +121,13 @@ def _rule_policy(env: dict[str, str]) -> dict[str, str]:
     return policy
 
 
-def _positive(env: dict[str, str], name: str, default: int) -> int:
+def _int_in(env: dict[str, str], name: str, default: int, low: int, high: int | None = None,
+            unit: str = "") -> int:
+    """An integer setting within [low, high] (no upper bound when high is None)."""
     value = _int(env, name, default)
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, not {value}")
-    return value
-
-
-def _count(env: dict[str, str], name: str, default: int) -> int:
-    value = _int(env, name, default)
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, not {value}")
-    return value
-
-
-def _image_bytes(env: dict[str, str]) -> int:
-    """A stage may accept smaller images than the contract, never larger: training and the endpoint
-    refuse anything over the contract's limit whatever the stage says."""
-    value = _int(env, "MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
-    if not 1 <= value <= MAX_IMAGE_BYTES:
-        raise ConfigError(f"MAX_IMAGE_BYTES must be from 1 to {MAX_IMAGE_BYTES} (the image contract's limit), not {value}")
-    return value
-
-
-def endpoint_max_instances(env: dict[str, str]) -> int:
-    """ENDPOINT_MAX_INSTANCES: the endpoint's autoscaling ceiling; app.py sizes the incoming
-    queue's Lambda concurrency from it at packaging, where only the environment exists."""
-    return _count(env, "ENDPOINT_MAX_INSTANCES", 1)
-
-
-def _agreement(env: dict[str, str]) -> float:
-    """OPTIMISED_MIN_AGREEMENT: a fraction of the test split; 1 asks for every answer the same."""
-    value = _float(env, "OPTIMISED_MIN_AGREEMENT", DEFAULT_MIN_AGREEMENT)
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"OPTIMISED_MIN_AGREEMENT must be a fraction from 0 to 1, not {value}")
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{name} must be {bounds}{unit}, not {value}")
     return value
 
 
@@ -165,23 +138,15 @@ def _fraction(env: dict[str, str], name: str, default: float) -> float:
     return value
 
 
+def endpoint_max_instances(env: dict[str, str]) -> int:
+    """ENDPOINT_MAX_INSTANCES: the endpoint's autoscaling ceiling; app.py sizes the incoming
+    queue's Lambda concurrency from it at packaging, where only the environment exists."""
+    return _int_in(env, "ENDPOINT_MAX_INSTANCES", 1, 1)
+
+
 # A presigned URL signed with SigV4 lives at most 7 days (one signed with a Lambda role's session
 # credentials dies with them sooner).
 MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
-
-
-def _url_seconds(env: dict[str, str], name: str, default: int) -> int:
-    value = _int(env, name, default)
-    if not 1 <= value <= MAX_PRESIGNED_SECONDS:
-        raise ConfigError(f"{name} must be from 1 to {MAX_PRESIGNED_SECONDS} seconds, not {value}")
-    return value
-
-
-def _at_least_zero(env: dict[str, str], name: str, default: int) -> int:
-    value = _int(env, name, default)
-    if value < 0:
-        raise ConfigError(f"{name} must be 0 or more, not {value}")
-    return value
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -307,27 +272,30 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         max_runtime_seconds=_int(env, "MAX_RUNTIME_SECONDS", 3600),
         max_wait_seconds=_int(env, "MAX_WAIT_SECONDS", 7200),
         quiet_window_seconds=_int(env, "QUIET_WINDOW_SECONDS", 300),
-        reconcile_after_seconds=_positive(env, "RECONCILE_AFTER_SECONDS", 300),
+        reconcile_after_seconds=_int_in(env, "RECONCILE_AFTER_SECONDS", 300, 1),
         min_images=_int(env, "MIN_IMAGES", 20),
-        max_runs_per_day=_count(env, "MAX_RUNS_PER_DAY", 10),
+        max_runs_per_day=_int_in(env, "MAX_RUNS_PER_DAY", 10, 1),
         gate_margin=_float(env, "GATE_MARGIN", 0.0),
         rollback_alarms=tuple(_json(env, "ROLLBACK_ALARMS", [])),
-        max_image_bytes=_image_bytes(env),
+        # A stage may accept smaller images than the contract, never larger: training and the endpoint
+        # refuse anything over the contract's limit whatever the stage says.
+        max_image_bytes=_int_in(env, "MAX_IMAGE_BYTES", MAX_IMAGE_BYTES, 1, MAX_IMAGE_BYTES, " bytes"),
         top_k=_int(env, "TOP_K", 5),
         endpoint_max_instances=endpoint_max_instances(env),
         target_invocations_per_instance=_float(env, "TARGET_INVOCATIONS_PER_INSTANCE", 30.0),
-        upload_url_seconds=_int(env, "UPLOAD_URL_SECONDS", 900),
+        upload_url_seconds=_int_in(env, "UPLOAD_URL_SECONDS", 900, 1, MAX_PRESIGNED_SECONDS, " seconds"),
         debugger_service=_choice(env, "DEBUGGER_SERVICE", "in-job", DEBUGGER_SERVICES),
         debugger_rules=_debugger_rules(env),
         debugger_rule_policy=_rule_policy(env),
         debugger_rule_parameters={rule: {k: str(v) for k, v in params.items()}
                                   for rule, params in _json(env, "DEBUGGER_RULE_PARAMETERS", {}).items()},
         debug_save_interval=_int(env, "DEBUG_SAVE_INTERVAL", 100),
-        optimised_min_agreement=_agreement(env),
+        # A fraction of the test split; 1 asks for every answer the same.
+        optimised_min_agreement=_fraction(env, "OPTIMISED_MIN_AGREEMENT", DEFAULT_MIN_AGREEMENT),
         review_threshold=_fraction(env, "REVIEW_THRESHOLD", 0.6),
         review_sample_rate=_fraction(env, "REVIEW_SAMPLE_RATE", 0.02),
-        review_samples_per_hour=_at_least_zero(env, "REVIEW_SAMPLES_PER_HOUR", 100),
-        review_url_seconds=_url_seconds(env, "REVIEW_URL_SECONDS", 900),
+        review_samples_per_hour=_int_in(env, "REVIEW_SAMPLES_PER_HOUR", 100, 0),
+        review_url_seconds=_int_in(env, "REVIEW_URL_SECONDS", 900, 1, MAX_PRESIGNED_SECONDS, " seconds"),
     )
 
 

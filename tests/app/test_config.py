@@ -49,7 +49,7 @@ def valid_env(**changes: str) -> dict[str, str]:
     ("DEBUGGER_RULE_POLICY", '["veto"]', "DEBUGGER_RULE_POLICY must be a JSON object"),
     ("DEBUGGER_RULES", "Overfit,NoSuchRule", "DEBUGGER_RULES names unknown rules ['NoSuchRule']"),
     ("MAX_RUNS_PER_DAY", "0", "MAX_RUNS_PER_DAY must be at least 1, not 0"),
-    ("RECONCILE_AFTER_SECONDS", "0", "RECONCILE_AFTER_SECONDS must be a positive number of seconds, not 0"),
+    ("RECONCILE_AFTER_SECONDS", "0", "RECONCILE_AFTER_SECONDS must be at least 1, not 0"),
     ("RECONCILE_AFTER_SECONDS", "soon", "RECONCILE_AFTER_SECONDS must be an integer, not 'soon'"),
     ("MAX_RUNS_PER_DAY", "many", "MAX_RUNS_PER_DAY must be an integer, not 'many'"),
     ("MAX_IMAGE_BYTES", str(64 * 1024 * 1024), "MAX_IMAGE_BYTES must be from 1 to 6291456"),
@@ -58,10 +58,12 @@ def valid_env(**changes: str) -> dict[str, str]:
     ("REVIEW_THRESHOLD", "60", "REVIEW_THRESHOLD must be a fraction from 0 to 1, not 60.0"),
     ("REVIEW_THRESHOLD", "high", "REVIEW_THRESHOLD must be a number, not 'high'"),
     ("REVIEW_SAMPLE_RATE", "-0.1", "REVIEW_SAMPLE_RATE must be a fraction from 0 to 1, not -0.1"),
-    ("REVIEW_SAMPLES_PER_HOUR", "-1", "REVIEW_SAMPLES_PER_HOUR must be 0 or more, not -1"),
+    ("REVIEW_SAMPLES_PER_HOUR", "-1", "REVIEW_SAMPLES_PER_HOUR must be at least 0, not -1"),
     ("REVIEW_SAMPLES_PER_HOUR", "1.5", "REVIEW_SAMPLES_PER_HOUR must be an integer, not '1.5'"),
     ("REVIEW_URL_SECONDS", "0", "REVIEW_URL_SECONDS must be from 1 to 604800 seconds, not 0"),
     ("REVIEW_URL_SECONDS", "604801", "REVIEW_URL_SECONDS must be from 1 to 604800 seconds, not 604801"),
+    ("UPLOAD_URL_SECONDS", "604801", "UPLOAD_URL_SECONDS must be from 1 to 604800 seconds, not 604801"),
+    ("ENDPOINT_MAX_INSTANCES", "0", "ENDPOINT_MAX_INSTANCES must be at least 1, not 0"),
 ])
 def test_a_malformed_setting_is_a_config_error_naming_it(name, value, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
