@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
@@ -168,11 +169,16 @@ def label_image(image_key: str, label: str) -> dict[str, Any]:
     correct = bool(labels) and labels[0]["label"] == label
     outcome = accuracy.outcome_of(item, label)
     counters = accuracy.counter_updates(config.pipeline_table, outcome) if outcome else []
-    if store.finish_review(image_key, etag, label, clock.now(), counters, correct=correct, training_key=destination):
+    now = clock.now()
+    if store.finish_review(image_key, etag, label, now, counters, correct=correct, training_key=destination):
         logger.info("review labelled", extra={"key": image_key, "label": label, "correct": correct,
                                               "training_key": destination})
         if outcome is not None and outcome.sampled:
             publish_sampled(outcome)
+        # The item as finish_review left it, without reading it again.
+        return answer({**item, "review_label": label, "correct": correct, "training_key": destination,
+                       "reviewed_at": Decimal(str(now))})
+    # Recorded by a concurrent request meanwhile: its answer is the item's.
     done = store.get(image_key)
     settled = _settled(done, image_key, label)
     if settled is None:
