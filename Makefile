@@ -16,7 +16,15 @@ $(STAMP): requirements.txt requirements-dev.txt training/requirements.txt
 	+PIP_NO_DEPS=true $(PY) -m pip install -q --disable-pip-version-check -r training/requirements.txt
 	+touch $(STAMP)
 
-install: $(STAMP)
+# The browser the console's tests drive: Debian's Chromium, under Playwright (`playwright install`
+# would download a browser of its own). CI runs as root with no stdin; elsewhere through sudo.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+$(CHROMIUM):
+	$(APT_INSTALL) chromium || { $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
+
+install: $(STAMP) $(CHROMIUM)
 
 test: install
 	$(PY) -m pytest
@@ -25,8 +33,9 @@ test: install
 conformance: install
 	$(PY) -m conformance
 
+# `make demo KEEP_UP=1` leaves the stack up afterwards (Ctrl-C stops it) to look around in the console.
 demo: install
-	$(PY) -m local_aws demo
+	$(PY) -m local_aws demo$(if $(filter 1 true yes,$(KEEP_UP)), --keep-up)
 
 bench: install
 	$(PY) bench/train_throughput.py

@@ -11,7 +11,7 @@ import os
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalice_app import api, handlers
+from chalice_app import api, console_assets, handlers
 from chalice_app.config import endpoint_max_instances, settings
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
 from chalice_app.invocations import MAX_IMAGES_PER_REQUEST
@@ -128,6 +128,12 @@ def get_run(run_id):
     return api.get_run(run_id)
 
 
+@app.route("/runs/{run_id}/report", methods=["GET"], authorizer=_auth)
+def get_run_report(run_id):
+    return Response(body=api.run_report(run_id), status_code=200,
+                    headers={"Content-Type": "text/html; charset=utf-8", "X-Content-Type-Options": "nosniff"})
+
+
 @app.route("/review", methods=["GET"], authorizer=_auth)
 def list_review():
     return api.list_review(_query("limit"), _query("cursor"))
@@ -136,3 +142,15 @@ def list_review():
 @app.route("/review/{name}", methods=["POST"], authorizer=_auth)
 def label_review(name):
     return api.label_review(name, app.current_request.json_body)
+
+
+# The web console (chalice_app/console/): static text files, same origin as the API, behind the
+# same authoriser as every route.
+@app.route("/console", methods=["GET"], authorizer=_auth)
+def console_index():
+    return console_assets.response(console_assets.INDEX)
+
+
+@app.route("/console/{name}", methods=["GET"], authorizer=_auth)
+def console_file(name):
+    return console_assets.response(name)

@@ -15,7 +15,8 @@ from chalice import BadRequestError, ChaliceViewError, ConflictError, NotFoundEr
 
 from training.image_contract import SUFFIXES, has_image_suffix
 
-from . import accuracy, aws, retraining, review
+from . import accuracy, aws, reports, retraining, review
+from .image_urls import with_image_urls
 from .config import settings
 from .stores import stores
 from .store.predictions import REVIEW_CURSOR, decode_cursor
@@ -64,7 +65,8 @@ def list_predictions(limit: str | None, cursor: str | None) -> dict[str, Any]:
         except ValueError as error:
             raise BadRequestError(str(error)) from error
     items, next_cursor = stores().predictions.recent(page_size(limit), cursor)
-    return {"items": items, "next": next_cursor}
+    return {"items": with_image_urls(items), "next": next_cursor}
+
 
 
 def _filename(body: dict[str, Any]) -> str:
@@ -127,6 +129,14 @@ def get_run(run_id: str) -> dict[str, Any]:
     if run is None:
         raise NotFoundError(f"no run {run_id}")
     return run
+
+
+def run_report(run_id: str) -> str:
+    """The HTML report of the run's final job (chalice_app/reports.py)."""
+    try:
+        return reports.report_html(get_run(run_id))
+    except reports.NoReport as error:
+        raise NotFoundError(str(error)) from error
 
 
 def start_run() -> dict[str, Any]:

@@ -30,6 +30,7 @@ from training.image_contract import HEAD_BYTES, has_image_suffix, sniff
 
 from . import accuracy, aws, clock
 from .config import settings
+from .image_urls import with_image_urls
 from .observability import logger, metrics
 from .store.predictions import LOW_CONFIDENCE, SAMPLED, Marking
 from .stores import stores
@@ -190,11 +191,7 @@ def waiting(limit: int, cursor: str | None) -> dict[str, Any]:
     """The queue, oldest first, each image with a short-lived URL to fetch it."""
     config = settings()
     items, next_cursor = stores().predictions.waiting_for_review(limit, cursor)
-    s3 = aws.client("s3")
     for item in items:
         item["name"] = item["image_key"][len(config.incoming_prefix):]
         item["sampled"] = bool(item.get("sampled"))
-        item["url"] = s3.generate_presigned_url("get_object", Params={"Bucket": config.bucket, "Key": item["image_key"]},
-                                                ExpiresIn=config.review_url_seconds)
-        item["expires_in"] = config.review_url_seconds
-    return {"items": items, "next": next_cursor}
+    return {"items": with_image_urls(items), "next": next_cursor}

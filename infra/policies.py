@@ -50,6 +50,7 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
     prefix = env["NAME_PREFIX"]
     training, incoming = env.get("TRAINING_PREFIX", "training-data/"), env.get("INCOMING_PREFIX", "incoming/")
     manifests = env.get("MANIFEST_PREFIX", "manifests/")
+    output = env.get("OUTPUT_PREFIX", "sagemaker/")
     table_arns = {variable: f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{env[variable]}"
                   for variable in ("PIPELINE_TABLE", "PREDICTIONS_TABLE")}
     tables = list(table_arns.values())
@@ -73,6 +74,10 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
          "Condition": {"StringLike": {"s3:prefix": [f"{training}*", f"{incoming}*"]}}},
         {"Sid": "ReadImages", "Effect": "Allow", "Action": ["s3:GetObject"],
          "Resource": [f"arn:aws:s3:::{bucket}/{incoming}*", f"arn:aws:s3:::{bucket}/{training}*"]},
+        # GET /runs/{id}/report reads the report from the final job's output archive (chalice_app/reports.py):
+        # that archive only, not the models or the Debugger and profiler output beside it.
+        {"Sid": "ReadFinalJobReports", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": f"arn:aws:s3:::{bucket}/{output}final/*/output/output.tar.gz"},
         # PutObject on the upload prefixes is what the presigned upload URLs are signed with.
         {"Sid": "WriteManifestsAndUploads", "Effect": "Allow", "Action": ["s3:PutObject"],
          "Resource": [f"arn:aws:s3:::{bucket}/{manifests}*", f"arn:aws:s3:::{bucket}/{incoming}*",

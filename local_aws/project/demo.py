@@ -288,6 +288,13 @@ class Stream:
         return {"sent": len(self.sent), "statuses": statuses, "model_versions": sorted(versions)}
 
 
+def _wait_for_ctrl_c() -> None:
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("stopping the stack", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local_aws demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -296,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--keep-up", action="store_true",
+                        help="leave the stack up after the demo, until Ctrl-C, to look around in the console")
     args = parser.parse_args(argv)
     from training.demo_data import write_digits
 
@@ -312,8 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         demo = Demo(stack, args.out, digits)
         demo.say(f"stack up: API {stack.urls['api']}, moto {stack.urls['moto']}, "
                  f"local SageMaker {stack.urls['sagemaker']}")
+        demo.say(f"web console: {stack.urls['api']}/console")
         summary = demo.run()
         summary["timings_s"] = demo.timings
+        if args.keep_up:
+            (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            demo.say(f"the stack stays up: open {stack.urls['api']}/console (Ctrl-C stops it)")
+            _wait_for_ctrl_c()
     shutil.rmtree(digits, ignore_errors=True)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

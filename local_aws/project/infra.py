@@ -59,6 +59,7 @@ class Infra:
     # S3 API shapes (put_bucket_lifecycle_configuration's Rules, put_bucket_encryption's Rules).
     lifecycle_rules: list[dict[str, Any]] = field(default_factory=list)
     encryption_rules: list[dict[str, Any]] = field(default_factory=list)
+    cors_rules: list[dict[str, Any]] = field(default_factory=list)
 
     def queue(self, name: str) -> QueueSpec:
         for spec in self.queues:
@@ -92,10 +93,12 @@ class _Renderer:
         return value
 
 
-def render(stage: Stage, template_path: Path = TEMPLATE) -> Infra:
+def render(stage: Stage, template_path: Path = TEMPLATE, api_origin: str | None = None) -> Infra:
+    """The template for the stage; `api_origin` is the local HTTP API's (the console's) origin, which
+    the bucket's CORS rules name as the RestAPI's URL."""
     template = json.loads(template_path.read_text())
     resolve = _Renderer(template, stage)
-    queues, tables, ttl, notifications, lifecycle, encryption = [], [], {}, [], [], []
+    queues, tables, ttl, notifications, lifecycle, encryption, cors = [], [], {}, [], [], [], []
     for resource in template["Resources"].values():
         kind, props = resource.get("Type"), resource.get("Properties", {})
         if kind == "AWS::SQS::Queue":
@@ -116,6 +119,8 @@ def render(stage: Stage, template_path: Path = TEMPLATE) -> Infra:
             lifecycle = [lifecycle_rule(rule) for rule in props.get("LifecycleConfiguration", {}).get("Rules", [])]
             encryption = [encryption_rule(rule) for rule in
                           props.get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", [])]
+            cors = [rule for rule in (cors_rule(r, api_origin) for r in
+                                      props.get("CorsConfiguration", {}).get("CorsRules", [])) if rule["AllowedOrigins"]]
             for item in props.get("NotificationConfiguration", {}).get("QueueConfigurations", []):
                 rules = item.get("Filter", {}).get("S3Key", {}).get("Rules", [])
                 prefix = next((r["Value"] for r in rules if r["Name"].lower() == "prefix"), "")
@@ -123,7 +128,8 @@ def render(stage: Stage, template_path: Path = TEMPLATE) -> Infra:
     # Dead-letter queues first: a redrive policy names a queue that must exist.
     queues.sort(key=lambda q: q.dead_letter_arn is not None)
     return Infra(bucket=stage.environment["BUCKET"], queues=queues, tables=tables, ttl=ttl,
-                 notifications=notifications, lifecycle_rules=lifecycle, encryption_rules=encryption)
+                 notifications=notifications, lifecycle_rules=lifecycle, encryption_rules=encryption,
+                 cors_rules=cors)
 
 
 def lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +143,24 @@ def lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
     if "AbortIncompleteMultipartUpload" in rule:
         rendered["AbortIncompleteMultipartUpload"] = {
             "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
+    return rendered
+
+
+def cors_rule(rule: dict[str, Any], api_origin: str | None) -> dict[str, Any]:
+    """A CloudFormation CorsRule in the S3 API's shape. An origin naming the RestAPI (the console's page,
+    served by the API) is the local API's origin here; without one given, the rule keeps only the others."""
+    origins = []
+    for origin in rule["AllowedOrigins"]:
+        if isinstance(origin, str):
+            origins.append(origin)
+        elif "${RestAPI}" in origin.get("Fn::Sub", ""):
+            origins += [api_origin] if api_origin else []
+        else:
+            raise ValueError(f"CORS rule {rule.get('Id')!r}: cannot render the origin {origin} locally")
+    rendered: dict[str, Any] = {"AllowedMethods": rule["AllowedMethods"], "AllowedOrigins": origins}
+    renames = {"Id": "ID", "AllowedHeaders": "AllowedHeaders", "ExposedHeaders": "ExposeHeaders",
+               "MaxAge": "MaxAgeSeconds"}
+    rendered.update({renames[name]: value for name, value in rule.items() if name in renames})
     return rendered
 
 
@@ -187,6 +211,8 @@ def apply(infra: Infra, session: Any) -> None:
     if infra.encryption_rules:
         s3.put_bucket_encryption(Bucket=infra.bucket,
                                  ServerSideEncryptionConfiguration={"Rules": infra.encryption_rules})
+    if infra.cors_rules:  # what lets the console's page PUT to a presigned URL (another origin)
+        s3.put_bucket_cors(Bucket=infra.bucket, CORSConfiguration={"CORSRules": infra.cors_rules})
     s3.put_bucket_notification_configuration(Bucket=infra.bucket, NotificationConfiguration={
         "QueueConfigurations": [
             {"QueueArn": n.queue_arn, "Events": n.events,

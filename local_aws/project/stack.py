@@ -139,7 +139,7 @@ class Stack:
         self._moto = MotoProcess(self.options.host, self.ports["moto"], state_dir=self.state_dir / "moto").start()
         self.restored = self._moto.restored
         session = self.session()
-        infra.apply(infra.render(self.stage), session)
+        infra.apply(infra.render(self.stage, api_origin=self.urls["api"]), session)
         self._upload_source(session)
         from ..dispatcher import Dispatcher, wiring_from_app
 
@@ -221,6 +221,7 @@ class Stack:
             f"  moto (S3, SQS, EventBridge, DynamoDB)  {moto}",
             f"  local SageMaker (API and runtime)      {sm}",
             f"  HTTP API                               {api}/",
+            f"  web console                            {api}/console",
             "",
             "Use it with the ordinary tools:",
             f"  export AWS_ENDPOINT_URL={moto} AWS_ENDPOINT_URL_SAGEMAKER={sm} "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chalice_app.config import settings_from_env
+from chalice_app.console_assets import ASSETS
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
 from chalice_app.sagemaker_requests import (endpoint_config_request, feature_cache_uri, final_training_job_request,
                                             manifest_key, tuning_job_request, update_endpoint_request)
@@ -178,6 +179,8 @@ def test_the_zip_holds_the_app_and_only_the_pure_training_modules(packaged):
     assert "app.py" in names
     ours = {p.relative_to(ROOT).as_posix() for p in (ROOT / "chalice_app").rglob("*.py")}
     assert ours <= set(names)
+    # The console's static files, served from the package (vendor/chalice_app is chalice_app).
+    assert {f"chalice_app/console/{name}" for name in ASSETS} <= set(names)
     # Exactly what vendor/training holds (tests/app/test_lambda_imports.py says which modules those are).
     assert sorted(n for n in names if n.startswith("training/")) == sorted(
         f"training/{p.name}" for p in (ROOT / "vendor" / "training").iterdir())
@@ -218,8 +221,9 @@ def test_every_route_needs_iam_on_dev_and_prod(stages, stage, secured):
     paths = _template(stages[stage])["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
     operations = {f"{method.upper()} {path}": operation for path, methods in paths.items()
                   for method, operation in methods.items()}
-    assert len(operations) == 10 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs", "GET /review",
-                                      "POST /review/{name}"} <= set(operations)
+    assert len(operations) == 13 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs", "GET /review",
+                                      "POST /review/{name}", "GET /runs/{run_id}/report", "GET /console",
+                                      "GET /console/{name}"} <= set(operations)
     assert {name for name, op in operations.items() if op.get("security") == [{"sigv4": []}]} == (
         set(operations) if secured else set())
 

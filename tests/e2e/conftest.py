@@ -4,12 +4,25 @@ ports, with a small training budget set through the stage's own variables (`--se
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from local_aws.project.budget import SCHEDULE_SECONDS, SMALL_BUDGET
+from local_aws.project.launcher import StackProcess
+
+# The tests that share one trained stack (`trained_stack`): one xdist group, so one worker, one stack,
+# one training (100-180 s). Its restart and kill -9 test goes last in it (pytest_collection_modifyitems).
+TRAINED_STACK_GROUP = "trained-stack"
+# The shared stack's stage: the small budget; every prediction sampled, so every one waits for review
+# (the console labels one); a day's quiet window, so the image the console labels, which arrives as
+# training data, stays a pending burst (only a _COMMIT marker would end it) instead of training a
+# second model under the other tests.
+TRAINED_STACK_SETTINGS = {**SMALL_BUDGET, "REVIEW_SAMPLE_RATE": "1", "QUIET_WINDOW_SECONDS": "86400"}
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 2.0) -> Any:
@@ -45,3 +58,50 @@ def moto_url(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     yield url
     server.stop()
+
+
+@dataclass
+class TrainedStack:
+    """The stack with a third of the digits uploaded as one burst: its run trains by itself; `live()`
+    waits for the model it deploys. The stack is the tests' to stop (the restart test does, last)."""
+
+    stack: StackProcess
+    state: Path
+    files: list[Path]
+    model: dict[str, Any] | None = field(default=None)
+
+    def live(self, timeout: float = 900) -> dict[str, Any]:
+        if self.model is None:
+            stack = self.stack
+
+            def live() -> dict[str, Any] | None:
+                status, body = stack.api("/models/live")
+                if status == 200:
+                    return body
+                _, runs = stack.api("/runs")
+                ended = [r for r in runs.get("items", []) if r["status"] in ("FAILED", "REJECTED", "REFUSED")]
+                assert not ended, f"a run ended {ended[0]['status']}: {ended[0].get('reason')} (log: {stack.log_path})"
+                return None
+
+            self.model = wait_until(live, timeout, f"a LIVE model (log: {stack.log_path})", every=5)
+        return self.model
+
+
+@pytest.fixture(scope="session")
+def trained_stack(tmp_path_factory, digits_labels) -> Iterator[TrainedStack]:
+    files = sorted(digits_labels.rglob("*.png"))
+    state = tmp_path_factory.mktemp("trained-stack") / "state"
+    stack = StackProcess(state, overrides=TRAINED_STACK_SETTINGS, schedule_seconds=SCHEDULE_SECONDS)
+    with stack:
+        s3 = stack.client("s3")
+        upload_all(s3, stack.bucket, {f"training-data/{p.parent.name}/{p.name}": p for p in files[::3]})
+        s3.put_object(Bucket=stack.bucket, Key="training-data/_COMMIT", Body=b"")  # the upload is complete
+        yield TrainedStack(stack, state, files)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, longest work started first on the workers; among them the trained stack's
+    test that stops it (marked `stops_the_stack`) after the others that use it. This hook sees the
+    whole session's items, not only this folder's."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 item.get_closest_marker("stops_the_stack") is not None))

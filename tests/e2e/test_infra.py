@@ -78,3 +78,35 @@ def test_a_table_kept_from_an_earlier_start_gets_the_templates_new_index():
                                  ExpressionAttributeValues={":w": {"S": "WAITING"}})["Items"]
     assert indexes == {"by_status", "recent", "review"}
     assert [item["image_key"]["S"] for item in waiting] == ["incoming/a.png"]
+
+
+def test_the_bucket_answers_the_consoles_cors_preflight_for_a_presigned_put(moto_url):
+    """The console's page (the API's origin) PUTs uploads straight to S3, another origin: the
+    template's CORS rule, applied by the stack with the local API's origin, lets the browser send it."""
+    import urllib.request
+
+    stage = load_stage("local")
+    origin = "http://127.0.0.1:8123"
+    infra = render(stage, api_origin=origin)
+    assert [rule["AllowedOrigins"] for rule in infra.cors_rules] == [[origin]]
+    assert render(stage).cors_rules == []  # no API origin given: no rule naming nobody
+    session = boto3.Session(region_name=stage.region)
+    apply(infra, session)
+    url = f"{moto_url}/{infra.bucket}/incoming/x.png"
+
+    def preflight(from_origin: str) -> dict[str, str]:
+        request = urllib.request.Request(url, method="OPTIONS", headers={
+            "Origin": from_origin, "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "content-type"})
+        try:
+            with urllib.request.urlopen(request) as response:
+                return {k.lower(): v for k, v in response.headers.items()}
+        except urllib.error.HTTPError as error:
+            return {k.lower(): v for k, v in error.headers.items()}
+
+    allowed = preflight(origin)
+    assert allowed.get("access-control-allow-origin") == origin
+    assert "PUT" in allowed.get("access-control-allow-methods", "")
+    # What AWS matches a preflight against (moto's server answers any origin's: kinder than AWS).
+    [rule] = session.client("s3").get_bucket_cors(Bucket=infra.bucket)["CORSRules"]
+    assert rule["AllowedOrigins"] == [origin] and rule["AllowedMethods"] == ["PUT"]

@@ -5,6 +5,7 @@ called by hand but S3 uploads and the HTTP API, as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -15,10 +16,10 @@ import psutil
 import pytest
 from PIL import Image
 
-from local_aws.project.budget import SCHEDULE_SECONDS, SMALL_BUDGET
+from local_aws.project.budget import SCHEDULE_SECONDS
 from local_aws.project.launcher import StackProcess
 
-from .conftest import upload_all, wait_until
+from .conftest import TRAINED_STACK_GROUP, TRAINED_STACK_SETTINGS, TrainedStack, upload_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -42,27 +43,20 @@ def _object_count(s3: Any, bucket: str) -> int:
     return sum(page["KeyCount"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket))
 
 
-def test_upload_train_serve_restart(tmp_path, digits_labels):
-    files = sorted(digits_labels.rglob("*.png"))
-    training = {f"training-data/{p.parent.name}/{p.name}": p for p in files[::3]}
+@pytest.mark.xdist_group(TRAINED_STACK_GROUP)
+@pytest.mark.stops_the_stack
+def test_upload_train_serve_restart(trained_stack: TrainedStack):
+    files = trained_stack.files
     queries = {f"incoming/{p.parent.name}-{p.name}": p for p in files[1::60][:8]}
-    state = tmp_path / "state"
+    state = trained_stack.state
 
-    with StackProcess(state, overrides=SMALL_BUDGET, schedule_seconds=SCHEDULE_SECONDS) as stack:
+    # The stack the console's tests shared (the fixture stops it if this test fails first), a third of
+    # the digits uploaded: it trains by itself.
+    with contextlib.nullcontext(trained_stack.stack) as stack:
         s3 = stack.client("s3")
-        upload_all(s3, stack.bucket, training)
-        s3.put_object(Bucket=stack.bucket, Key="training-data/_COMMIT", Body=b"")  # the upload is complete
-
-        def live():
-            status, body = stack.api("/models/live")
-            if status == 200:
-                return body
-            _, runs = stack.api("/runs")
-            ended = [r for r in runs.get("items", []) if r["status"] in ("FAILED", "REJECTED")]
-            assert not ended, f"a run ended {ended[0]['status']}: {ended[0].get('reason')} (log: {stack.log_path})"
-            return None
-
-        model = wait_until(live, 900, f"a LIVE model (log: {stack.log_path})", every=5)
+        trained_stack.live()
+        status, model = stack.api("/models/live")  # as it is now (the console's labels count in it)
+        assert status == 200
         status, runs = stack.api("/runs")
         assert status == 200
         assert any(run["status"] == "DEPLOYED" and run.get("model_version") == model["model_version"]
@@ -84,7 +78,7 @@ def test_upload_train_serve_restart(tmp_path, digits_labels):
         assert stack.stop() == 0, stack.log_tail()
     assert _group_gone(pid), "the stack left processes behind"
 
-    with StackProcess(state, overrides=SMALL_BUDGET, schedule_seconds=SCHEDULE_SECONDS) as again:
+    with StackProcess(state, overrides=TRAINED_STACK_SETTINGS, schedule_seconds=SCHEDULE_SECONDS) as again:
         s3 = again.client("s3")
         assert s3.list_objects_v2(Bucket=again.bucket)["KeyCount"] == objects_before
         status, body = again.api("/models/live")
@@ -122,7 +116,7 @@ def test_upload_train_serve_restart(tmp_path, digits_labels):
                    every=0.5)
 
     started = time.monotonic()
-    with StackProcess(state, overrides=SMALL_BUDGET, schedule_seconds=SCHEDULE_SECONDS) as third:
+    with StackProcess(state, overrides=TRAINED_STACK_SETTINGS, schedule_seconds=SCHEDULE_SECONDS) as third:
         print(f"up again after kill -9 in {time.monotonic() - started:.1f} s")
         s3 = third.client("s3")
         assert _object_count(s3, third.bucket) == objects_before + len(burst)
