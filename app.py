@@ -67,6 +67,13 @@ def quiet_check(event):
     return handlers.quiet_check(event.to_dict(), event.context)
 
 
+# Its own function, not quiet_check's: the first check of a version streams its model.tar.gz, and a
+# failing drift check must not hold up (or be retried with) the runs the quiet check drives.
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def drift_check(event):
+    return handlers.drift_check(event.to_dict(), event.context)
+
+
 @app.on_cw_event(TUNING_PATTERN)
 def on_tuning_state(event):
     return handlers.tuning_state(event.to_dict(), event.context)
@@ -154,3 +161,8 @@ def console_index():
 @app.route("/console/{name}", methods=["GET"], authorizer=_auth)
 def console_file(name):
     return console_assets.response(name)
+
+
+@app.route("/drift", methods=["GET"], authorizer=_auth)
+def list_drift():
+    return api.list_drift(_query("limit"), _query("cursor"))

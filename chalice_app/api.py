@@ -15,11 +15,12 @@ from chalice import BadRequestError, ChaliceViewError, ConflictError, NotFoundEr
 
 from training.image_contract import SUFFIXES, has_image_suffix
 
-from . import accuracy, aws, reports, retraining, review
+from . import accuracy, aws, drift_watch, reports, retraining, review
 from .image_urls import with_image_urls
 from .config import settings
 from .stores import stores
-from .store.predictions import REVIEW_CURSOR, decode_cursor
+from .store.drift import decode_cursor as drift_cursor
+from .store.predictions import REVIEW_CURSOR, decode_cursor, public
 
 # What a label may be: for uploads under training-data/<label>/ and for labels given in review.
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -54,8 +55,7 @@ def get_prediction(name: str) -> dict[str, Any]:
     item = stores().predictions.get(key)
     if item is None:
         raise NotFoundError(f"no prediction for {key}")
-    item.pop("feed", None)
-    return item
+    return public(item)
 
 
 def list_predictions(limit: str | None, cursor: str | None) -> dict[str, Any]:
@@ -174,3 +174,13 @@ def label_review(name: str, body: dict[str, Any] | None) -> dict[str, Any]:
         raise ConflictError(str(error)) from error
     except review.ImageGone as error:
         raise GoneError(str(error)) from error
+
+
+def list_drift(limit: str | None, cursor: str | None) -> dict[str, Any]:
+    """Drift events newest first, each model version's latest drift statistics, and the thresholds."""
+    if cursor:
+        try:
+            drift_cursor(cursor)
+        except ValueError as error:
+            raise BadRequestError(str(error)) from error
+    return drift_watch.report(page_size(limit), cursor)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from training.drift import Thresholds
 from training.image_contract import MAX_IMAGE_BYTES
 from training.metrics import DEBUGGER_RULES, DEFAULT_MIN_AGREEMENT
 
@@ -149,6 +150,28 @@ def endpoint_max_instances(env: dict[str, str]) -> int:
 MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
 
 
+# A window is one Query on the predictions table's `drift` index (a few hundred bytes an image):
+# past this many images a minute's check reads megabytes for no better statistic.
+MAX_DRIFT_WINDOW = 5000
+
+
+def _drift_window(env: dict[str, str]) -> tuple[int, int]:
+    """DRIFT_WINDOW_IMAGES and DRIFT_MIN_IMAGES: the window's size, and the fewest images it needs
+    before it is compared at all (a window that could never reach it would never be checked)."""
+    window = _int_in(env, "DRIFT_WINDOW_IMAGES", 200, 1, MAX_DRIFT_WINDOW)
+    least = _int(env, "DRIFT_MIN_IMAGES", 100)
+    if not 1 <= least <= window:
+        raise ConfigError(f"DRIFT_MIN_IMAGES must be from 1 to DRIFT_WINDOW_IMAGES ({window}), not {least}")
+    return window, least
+
+
+def _above_zero(env: dict[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not 0.0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a number above 0, not {value}")
+    return value
+
+
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name) or default
     if value not in choices:
@@ -216,6 +239,20 @@ class Settings:
     review_sample_rate: float = 0.02
     review_samples_per_hour: int = 100
     review_url_seconds: int = 900
+    # Image drift (chalice_app/drift_watch.py): each model version's newest window of live images is
+    # compared with its test split's reference once it holds at least drift_min_images; over any
+    # threshold it is drifting, and its predictions are sampled for review at the drift rate.
+    drift_window_images: int = 200
+    drift_min_images: int = 100
+    drift_psi_threshold: float = 0.25
+    drift_class_p_value: float = 0.001
+    drift_embedding_threshold: float = 0.5
+    drift_review_sample_rate: float = 0.2
+
+    @property
+    def drift_thresholds(self) -> Thresholds:
+        return Thresholds(psi=self.drift_psi_threshold, class_p_value=self.drift_class_p_value,
+                          embedding_distance=self.drift_embedding_threshold)
 
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -240,6 +277,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         raise ConfigError(f"NAME_PREFIX {prefix!r} must be lower-case letters, digits and inner hyphens "
                           f"({NAME_PREFIX_PATTERN.pattern})")
     static = {**DEFAULT_STATIC_HYPERPARAMETERS, **_json(env, "STATIC_HYPERPARAMETERS", {})}
+    drift_window, drift_min = _drift_window(env)
     return Settings(
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         name_prefix=prefix,
@@ -296,6 +334,12 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         review_sample_rate=_fraction(env, "REVIEW_SAMPLE_RATE", 0.02),
         review_samples_per_hour=_int_in(env, "REVIEW_SAMPLES_PER_HOUR", 100, 0),
         review_url_seconds=_int_in(env, "REVIEW_URL_SECONDS", 900, 1, MAX_PRESIGNED_SECONDS, " seconds"),
+        drift_window_images=drift_window,
+        drift_min_images=drift_min,
+        drift_psi_threshold=_above_zero(env, "DRIFT_PSI_THRESHOLD", 0.25),
+        drift_class_p_value=_fraction(env, "DRIFT_CLASS_P_VALUE", 0.001),
+        drift_embedding_threshold=_above_zero(env, "DRIFT_EMBEDDING_THRESHOLD", 0.5),
+        drift_review_sample_rate=_fraction(env, "DRIFT_REVIEW_SAMPLE_RATE", 0.2),
     )
 
 

@@ -12,7 +12,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from . import deployment, predictions, reconcile, retraining
+from . import deployment, drift_watch, predictions, reconcile, retraining
 from .config import settings
 from .events import EndpointStateChange, TrainingJobStateChange, TuningJobStateChange, s3_records
 from .observability import logger, metrics, tracer
@@ -82,6 +82,16 @@ def quiet_check(event: dict[str, Any], context: Any) -> dict[str, Any]:
     outcome = retraining.maybe_start_run()
     logger.info("run check", extra={"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason})
     return {"started": outcome.started, "run_id": outcome.run_id, "reason": outcome.reason}
+
+
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@metrics.log_metrics
+def drift_check(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:
+    """Every minute: the live model version's newest window of live images against its reference
+    (drift_watch.py); a drift episode begins or ends."""
+    return [{"model_version": c.model_version, "compared": c.compared, "images": c.images, "reason": c.reason,
+             "reasons": list(c.reasons), "began": c.began, "ended": c.ended} for c in drift_watch.check_live()]
 
 
 @tracer.capture_lambda_handler

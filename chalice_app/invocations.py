@@ -6,7 +6,12 @@ One image travels as it is (`application/x-image`). Several travel in one
 labels per image, in order:
 
     {"model_version": str, "num_classes": int,
-     "predictions": [[{"label": str, "probability": float}, ...], ...per image]}
+     "predictions": [[{"label": str, "probability": float}, ...], ...per image],
+     "embeddings": [[EMBEDDING_DIMS floats], ...per image]}
+
+"embeddings" is there only when the request asks for it (every request here does, through
+CustomAttributes) and the model has a drift reference (training/drift.py); an answer without it
+still classifies, with no drift data for its images.
 
 Groups keep each request under InvokeEndpoint's payload limit and the endpoint's own
 limit of images per request (training.image_contract.MAX_IMAGES_PER_REQUEST).
@@ -16,15 +21,21 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from training.drift import EMBEDDING_ATTRIBUTE, EMBEDDING_DIMS
 from training.image_contract import MAX_IMAGES_PER_REQUEST
 
 IMAGE_TYPE = "application/x-image"
 JSON_TYPE = "application/json"
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's request payload limit
 _JSON_FRAME = len('{"images": []}')
+# InvokeEndpoint's CustomAttributes (the X-Amzn-SageMaker-Custom-Attributes header, at most 1024
+# ASCII characters, forwarded verbatim to the model): ask for each image's embedding summary.
+CUSTOM_ATTRIBUTES = f"{EMBEDDING_ATTRIBUTE}=1"
 
 
 def _json_cost(size: int) -> int:
@@ -53,21 +64,44 @@ def groups(sizes: Sequence[int], max_bytes: int = MAX_PAYLOAD_BYTES,
 
 def invoke_request(endpoint_name: str, images: Sequence[bytes]) -> dict[str, Any]:
     """InvokeEndpoint's parameters for these images."""
+    common = {"EndpointName": endpoint_name, "Accept": JSON_TYPE, "CustomAttributes": CUSTOM_ATTRIBUTES}
     if len(images) == 1:
-        return {"EndpointName": endpoint_name, "ContentType": IMAGE_TYPE, "Accept": JSON_TYPE, "Body": images[0]}
+        return {**common, "ContentType": IMAGE_TYPE, "Body": images[0]}
     body = json.dumps({"images": [base64.b64encode(image).decode("ascii") for image in images]})
-    return {"EndpointName": endpoint_name, "ContentType": JSON_TYPE, "Accept": JSON_TYPE, "Body": body.encode()}
+    return {**common, "ContentType": JSON_TYPE, "Body": body.encode()}
 
 
-def labels_per_image(body: bytes, count: int, k: int) -> tuple[list[list[dict[str, Any]]], str]:
-    """Each image's k most probable labels (most probable first), and the model version."""
+@dataclass(frozen=True)
+class Answer:
+    """The endpoint's answer for a group: per image its k most probable labels (most probable first)
+    and its embedding summary (None where the answer has none), and the model version."""
+
+    labels: list[list[dict[str, Any]]]
+    embeddings: list[list[float] | None]
+    model_version: str
+
+
+def _embedding(row: Any) -> list[float] | None:
+    """An embedding summary as the drift statistics take it; None for anything else (the image is
+    still classified, without drift data)."""
+    if not isinstance(row, list) or len(row) != EMBEDDING_DIMS:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row):
+        return None
+    return [float(v) for v in row]
+
+
+def read_answer(body: bytes, count: int, k: int) -> Answer:
     payload = json.loads(body)
     rows = payload["predictions"]
     if len(rows) != count:
         raise ValueError(f"the endpoint answered {len(rows)} predictions for {count} images")
     ranked = [sorted(row, key=lambda p: p["probability"], reverse=True)[:k] for row in rows]
-    return ([[{"label": p["label"], "probability": float(p["probability"])} for p in row] for row in ranked],
-            payload["model_version"])
+    embeddings = payload.get("embeddings")
+    if not isinstance(embeddings, list) or len(embeddings) != count:
+        embeddings = [None] * count
+    return Answer([[{"label": p["label"], "probability": float(p["probability"])} for p in row] for row in ranked],
+                  [_embedding(row) for row in embeddings], payload["model_version"])
 
 
 _TRACEBACK = "\nTraceback (most recent call last):"

@@ -225,15 +225,17 @@ def _invoke(group: Sequence[Image]) -> dict[Upload, Outcome]:
             outcomes.update(_invoke_or_errors([image]))
         return outcomes
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
-    labels, version = invocations.labels_per_image(response["Body"].read(), len(group), config.top_k)
+    answer = invocations.read_answer(response["Body"].read(), len(group), config.top_k)
     metrics.add_metric(name="InvocationLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
+    drifting = stores().drift.drifting(answer.model_version)
     # Each image's review marking (chalice_app/review.py) is decided as it is stored; a sampled one
-    # counts in its hour's sample counter in the same write.
+    # counts in its hour's sample counter in the same write. Its embedding summary puts it in its
+    # version's drift window (store/predictions.py).
     return {image.upload: _attempt(_save, image.upload.key, image.etag, "OK", labels=labels_of_image,
-                                   model_version=version, latency_ms=latency_ms,
-                                   review=review.mark_prediction(labels_of_image),
+                                   model_version=answer.model_version, latency_ms=latency_ms, embedding=embedding,
+                                   review=review.mark_prediction(labels_of_image, drifting),
                                    samples_per_hour=config.review_samples_per_hour)
-            for image, labels_of_image in zip(group, labels)}
+            for image, labels_of_image, embedding in zip(group, answer.labels, answer.embeddings)}
 
 
 def _save(key: str, etag: str, status: str, **fields: Any) -> str:

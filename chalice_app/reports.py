@@ -2,19 +2,18 @@
 verdicts, profiler findings; its figures inlined), read from the job's output.tar.gz.
 
 The report exists only inside that archive (SageMaker uploads SM_OUTPUT_DATA_DIR as one
-output.tar.gz), so a presigned URL could only download the archive: the API streams the archive
-and answers the one member. The page is self-contained (training/report.py inlines its PNGs), and
-the stream stops at that member.
+output.tar.gz), so a presigned URL could only download the archive: the API reads the one member
+(chalice_app/archives.py) and answers it. The page is self-contained (training/report.py inlines its PNGs).
 """
 
 from __future__ import annotations
 
-import tarfile
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from . import aws
+from .archives import ArchiveError, read_member
 from .config import Settings, settings
 
 REPORT_MEMBER = "report/report.html"  # training/train.py: SM_OUTPUT_DATA_DIR/report/report.html
@@ -40,22 +39,14 @@ def report_html(run: dict[str, Any]) -> str:
         raise NoReport(f"run {run['run_id']} has no final job report yet (status {run.get('status')})")
     config = settings()
     try:
-        body = aws.client("s3").get_object(Bucket=config.bucket, Key=output_key(config, job))["Body"]
+        data = read_member(config.bucket, output_key(config, job), REPORT_MEMBER, MAX_REPORT_BYTES)
     except ClientError as error:
         # A missing key is NoSuchKey, or AccessDenied to a caller that may not list sagemaker/ (this one).
         if aws.error_code(error) in {"NoSuchKey", "404", "AccessDenied", "403"}:
             raise NoReport(f"the final job {job} left no output") from error
         raise
-    try:
-        with tarfile.open(fileobj=body, mode="r|gz") as archive:
-            for member in archive:
-                if member.name.removeprefix("./") != REPORT_MEMBER or not member.isfile():
-                    continue
-                if member.size > MAX_REPORT_BYTES:
-                    raise NoReport(f"the report of {job} is {member.size} bytes, more than an answer may hold")
-                data = archive.extractfile(member)
-                assert data is not None  # a regular file
-                return data.read().decode("utf-8")
-    finally:
-        body.close()
-    raise NoReport(f"the final job {job} wrote no report (its report hyperparameter is off?)")
+    except ArchiveError as error:
+        raise NoReport(f"the final job {job}'s output cannot be read: {error}") from error
+    if data is None:
+        raise NoReport(f"the final job {job} wrote no report (its report hyperparameter is off?)")
+    return data.decode("utf-8")

@@ -61,11 +61,14 @@ def mark(top1: float, threshold: float, rate: float, samples_per_hour: int,
     return Marking(reason, sampled)
 
 
-def mark_prediction(labels: Sequence[dict[str, Any]]) -> Marking:
-    """The stage's marking for one image's labels (most probable first)."""
+def mark_prediction(labels: Sequence[dict[str, Any]], drifting: bool = False) -> Marking:
+    """The stage's marking for one image's labels (most probable first). While its model version is
+    drifting (drift_watch.py) the sample is drawn at DRIFT_REVIEW_SAMPLE_RATE: more of the new
+    traffic gets a person's label, within the same hourly cap."""
     config = settings()
     top1 = float(labels[0]["probability"]) if labels else 0.0
-    return mark(top1, config.review_threshold, config.review_sample_rate, config.review_samples_per_hour, draw)
+    rate = config.drift_review_sample_rate if drifting else config.review_sample_rate
+    return mark(top1, config.review_threshold, rate, config.review_samples_per_hour, draw)
 
 
 def training_key(image_key: str, etag: str, label: str, suffix: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .config import Settings, settings
 from .store.accuracy import Accuracy
 from .store.arrivals import Arrivals
+from .store.drift import Drift
 from .store.predictions import Predictions
 from .store.registry import Registry
 from .store.runs import Runs
@@ -19,6 +20,7 @@ class Stores:
     registry: Registry
     predictions: Predictions
     accuracy: Accuracy
+    drift: Drift
 
 
 _built: tuple[Settings, Stores] | None = None
@@ -32,5 +34,6 @@ def stores() -> Stores:
         _built = (config, Stores(arrivals=Arrivals(config.pipeline_table), runs=Runs(config.pipeline_table),
                                  registry=Registry(config.pipeline_table),
                                  predictions=Predictions(config.predictions_table, config.pipeline_table),
-                                 accuracy=Accuracy(config.pipeline_table)))
+                                 accuracy=Accuracy(config.pipeline_table),
+                                 drift=Drift(config.pipeline_table)))
     return _built[1]

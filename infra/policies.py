@@ -78,6 +78,10 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
         # that archive only, not the models or the Debugger and profiler output beside it.
         {"Sid": "ReadFinalJobReports", "Effect": "Allow", "Action": ["s3:GetObject"],
          "Resource": f"arn:aws:s3:::{bucket}/{output}final/*/output/output.tar.gz"},
+        # The drift check reads each version's drift reference out of its final job's artefact
+        # (chalice_app/drift_reference.py): the model.tar.gz files only, nothing else the jobs write.
+        {"Sid": "ReadModelArtefacts", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": f"arn:aws:s3:::{bucket}/{output}final/*/output/model.tar.gz"},
         # PutObject on the upload prefixes is what the presigned upload URLs are signed with.
         {"Sid": "WriteManifestsAndUploads", "Effect": "Allow", "Action": ["s3:PutObject"],
          "Resource": [f"arn:aws:s3:::{bucket}/{manifests}*", f"arn:aws:s3:::{bucket}/{incoming}*",

@@ -5,7 +5,10 @@ when a model goes live) or FAILED (with the reason). A final result (OK/FAILED)
 for an image's eTag is never overwritten by a redelivered event; a new upload of
 the same key (a new eTag) replaces it. GSIs: `by_status` finds PENDING items,
 `recent` lists everything newest first, `review` (sparse: only items that carry
-`review`, i.e. wait for a person's label) lists the review queue oldest first.
+`review`, i.e. wait for a person's label) lists the review queue oldest first, and `drift`
+(sparse: only OK items whose answer had an embedding summary carry `drift_version`, their
+model version) gives a version's newest images with just what the drift statistics read
+(`labels`, `embedding`): a window is one Query, newest first, with a Limit.
 
 A prediction sampled for review is stored in one transaction with its hour's sample
 counter (an item of the pipeline table): it counts exactly when it is stored, so a
@@ -52,6 +55,10 @@ class Marking:
     sampled: bool
 
 
+# The drift window's index: keyed by `drift_version` (the model version, present only on items with
+# an `embedding`) and created_at; it projects only the attributes the statistics need.
+DRIFT_INDEX, DRIFT_KEY = "drift", "drift_version"
+
 RECENT_CURSOR = frozenset({"image_key", "feed", "created_at"})
 REVIEW_CURSOR = frozenset({"image_key", "review", "created_at"})
 _SAVE_CONDITION = "attribute_not_exists(image_key) OR etag <> :etag OR NOT (#status IN (:ok, :failed))"
@@ -72,6 +79,13 @@ def decode_cursor(cursor: str, keys: frozenset[str] = RECENT_CURSOR) -> dict[str
     if not isinstance(key, dict) or set(key) != keys:
         raise ValueError("the pagination cursor is not valid")
     return dynamo(key)
+
+
+def public(item: dict[str, Any], *also: str) -> dict[str, Any]:
+    """A prediction item as the API shows it: without the index keys that only place it in an index
+    (`feed`, `drift_version`; `also` any others)."""
+    hidden = {"feed", DRIFT_KEY, *also}
+    return {k: v for k, v in plain(item).items() if k not in hidden}
 
 
 def sample_hour(now: float) -> str:
@@ -110,6 +124,8 @@ class Predictions:
         unflagged (and out of the queue, unless it has another reason to be there)."""
         item = {"image_key": image_key, "etag": etag, "status": status, "feed": FEED,
                 "created_at": Decimal(str(now)), **dynamo({k: v for k, v in fields.items() if v is not None})}
+        if status == "OK" and fields.get("embedding") is not None:
+            item[DRIFT_KEY] = fields["model_version"]  # in the version's drift window
         review = review or Marking(None, False)
         if review.reason:
             item.update({"review": WAITING, "review_reason": review.reason})
@@ -173,8 +189,23 @@ class Predictions:
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(cursor)
         page = self._table.query(**query)
-        items = [{k: v for k, v in plain(item).items() if k != "feed"} for item in page.get("Items", [])]
+        items = [public(item) for item in page.get("Items", [])]
         return items, _encode_cursor(page.get("LastEvaluatedKey"))
+
+    def drift_window(self, version: str, images: int) -> list[dict[str, Any]]:
+        """The version's newest `images` predictions that carry an embedding, newest first (each
+        with `labels` and `embedding`). A GSI read: eventually consistent, which a window is anyway."""
+        query: dict[str, Any] = {"IndexName": DRIFT_INDEX, "KeyConditionExpression": "#version = :version",
+                                 "ExpressionAttributeNames": {"#version": DRIFT_KEY},
+                                 "ExpressionAttributeValues": {":version": version}, "ScanIndexForward": False}
+        items: list[dict[str, Any]] = []
+        while len(items) < images:  # a page stops at 1 MB too
+            page = self._table.query(**query, Limit=images - len(items))
+            items.extend(plain(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return items
 
     # The review queue -------------------------------------------------------
     def waiting_for_review(self, limit: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
@@ -186,8 +217,7 @@ class Predictions:
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(cursor, REVIEW_CURSOR)
         page = self._table.query(**query)
-        items = [{k: v for k, v in plain(item).items() if k not in ("feed", "review")}
-                 for item in page.get("Items", [])]
+        items = [public(item, "review") for item in page.get("Items", [])]
         return items, _encode_cursor(page.get("LastEvaluatedKey"))
 
     def _update(self, image_key: str, expression: str, condition: str, names: dict[str, str],

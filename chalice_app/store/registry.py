@@ -51,6 +51,21 @@ class Registry:
         self._table.update_item(Key={"pk": "MODEL", "sk": version}, UpdateExpression=f"SET {sets}",
                                 ExpressionAttributeNames=names, ExpressionAttributeValues=values)
 
+    def keep_drift_reference(self, version: str, reference: dict[str, Any]) -> bool:
+        """Keep what the version's artefact says about drift (read once: chalice_app/drift_watch.py) on
+        its item; False where it is kept already (the first read wins) or the item does not exist
+        (an update would create a partial MODEL item)."""
+        try:
+            self._table.update_item(
+                Key={"pk": "MODEL", "sk": version}, UpdateExpression="SET drift_reference = :r",
+                ConditionExpression="attribute_exists(sk) AND attribute_not_exists(drift_reference)",
+                ExpressionAttributeValues={":r": dynamo(reference)})
+            return True
+        except ClientError as error:
+            if aws.is_conditional_failure(error):
+                return False
+            raise
+
     def promote(self, model: dict[str, Any], now: float) -> dict[str, Any] | None:
         """Make `model` LIVE and retire the previous one, atomically. Returns the previous live pointer."""
         previous = self.live()

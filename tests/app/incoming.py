@@ -21,10 +21,14 @@ FN, QUEUE = "on_incoming_image", ENV["INCOMING_QUEUE"]
 LABELS = (("3", 0.7), ("8", 0.2), ("5", 0.06), ("1", 0.04))
 
 
-def answer(version: str = "m1", images: int = 1, labels=LABELS) -> dict:
-    """The endpoint's output contract: one row of labels per image (here least probable first)."""
+def answer(version: str = "m1", images: int = 1, labels=LABELS, embeddings=None) -> dict:
+    """The endpoint's output contract: one row of labels per image (here least probable first), and,
+    for a model with a drift reference (every request asks), each image's embedding summary."""
     row = [{"label": label, "probability": p} for label, p in reversed(labels)]
-    return {"model_version": version, "num_classes": 10, "predictions": [row] * images}
+    body = {"model_version": version, "num_classes": 10, "predictions": [row] * images}
+    if embeddings is not None:
+        body["embeddings"] = [list(e) for e in embeddings]
+    return body
 
 
 class Images:
@@ -53,7 +57,8 @@ def endpoint(*calls: tuple[Images, Any]):
     for images, reply in calls:
         content_type = invocations.IMAGE_TYPE if len(images.images) == 1 else invocations.JSON_TYPE
         expected = {"EndpointName": ENV["ENDPOINT_NAME"], "ContentType": content_type,
-                    "Accept": invocations.JSON_TYPE, "Body": images}
+                    "Accept": invocations.JSON_TYPE, "Body": images,
+                    "CustomAttributes": invocations.CUSTOM_ATTRIBUTES}
         if isinstance(reply, tuple):
             code, message, status, *fields = reply
             stubber.add_client_error("invoke_endpoint", service_error_code=code, service_message=message,

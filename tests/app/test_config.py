@@ -11,6 +11,7 @@ import pytest
 
 from chalice_app.config import ConfigError, settings_from_env
 from infra.images import resolve
+from training.drift import Thresholds
 from infra.policies import stage_env
 
 from .conftest import CONFIG, ROOT
@@ -64,6 +65,17 @@ def valid_env(**changes: str) -> dict[str, str]:
     ("REVIEW_URL_SECONDS", "604801", "REVIEW_URL_SECONDS must be from 1 to 604800 seconds, not 604801"),
     ("UPLOAD_URL_SECONDS", "604801", "UPLOAD_URL_SECONDS must be from 1 to 604800 seconds, not 604801"),
     ("ENDPOINT_MAX_INSTANCES", "0", "ENDPOINT_MAX_INSTANCES must be at least 1, not 0"),
+    ("DRIFT_WINDOW_IMAGES", "0", "DRIFT_WINDOW_IMAGES must be from 1 to 5000, not 0"),
+    ("DRIFT_WINDOW_IMAGES", "5001", "DRIFT_WINDOW_IMAGES must be from 1 to 5000, not 5001"),
+    ("DRIFT_WINDOW_IMAGES", "lots", "DRIFT_WINDOW_IMAGES must be an integer, not 'lots'"),
+    ("DRIFT_MIN_IMAGES", "0", "DRIFT_MIN_IMAGES must be from 1 to DRIFT_WINDOW_IMAGES (200), not 0"),
+    ("DRIFT_MIN_IMAGES", "201", "DRIFT_MIN_IMAGES must be from 1 to DRIFT_WINDOW_IMAGES (200), not 201"),
+    ("DRIFT_PSI_THRESHOLD", "0", "DRIFT_PSI_THRESHOLD must be a number above 0, not 0.0"),
+    ("DRIFT_PSI_THRESHOLD", "inf", "DRIFT_PSI_THRESHOLD must be a number above 0, not inf"),
+    ("DRIFT_EMBEDDING_THRESHOLD", "-1", "DRIFT_EMBEDDING_THRESHOLD must be a number above 0, not -1.0"),
+    ("DRIFT_EMBEDDING_THRESHOLD", "far", "DRIFT_EMBEDDING_THRESHOLD must be a number, not 'far'"),
+    ("DRIFT_CLASS_P_VALUE", "5", "DRIFT_CLASS_P_VALUE must be a fraction from 0 to 1, not 5.0"),
+    ("DRIFT_REVIEW_SAMPLE_RATE", "1.5", "DRIFT_REVIEW_SAMPLE_RATE must be a fraction from 0 to 1, not 1.5"),
 ])
 def test_a_malformed_setting_is_a_config_error_naming_it(name, value, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
@@ -82,6 +94,14 @@ def test_numbers_are_read_and_an_empty_one_is_its_default():
                                           REVIEW_URL_SECONDS="60"))
     assert (changed.review_threshold, changed.review_sample_rate, changed.review_samples_per_hour,
             changed.review_url_seconds) == (0.5, 0.0, 0, 60)
+    drift = (settings.drift_window_images, settings.drift_min_images, settings.drift_thresholds,
+             settings.drift_review_sample_rate)
+    assert drift == (200, 100, Thresholds(psi=0.25, class_p_value=0.001, embedding_distance=0.5), 0.2)
+    changed = settings_from_env(valid_env(DRIFT_WINDOW_IMAGES="50", DRIFT_MIN_IMAGES="50", DRIFT_PSI_THRESHOLD="0.1",
+                                          DRIFT_CLASS_P_VALUE="0.01", DRIFT_EMBEDDING_THRESHOLD="2",
+                                          DRIFT_REVIEW_SAMPLE_RATE="1"))
+    assert (changed.drift_window_images, changed.drift_min_images, changed.drift_thresholds,
+            changed.drift_review_sample_rate) == (50, 50, Thresholds(0.1, 0.01, 2.0), 1.0)
 
 
 @pytest.mark.parametrize("prefix", ["IP-dev", "ip_dev", "ip.dev", "-ip", "ip-", "ip dev", ""])

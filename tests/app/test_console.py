@@ -93,8 +93,10 @@ def test_the_report_read_is_granted_on_final_job_archives_only(app_env, monkeypa
     iam.enable_string_like(monkeypatch)
     policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, "123456789012"))
     job = reports.output_key(settings(), "ip-test-r270115080000-abcdef-final")
-    assert iam.denial(policy, "s3", "GetObject", {"Bucket": BUCKET, "Key": job}, REGION, "123456789012") is None
-    for key in (job.replace("output.tar.gz", "model.tar.gz"), "sagemaker/tuning/t-1/output/output.tar.gz",
+    # The report's archive, and beside it the model's, which the drift check reads (chalice_app/drift_reference.py).
+    for key in (job, job.replace("output.tar.gz", "model.tar.gz")):
+        assert iam.denial(policy, "s3", "GetObject", {"Bucket": BUCKET, "Key": key}, REGION, "123456789012") is None
+    for key in ("sagemaker/tuning/t-1/output/output.tar.gz", "sagemaker/tuning/t-1/output/model.tar.gz",
                 "sagemaker/debug/x/output/output.tar.gz"):
         assert "s3:GetObject" in iam.denial(policy, "s3", "GetObject", {"Bucket": BUCKET, "Key": key}, REGION,
                                             "123456789012"), key

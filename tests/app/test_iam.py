@@ -106,3 +106,23 @@ def test_a_presigned_review_url_is_checked_as_the_getobject_it_signs(app_env):
                                                                                 "Key": "incoming/x.png"})
     with pytest.raises(ClientError, match="AccessDenied.*s3:GetObject"):
         s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "sagemaker/final/model.tar.gz"})
+
+
+def test_the_drift_checks_calls_are_granted_exactly_where_they_go(monkeypatch):
+    """The window's Query only on the predictions table's `drift` index; GetObject on the final jobs'
+    model.tar.gz (the drift reference inside), and on nothing else the jobs write."""
+    iam.enable_string_like(monkeypatch)
+    policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, ACCOUNT))
+    window = {"TableName": ENV["PREDICTIONS_TABLE"], "IndexName": "drift"}
+    assert iam.denial(policy, "dynamodb", "Query", window, REGION, ACCOUNT) is None
+    assert "dynamodb:Query" in iam.denial(policy, "dynamodb", "Query", {**window, "TableName": ENV["PIPELINE_TABLE"]},
+                                          REGION, ACCOUNT)
+    artefact = {"Bucket": BUCKET, "Key": "sagemaker/final/ip-test-r270115080101-abcdef-final/output/model.tar.gz"}
+    assert iam.denial(policy, "s3", "GetObject", artefact, REGION, ACCOUNT) is None
+    # (the final job's output.tar.gz is granted for GET /runs/{id}/report: tests/app/test_console.py)
+    for key in ("sagemaker/tuning/ip-test-r1-001/output/model.tar.gz",    # a tuning trial's model
+                "sagemaker/debug/r1/tensors/x", "code/sourcedir.tar.gz"):
+        assert "s3:GetObject" in iam.denial(policy, "s3", "GetObject", {"Bucket": BUCKET, "Key": key},
+                                            REGION, ACCOUNT), key
+    assert "s3:GetObject" in iam.denial(policy, "s3", "GetObject", {**artefact, "Bucket": "someone-elses-bucket"},
+                                        REGION, ACCOUNT)

@@ -138,7 +138,7 @@ def test_the_template_wires_queues_events_and_names_together(packaged):
     assert sorted(map(json.dumps, patterns)) == sorted(map(json.dumps, [TUNING_PATTERN, TRAINING_PATTERN,
                                                                          ENDPOINT_PATTERN]))
     assert [e["Properties"]["Schedule"] for f in functions.values() for e in f.get("Events", {}).values()
-            if e["Type"] == "Schedule"] == ["rate(1 minute)"]
+            if e["Type"] == "Schedule"] == ["rate(1 minute)"] * 2  # quiet_check and drift_check
 
     def named(logical: str, key: str) -> str:
         return resources[logical]["Properties"][key]["Fn::Sub"].replace("${Stage}", "dev")
@@ -221,9 +221,9 @@ def test_every_route_needs_iam_on_dev_and_prod(stages, stage, secured):
     paths = _template(stages[stage])["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
     operations = {f"{method.upper()} {path}": operation for path, methods in paths.items()
                   for method, operation in methods.items()}
-    assert len(operations) == 13 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs", "GET /review",
+    assert len(operations) == 14 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs", "GET /review",
                                       "POST /review/{name}", "GET /runs/{run_id}/report", "GET /console",
-                                      "GET /console/{name}"} <= set(operations)
+                                      "GET /console/{name}", "GET /drift"} <= set(operations)
     assert {name for name, op in operations.items() if op.get("security") == [{"sigv4": []}]} == (
         set(operations) if secured else set())
 
@@ -397,7 +397,7 @@ def test_every_eventbridge_triggered_function_keeps_the_events_it_fails_on(packa
     resources = _template(packaged)["Resources"]
     triggered = sorted(name for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function" and any(
         e["Type"] in ("CloudWatchEvent", "Schedule") for e in r["Properties"].get("Events", {}).values()))
-    assert triggered == ["OnEndpointState", "OnTrainingState", "OnTuningState", "QuietCheck"]
+    assert triggered == ["DriftCheck", "OnEndpointState", "OnTrainingState", "OnTuningState", "QuietCheck"]
     configs = {r["Properties"]["FunctionName"]["Ref"]: r["Properties"] for r in resources.values()
                if r["Type"] == "AWS::Lambda::EventInvokeConfig"}
     assert sorted(configs) == triggered

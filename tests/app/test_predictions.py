@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
+import botocore.session
 import pytest
 
 from chalice_app import invocations
@@ -253,17 +254,37 @@ def test_groups_keep_order_and_both_limits():
     assert invocations.groups([]) == []
 
 
+def aws_runtime_model():
+    return botocore.session.get_session().get_service_model("sagemaker-runtime")
+
+
 def test_requests_carry_one_image_raw_and_several_as_json():
     one = invocations.invoke_request("ep", [b"\x89PNG1"])
+    # Every request asks for the images' embedding summaries (the drift statistics'), a header the
+    # runtime forwards verbatim to the model: at most 1024 ASCII characters.
     assert one == {"EndpointName": "ep", "ContentType": "application/x-image", "Accept": "application/json",
-                   "Body": b"\x89PNG1"}
+                   "Body": b"\x89PNG1", "CustomAttributes": "embeddings=1"}
+    shape = aws_runtime_model().operation_model("InvokeEndpoint").input_shape.members["CustomAttributes"]
+    assert shape.serialization["name"] == "X-Amzn-SageMaker-Custom-Attributes"
+    assert len(one["CustomAttributes"]) <= shape.metadata["max"] and one["CustomAttributes"].isascii()
     several = invocations.invoke_request("ep", [b"\x89PNG1", b"\xff\xd8\xff2"])
     assert several["ContentType"] == "application/json"
     assert [base64.b64decode(t) for t in json.loads(several["Body"])["images"]] == [b"\x89PNG1", b"\xff\xd8\xff2"]
 
 
 def test_an_answer_with_a_row_per_image_or_an_error():
-    labels, version = invocations.labels_per_image(json.dumps(answer("v2", images=2)).encode(), 2, k=2)
-    assert version == "v2" and labels == [[{"label": "3", "probability": 0.7}, {"label": "8", "probability": 0.2}]] * 2
+    read = invocations.read_answer(json.dumps(answer("v2", images=2)).encode(), 2, k=2)
+    assert read.model_version == "v2"
+    assert read.labels == [[{"label": "3", "probability": 0.7}, {"label": "8", "probability": 0.2}]] * 2
+    assert read.embeddings == [None, None]  # no drift data: the images are classified all the same
     with pytest.raises(ValueError, match="1 predictions for 2 images"):
-        invocations.labels_per_image(json.dumps(answer()).encode(), 2, k=2)
+        invocations.read_answer(json.dumps(answer()).encode(), 2, k=2)
+
+
+def test_an_answers_embeddings_are_kept_per_image_and_a_malformed_one_is_dropped():
+    good, short, text = [0.5] * 8, [0.5] * 7, ["x"] * 8
+    body = {**answer("v2", images=4), "embeddings": [good, short, text, [float("nan")] * 8]}
+    assert invocations.read_answer(json.dumps(body).encode(), 4, k=1).embeddings == [good, None, None, None]
+    # An embeddings list that is not one row per image says nothing about any of them.
+    body = {**answer("v2", images=2), "embeddings": [good]}
+    assert invocations.read_answer(json.dumps(body).encode(), 2, k=1).embeddings == [None, None]

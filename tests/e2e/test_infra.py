@@ -57,7 +57,7 @@ def test_the_bucket_gets_the_templates_lifecycle_rules_and_encryption():
 
 def test_a_table_kept_from_an_earlier_start_gets_the_templates_new_index():
     """A stack restarted on its state finds the predictions table as an older template made it: the
-    review queue's index is added, as a CloudFormation stack update adds it on AWS."""
+    review queue's and the drift window's indexes are added, as CloudFormation stack updates add them on AWS."""
     stage = load_stage("local")
     infra = render(stage)
     table = stage.environment["PREDICTIONS_TABLE"]
@@ -66,8 +66,9 @@ def test_a_table_kept_from_an_earlier_start_gets_the_templates_new_index():
         dynamodb = session.client("dynamodb")
         [request] = [t for t in infra.tables if t["TableName"] == table]
         older = {**request, "GlobalSecondaryIndexes": [i for i in request["GlobalSecondaryIndexes"]
-                                                       if i["IndexName"] != "review"],
-                 "AttributeDefinitions": [a for a in request["AttributeDefinitions"] if a["AttributeName"] != "review"]}
+                                                       if i["IndexName"] not in ("review", "drift")],
+                 "AttributeDefinitions": [a for a in request["AttributeDefinitions"]
+                                          if a["AttributeName"] not in ("review", "drift_version")]}
         dynamodb.create_table(**older)
         dynamodb.put_item(TableName=table, Item={"image_key": {"S": "incoming/a.png"}, "review": {"S": "WAITING"},
                                                  "created_at": {"N": "1"}})
@@ -76,7 +77,7 @@ def test_a_table_kept_from_an_earlier_start_gets_the_templates_new_index():
         waiting = dynamodb.query(TableName=table, IndexName="review", KeyConditionExpression="#r = :w",
                                  ExpressionAttributeNames={"#r": "review"},
                                  ExpressionAttributeValues={":w": {"S": "WAITING"}})["Items"]
-    assert indexes == {"by_status", "recent", "review"}
+    assert indexes == {"by_status", "recent", "review", "drift"}
     assert [item["image_key"]["S"] for item in waiting] == ["incoming/a.png"]
 
 
