@@ -204,8 +204,10 @@ def tuning_job_request(settings: Settings, run_id: str, *, data_bytes: int | Non
         config["TrainingJobEarlyStoppingType"] = settings.early_stopping
     definition = {
         # Nobody reads a trial's report or deploys a trial's model (the final job trains the one
-        # deployed): trials draw no report, build no optimised model and leave their model uncompressed.
-        "StaticHyperParameters": {**static_hyperparameters(settings), "report": "off", "optimise": "off"},
+        # deployed): trials draw no report, build no optimised model nor drift reference, and leave
+        # their model uncompressed.
+        "StaticHyperParameters": {**static_hyperparameters(settings), "report": "off", "optimise": "off",
+                                  "drift-reference": "off"},
         "AlgorithmSpecification": {"TrainingImage": settings.training_image, "TrainingInputMode": "File",
                                    "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
         **_job_resources(settings, run_id, "tuning", data_bytes),

@@ -18,7 +18,17 @@ wins; the default is DEFAULT_TOP_K, capped at the number of classes.
 Answer (the Lambda side parses exactly this):
 
     {"model_version": str, "engine": str, "num_classes": int,
-     "predictions": [[{"label": str, "probability": float}, ...top k...], ...per image]}
+     "predictions": [[{"label": str, "probability": float}, ...top k...], ...per image],
+     "embeddings": [[float, ...EMBEDDING_DIMS...], ...per image]}        only when asked for and known
+
+`embeddings` (for drift detection, training/drift.py) is each image's embedding summary: its
+penultimate-layer features projected on the test split's principal components
+(training/embedding.py). Ask for it with the custom attribute `embeddings=1`
+(`X-Amzn-SageMaker-Custom-Attributes: top_k=3,embeddings=1`) or `"embeddings": true` in a JSON
+body (the body wins); not asked, the answer is as above without it. It comes from the same
+forward pass as the logits, on either engine, when the artefact has the projection
+(`embedding.pt`, written by the final job); a model without one answers without the field
+(and logs it, once per worker and version).
 
 `engine` says what computed it: the artefact's optimised model (`model.onnx`, written by the
 training job only when it agrees with the eager model), e.g. "openvino-int8", when the
@@ -49,6 +59,8 @@ from typing import Any
 
 import torch
 
+from training.drift import EMBEDDING_ATTRIBUTE
+from training.embedding import EMBEDDING_FILE, EmbeddingClassifier, Projection
 from training.image_contract import MAX_IMAGES_PER_REQUEST, MIME_TYPES
 from training.model import ModelSpec, build_model
 from training.onnx_engine import EAGER_ENGINE, OPTIMISED_MODEL, EngineUnavailable, OnnxClassifier
@@ -95,14 +107,16 @@ class RequestError(_StatusError):
         return self.message
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]  # a preprocessed batch (N, 3, S, S) to logits (N, classes)
+# A preprocessed batch (N, 3, S, S) to logits (N, classes), or to (logits, summaries (N, EMBEDDING_DIMS)).
+Forward = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """What model_fn returns: the forward pass and everything needed to answer with it.
 
-    `module` is the eager model, None when the optimised one serves (it is then not loaded)."""
+    `module` is the eager model, None when the optimised one serves (it is then not loaded).
+    `embeddings`: the forward gives embedding summaries beside the logits."""
 
     module: torch.nn.Module | None
     classes: list[str]
@@ -111,6 +125,7 @@ class LoadedModel:
     device: torch.device
     forward: Forward
     engine: str = EAGER_ENGINE
+    embeddings: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -119,21 +134,25 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """Decoded uint8 RGB images (3, H, W) and the k asked for (None: the default)."""
+    """Decoded uint8 RGB images (3, H, W), the k asked for (None: the default), and whether the
+    embedding summaries are asked for."""
 
     images: list[torch.Tensor]
     top_k: int | None = None
+    embeddings: bool = False
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Class probabilities (N, num_classes), on the CPU, for N images."""
+    """Class probabilities (N, num_classes), on the CPU, for N images; their embedding summaries
+    (N, EMBEDDING_DIMS) when asked for and the model gives them, else None (not in the answer)."""
 
     probabilities: torch.Tensor
     classes: list[str]
     model_version: str
     top_k: int | None = None
     engine: str = EAGER_ENGINE
+    embeddings: torch.Tensor | None = None
 
 
 # --- model_fn -------------------------------------------------------------------------
@@ -167,11 +186,19 @@ def _optimised(model_dir: Path, device: torch.device) -> OnnxClassifier | None:
         return None
 
 
-def _eager(model_dir: Path, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
+def _eager(model_dir: Path, spec: ModelSpec, device: torch.device, projection: Projection | None) -> torch.nn.Module:
+    """The weights (weights_only), answering the embedding summaries too when there is a projection."""
     state_dict = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
     module = build_model(spec)
     module.load_state_dict(state_dict)
+    if projection is not None:
+        module = EmbeddingClassifier(module, projection)
     return module.eval().to(device)
+
+
+def _projection(model_dir: Path) -> Projection | None:
+    path = model_dir / EMBEDDING_FILE
+    return Projection.load(path) if path.exists() else None
 
 
 def model_fn(model_dir: str | Path) -> LoadedModel:
@@ -188,19 +215,20 @@ def model_fn(model_dir: str | Path) -> LoadedModel:
     optimised = _optimised(model_dir, device)
     model = None
     if optimised is not None:
-        model = LoadedModel(None, classes, preset, version, device, optimised, optimised.engine)
+        model = LoadedModel(None, classes, preset, version, device, optimised, optimised.engine, optimised.embeddings)
         try:
             _warm_up(model)
         except Exception as error:  # noqa: BLE001 - a model the runtime loads but cannot run: eager serves
             logger.warning("optimised model failed its warm-up, falling back to eager PyTorch: %r", error)
             model = None
     if model is None:
-        module = _eager(model_dir, spec, device)
-        model = LoadedModel(module, classes, preset, version, device, module, EAGER_ENGINE)
+        projection = _projection(model_dir)
+        module = _eager(model_dir, spec, device, projection)
+        model = LoadedModel(module, classes, preset, version, device, module, EAGER_ENGINE, projection is not None)
         _warm_up(model)
     # Logged before /ping answers: which engine this worker serves.
-    logger.info("model loaded: version=%s engine=%s classes=%d device=%s", model.version, model.engine,
-                model.num_classes, device)
+    logger.info("model loaded: version=%s engine=%s classes=%d device=%s embeddings=%s", model.version, model.engine,
+                model.num_classes, device, model.embeddings)
     return model
 
 
@@ -242,14 +270,25 @@ def _request_headers(context: Any) -> Mapping[str, str]:
         return {}
 
 
-def _top_k_from_headers(headers: Mapping[str, str]) -> int | None:
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _parse_flag(value: Any, where: str) -> bool:
+    """A yes/no: JSON's true/false or 0/1, or the header's 1/0/true/false."""
+    if isinstance(value, bool):
+        return value
+    flag = _FLAGS.get(str(value).strip().lower()) if isinstance(value, (int, str)) else None
+    if flag is None:
+        raise RequestError(400, f"{where} must be 1 or 0 (true or false), not {value!r}")
+    return flag
+
+
+def _custom_attributes(headers: Mapping[str, str]) -> dict[str, str]:
+    """The custom attributes header's `name=value` pairs (comma- or semicolon-separated)."""
     wanted = CUSTOM_ATTRIBUTES_HEADER.lower()
     attributes = next((str(v) for k, v in headers.items() if str(k).lower() == wanted), "")
-    for attribute in attributes.replace(";", ",").split(","):
-        name, _, value = attribute.partition("=")
-        if name.strip() == "top_k":
-            return _parse_top_k(value.strip(), f"{CUSTOM_ATTRIBUTES_HEADER} top_k")
-    return None
+    pairs = (attribute.partition("=") for attribute in attributes.replace(";", ",").split(","))
+    return {name.strip(): value.strip() for name, _, value in pairs if name.strip()}
 
 
 def _decode_base64(text: Any, where: str) -> bytes:
@@ -261,7 +300,8 @@ def _decode_base64(text: Any, where: str) -> bytes:
         raise RequestError(400, f"{where} is not valid base64") from None
 
 
-def _images_from_json(body: bytes) -> tuple[list[tuple[str, bytes]], int | None]:
+def _images_from_json(body: bytes) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """The images, and the options the body sets (top_k, embeddings), each only when given."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -277,8 +317,12 @@ def _images_from_json(body: bytes) -> tuple[list[tuple[str, bytes]], int | None]
         if len(images) > MAX_IMAGES_PER_REQUEST:
             raise RequestError(413, f"{len(images)} images in one request; at most {MAX_IMAGES_PER_REQUEST}")
         items = [(f"images[{index}]", text) for index, text in enumerate(images)]
-    top_k = _parse_top_k(document["top_k"], '"top_k"') if document.get("top_k") is not None else None
-    return [(where, _decode_base64(text, where)) for where, text in items], top_k
+    options: dict[str, Any] = {}
+    if document.get("top_k") is not None:
+        options["top_k"] = _parse_top_k(document["top_k"], '"top_k"')
+    if document.get(EMBEDDING_ATTRIBUTE) is not None:
+        options["embeddings"] = _parse_flag(document[EMBEDDING_ATTRIBUTE], f'"{EMBEDDING_ATTRIBUTE}"')
+    return [(where, _decode_base64(text, where)) for where, text in items], options
 
 
 def _decode(data: bytes, where: str) -> torch.Tensor:
@@ -296,7 +340,7 @@ def input_fn(request_body: bytes | str, request_content_type: str | None, contex
     """Decode a request body into images; bad input raises RequestError (4xx).
 
     `context` is optional: a mapping of request headers (the local host) or the
-    toolkit's context; either may carry top_k in the custom attributes header.
+    toolkit's context; either may carry top_k and embeddings in the custom attributes header.
     """
     content_type = _media_type(request_content_type)
     if content_type not in ACCEPTED_TYPES:
@@ -307,13 +351,19 @@ def input_fn(request_body: bytes | str, request_content_type: str | None, contex
         raise RequestError(400, "empty body")
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(413, f"body of {len(body)} bytes; at most {MAX_BODY_BYTES}")
-    top_k = _top_k_from_headers(_request_headers(context))
+    attributes = _custom_attributes(_request_headers(context))
+    options: dict[str, Any] = {}
+    if "top_k" in attributes:
+        options["top_k"] = _parse_top_k(attributes["top_k"], f"{CUSTOM_ATTRIBUTES_HEADER} top_k")
+    if EMBEDDING_ATTRIBUTE in attributes:
+        options["embeddings"] = _parse_flag(attributes[EMBEDDING_ATTRIBUTE],
+                                            f"{CUSTOM_ATTRIBUTES_HEADER} {EMBEDDING_ATTRIBUTE}")
     if content_type == JSON_TYPE:
-        payloads, body_top_k = _images_from_json(body)
-        top_k = body_top_k if body_top_k is not None else top_k
+        payloads, body_options = _images_from_json(body)
+        options |= body_options  # the body wins
     else:
         payloads = [("", body)]
-    return InferenceRequest([_decode(data, where) for where, data in payloads], top_k)
+    return InferenceRequest([_decode(data, where) for where, data in payloads], **options)
 
 
 # --- predict_fn -----------------------------------------------------------------------
@@ -324,12 +374,25 @@ def preprocess(images: Sequence[torch.Tensor], preset: ClassificationPresetEval)
     return torch.stack([preset(image) for image in images])
 
 
+_WITHOUT_EMBEDDINGS_LOGGED: set[str] = set()  # model versions asked for summaries they cannot give
+
+
 def predict_fn(request: InferenceRequest, model: LoadedModel) -> Prediction:
-    """Preprocess and run one batched forward pass in inference mode."""
+    """Preprocess and run one batched forward pass in inference mode: logits, and the embedding
+    summaries from the same pass when the model gives them (kept only when asked for)."""
     with torch.inference_mode():
         batch = preprocess(request.images, model.preset).to(model.device)
-        probabilities = torch.softmax(model.forward(batch).float(), dim=1).cpu()
-    return Prediction(probabilities, model.classes, model.version, request.top_k, model.engine)
+        output = model.forward(batch)
+        logits, summaries = output if isinstance(output, tuple) else (output, None)
+        probabilities = torch.softmax(logits.float(), dim=1).cpu()
+    embeddings = None
+    if request.embeddings and summaries is not None:
+        embeddings = summaries.float().cpu()
+    elif request.embeddings and model.version not in _WITHOUT_EMBEDDINGS_LOGGED:
+        _WITHOUT_EMBEDDINGS_LOGGED.add(model.version)
+        logger.warning("embedding summaries asked for, but model %s has none (no %s in its artefact, or an "
+                       "optimised model without them): answering without them", model.version, EMBEDDING_FILE)
+    return Prediction(probabilities, model.classes, model.version, request.top_k, model.engine, embeddings)
 
 
 # --- output_fn ------------------------------------------------------------------------
@@ -353,6 +416,8 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
     ]
     body = {"model_version": prediction.model_version, "engine": prediction.engine, "num_classes": num_classes,
             "predictions": predictions}
+    if prediction.embeddings is not None:
+        body["embeddings"] = prediction.embeddings.tolist()
     return json.dumps(body), JSON_TYPE
 
 
@@ -360,16 +425,21 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
 
 
 def merge_requests(requests: Sequence[InferenceRequest]) -> InferenceRequest:
-    """One request holding every image of `requests`, in order."""
-    return InferenceRequest([image for request in requests for image in request.images])
+    """One request holding every image of `requests`, in order; it asks for the embedding
+    summaries when any of them does (split_prediction gives them to those that asked)."""
+    return InferenceRequest([image for request in requests for image in request.images],
+                            embeddings=any(request.embeddings for request in requests))
 
 
 def split_prediction(prediction: Prediction, requests: Sequence[InferenceRequest]) -> list[Prediction]:
-    """Undo merge_requests: one Prediction per request, each with its own top_k."""
+    """Undo merge_requests: one Prediction per request, each with its own top_k, and its images'
+    embedding summaries when it asked for them."""
     parts, start = [], 0
     for request in requests:
         stop = start + len(request.images)
+        embeddings = prediction.embeddings
         parts.append(Prediction(prediction.probabilities[start:stop], prediction.classes,
-                                prediction.model_version, request.top_k, prediction.engine))
+                                prediction.model_version, request.top_k, prediction.engine,
+                                embeddings[start:stop] if request.embeddings and embeddings is not None else None))
         start = stop
     return parts

@@ -5,10 +5,16 @@
     model.json            ModelSpec (arch, num_classes, hidden_units, dropout)
     preprocessing.json    the eval preset's parameters (ClassificationPresetEval.to_dict)
     metadata.json         version, training job, hyperparameters, final metrics
-    model.onnx            the optimised model (training/optimised.py), only when it agrees with model.pth
+    model.onnx            the optimised model (training/optimised.py), only when it agrees with model.pth;
+                          with embedding.pt, a second output: the embedding summaries
+    drift_reference.json  the test split as the model saw it (training/drift.py: Reference.to_dict)
+    embedding.pt          the embedding summary's Projection (training/embedding.py; weights_only tensors)
     code/inference.py     the SageMaker inference handler
     code/requirements.txt its requirements
-    code/training/{__init__,image_contract,presets,model,onnx_engine}.py   the modules inference imports
+    code/training/{__init__,image_contract,presets,model,onnx_engine,drift,embedding}.py   the modules inference imports
+
+The last two come from the final job only (`--drift-reference on`): an artefact without them
+serves as before, without embedding summaries.
 
 `code/` mirrors the repository's import paths, so `inference.py` imports
 `training.presets` the same way in the repo, in the source dir and in the endpoint.
@@ -21,6 +27,8 @@ import json
 import tarfile
 from pathlib import Path
 
+from training.drift import REFERENCE_FILE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_FILES = {
     "code/inference.py": REPO_ROOT / "inference" / "inference.py",
@@ -30,12 +38,15 @@ CODE_FILES = {
     "code/training/presets.py": REPO_ROOT / "training" / "presets.py",
     "code/training/model.py": REPO_ROOT / "training" / "model.py",
     "code/training/onnx_engine.py": REPO_ROOT / "training" / "onnx_engine.py",
+    "code/training/drift.py": REPO_ROOT / "training" / "drift.py",
+    "code/training/embedding.py": REPO_ROOT / "training" / "embedding.py",
 }
 WEIGHTS = "model.pth"
 CLASSES = "classes.json"
 SPEC = "model.json"
 PREPROCESSING = "preprocessing.json"
 METADATA = "metadata.json"
+DRIFT_REFERENCE = REFERENCE_FILE  # training.drift's name for it: the contract, not spelt again here
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -46,11 +57,14 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_model_dir(model_dir: Path, *, state_dict_bytes: bytes, classes: list[str], spec: dict,
-                    preprocessing: dict, metadata: dict) -> None:
+                    preprocessing: dict, metadata: dict, drift_reference: dict | None = None) -> None:
     """Write the artefact's files into SM_MODEL_DIR (SageMaker tars that directory)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / WEIGHTS).write_bytes(state_dict_bytes)
-    for name, payload in ((CLASSES, classes), (SPEC, spec), (PREPROCESSING, preprocessing), (METADATA, metadata)):
+    documents = {CLASSES: classes, SPEC: spec, PREPROCESSING: preprocessing, METADATA: metadata}
+    if drift_reference is not None:
+        documents[DRIFT_REFERENCE] = drift_reference
+    for name, payload in documents.items():
         (model_dir / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
     for name, source in CODE_FILES.items():
         if source.exists():

@@ -27,6 +27,10 @@ import torch
 OPTIMISED_MODEL = "model.onnx"  # the file's name in the artefact, beside model.pth
 OPSET = 17  # fixed: the exporter of the training image and the runtimes of the serving image all speak it
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# The optional second output: each image's embedding summary (training/embedding.py), present when
+# the job exported the classifier with its projection.
+EMBEDDING_OUTPUT = "embeddings"
+OUTPUT_NAMES = (OUTPUT_NAME, EMBEDDING_OUTPUT)  # in the graph's output order
 PRECISION_KEY = "precision"  # the model's metadata_props entry: "int8" or "fp32"
 EAGER_ENGINE = "pytorch-eager"
 OPENVINO, ONNXRUNTIME = "openvino", "onnxruntime"
@@ -45,7 +49,7 @@ def import_runtime(name: str) -> ModuleType:
         raise EngineUnavailable(f"{name} does not import: {error}") from None
 
 
-Run = Callable[[np.ndarray], np.ndarray]
+Run = Callable[[np.ndarray], list[np.ndarray]]  # a batch to every output of the model, in order
 
 
 class _SignalStack(ctypes.Structure):
@@ -77,7 +81,7 @@ def keeping_signal_stack() -> Iterator[None]:
         sigaltstack(ctypes.byref(saved), None)
 
 
-def _openvino(path: Path, threads: int) -> tuple[Run, str]:
+def _openvino(path: Path, threads: int) -> tuple[Run, str, int]:
     """The model compiled for one image (static shapes: OpenVINO's dynamic-batch path measured 1.5x
     slower per image here), run for a lone image with all threads on it, and for a batch as one
     request per image over `threads` single-threaded streams (8 images: 61 img/s against 56 with
@@ -89,6 +93,7 @@ def _openvino(path: Path, threads: int) -> tuple[Run, str]:
         model = core.read_model(str(path))
         # OpenVINO drops ONNX's metadata_props; a QDQ graph reads in as FakeQuantize operations.
         precision = "int8" if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) else "fp32"
+        outputs = len(model.outputs)
         shape = model.input(0).get_partial_shape()
         model.reshape([1, *(dimension.get_length() for dimension in list(shape)[1:])])
         with keeping_signal_stack():
@@ -98,31 +103,38 @@ def _openvino(path: Path, threads: int) -> tuple[Run, str]:
         raise EngineUnavailable(f"openvino refuses {path.name}: {error}") from None
     queues: list = []  # the streams' queue, once a batch has asked for it
 
-    def run(images: np.ndarray) -> np.ndarray:
+    def each_output(done) -> list[np.ndarray]:
+        return [done.get_output_tensor(index).data.copy() for index in range(outputs)]
+
+    def run(images: np.ndarray) -> list[np.ndarray]:
         # The host calls a worker's model from one thread at a time, as these requests need.
         if threads <= 1 or len(images) == 1:
-            return np.concatenate([request.infer({0: images[i:i + 1]})[0].copy() for i in range(len(images))])
+            answers = []
+            for i in range(len(images)):
+                request.infer({0: images[i:i + 1]})
+                answers.append(each_output(request))
+            return [np.concatenate(column) for column in zip(*answers)]
         if not queues:
             with keeping_signal_stack():
                 streams = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                             "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads})
             queues.append(ov.AsyncInferQueue(streams, threads))
         queue = queues[0]
-        answers: list[np.ndarray | None] = [None] * len(images)
+        answers: list[list[np.ndarray] | None] = [None] * len(images)
 
         def keep(done, index: int) -> None:
-            answers[index] = done.get_output_tensor(0).data.copy()
+            answers[index] = each_output(done)
 
         queue.set_callback(keep)
         for index in range(len(images)):
             queue.start_async({0: images[index:index + 1]}, index)
         queue.wait_all()
-        return np.concatenate(answers)
+        return [np.concatenate(column) for column in zip(*answers)]
 
-    return run, precision
+    return run, precision, outputs
 
 
-def _onnxruntime(path: Path, threads: int) -> tuple[Run, str]:
+def _onnxruntime(path: Path, threads: int) -> tuple[Run, str, int]:
     ort = import_runtime(ONNXRUNTIME)
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)  # the host sizes workers x threads to the cores
@@ -133,14 +145,16 @@ def _onnxruntime(path: Path, threads: int) -> tuple[Run, str]:
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise EngineUnavailable(f"onnxruntime refuses {path.name}: {error}") from None
     precision = session.get_modelmeta().custom_metadata_map.get(PRECISION_KEY, "fp32")
-    return (lambda images: session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]), precision
+    return (lambda images: session.run(None, {INPUT_NAME: images})), precision, len(session.get_outputs())
 
 
 _LOADERS = {OPENVINO: _openvino, ONNXRUNTIME: _onnxruntime}
 
 
 class OnnxClassifier:
-    """An ONNX classifier as a callable from a float batch (N, 3, H, W) to logits (N, classes).
+    """An ONNX classifier as a callable from a float batch (N, 3, H, W) to logits (N, classes), or
+    to (logits, summaries (N, EMBEDDING_DIMS)) when the model has the EMBEDDING_OUTPUT: the
+    eager model's answer either way (training/embedding.py: EmbeddingClassifier).
 
     `engine` names what runs it, "<runtime>-<precision>", e.g. openvino-int8."""
 
@@ -148,14 +162,21 @@ class OnnxClassifier:
         failures = []
         for runtime in runtimes:
             try:
-                self._run, precision = _LOADERS[runtime](path, threads)
+                self._run, precision, outputs = _LOADERS[runtime](path, threads)
             except EngineUnavailable as error:
                 failures.append(str(error))
                 continue
             self.engine = f"{runtime}-{precision}"
+            self.embeddings = outputs > 1
             return
         raise EngineUnavailable("; ".join(failures) or "no runtime asked for")
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         images = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(np.asarray(self._run(images)).copy())
+        outputs = [torch.from_numpy(np.asarray(output).copy()) for output in self._run(images)]
+        return (outputs[0], outputs[1]) if self.embeddings else outputs[0]
+
+
+def logits_of(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The logits of a classifier's answer, with or without its embedding summaries."""
+    return output[0] if isinstance(output, tuple) else output

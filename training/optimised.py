@@ -11,6 +11,9 @@ Each candidate answers the job's test split; its top-1 agreement with the eager 
 its batch-1 latency are measured here, in the job. The fastest candidate that agrees on at
 least `min_agreement` of the test images is chosen; none is, when none agrees, and the
 artefact then holds the eager model alone. `choose` is the pure core of that decision.
+
+Given the classifier with its embedding projection (training/embedding.py: EmbeddingClassifier),
+every candidate has the summaries as a second output; agreement is measured on the logits.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.onnx_engine import INPUT_NAME, OPSET, OUTPUT_NAME, PRECISION_KEY, OnnxClassifier
+from training.onnx_engine import INPUT_NAME, OPSET, OUTPUT_NAMES, PRECISION_KEY, OnnxClassifier, logits_of
 
 logger = logging.getLogger(__name__)
 
@@ -89,18 +92,22 @@ def choose(measurements: Sequence[Measurement], min_agreement: float) -> Measure
 # --- building and measuring the candidates ----------------------------------------------
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+Forward = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]  # logits[, summaries]
 
 
 def export_fp32(model: nn.Module, path: Path, image_size: int) -> Path:
-    """The eval-mode model as ONNX, batch dimension dynamic (the host batches requests)."""
+    """The eval-mode model as ONNX, batch dimension dynamic (the host batches requests). A model that
+    answers (logits, summaries) (training/embedding.py) gets both outputs, in that order."""
     model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(1, 3, image_size, image_size)
+    with torch.inference_mode():
+        answer = model(example)
+    outputs = list(OUTPUT_NAMES[:len(answer) if isinstance(answer, tuple) else 1])
     # The TorchScript exporter: at a fixed opset its output is the same under torch 2.8 (the
     # training image) and here, and it needs neither onnxscript nor the dynamo stack.
     torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                      input_names=[INPUT_NAME], output_names=outputs,
+                      dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)})
     return path
 
 
@@ -143,7 +150,7 @@ def top1(forward: Forward, images: Sequence[torch.Tensor]) -> list[int]:
     answers: list[int] = []
     for start in range(0, len(images), EVAL_BATCH):
         with torch.inference_mode():
-            answers += forward(torch.stack(list(images[start:start + EVAL_BATCH]))).argmax(dim=1).tolist()
+            answers += logits_of(forward(torch.stack(list(images[start:start + EVAL_BATCH])))).argmax(dim=1).tolist()
     return answers
 
 
@@ -165,8 +172,9 @@ def build_optimised(model: nn.Module, calibration: Sequence[torch.Tensor], test:
                     candidates: Sequence[str] = (INT8, FP32)) -> Outcome:
     """Build each candidate in `scratch`, measure it against the eager model, and choose.
 
-    `model` is the trained eager fp32 model; `calibration` and `test` are eval-transformed
-    images (3, S, S) of the training and test splits. Never raises for a candidate that
+    `model` is the trained eager fp32 model (or its EmbeddingClassifier: the candidates then carry
+    the summaries too, and agreement is still measured on the logits); `calibration` and `test`
+    are eval-transformed images (3, S, S) of the training and test splits. Never raises for a candidate that
     cannot be built or run: that candidate is left out, and the job goes on.
     """
     if not test:

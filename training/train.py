@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from training import artifact, checkpoints, data, feature_cache, metrics
+from training import artifact, checkpoints, data, embedding, feature_cache, metrics
 from training import optimised as optimised_model
 from training.debugger import DebugSession
 from training.live_model import LiveModelError, live_test_accuracy
@@ -109,6 +109,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--optimise", default="on", choices=("on", "off"),
         help="on: put an optimised model (ONNX, int8 or fp32) beside the state_dict when it agrees with it; "
         "off for tuning trials")
+    add("--drift-reference", default="on", choices=("on", "off"),
+        help="on: describe the test split as the model sees it (confidences, classes, embedding summaries) "
+        "for drift detection, and let the endpoint return embedding summaries; off for tuning trials")
     add("--optimised-min-agreement", type=float, default=metrics.DEFAULT_MIN_AGREEMENT,
         help="top-1 agreement with the eager model on the test split the optimised model needs to be included")
     add("--seed", type=int, default=0)
@@ -383,7 +386,14 @@ def main(args: argparse.Namespace) -> dict:
     test = evaluate(network, split_loaders["test"], criterion, device, amp)
     print(metrics.test_line(test.loss, test.accuracy), flush=True)
     live_accuracy = score_live_model(env.channels.get("live"), by_split["test"], pixels)
-    optimised = optimise(args, model, by_split, classes, eval_preset, pixels, env.model_dir)
+    # What the test split looks like to this model, for drift detection (training/drift.py); a frozen
+    # trunk's test loader holds features, so the images go through the eval transform again.
+    described = None
+    if args.drift_reference == "on":
+        test_images = split_loaders["test"] if not cache else image_split("test", eval_preset, False)
+        described = embedding.describe(model, (images for images, _ in test_images.loader), classes, device)
+    optimised = optimise(args, model, described.projection if described else None, by_split, classes, eval_preset,
+                         pixels, env.model_dir)
     rule_results = evaluate_debugger_rules(debug.out_dir, args.debugger_rules, args.debugger_rule_parameters)
     rule_verdicts = {rule: result["verdict"] for rule, result in rule_results.items()}
     seconds = time.perf_counter() - started
@@ -410,7 +420,10 @@ def main(args: argparse.Namespace) -> dict:
         "seconds": round(seconds, 1),
     }
     artifact.write_model_dir(env.model_dir, state_dict_bytes=buffer.getvalue(), classes=classes,
-                             spec=spec.to_dict(), preprocessing=eval_preset.to_dict(), metadata=metadata)
+                             spec=spec.to_dict(), preprocessing=eval_preset.to_dict(), metadata=metadata,
+                             drift_reference=described.reference.to_dict() if described else None)
+    if described:
+        described.projection.save(env.model_dir / embedding.EMBEDDING_FILE)
     confusion = confusion_matrix(test, len(classes))
     env.output_dir.mkdir(parents=True, exist_ok=True)
     (env.output_dir / "metrics.json").write_text(json.dumps({**metadata, "classes": classes, "confusion_matrix": confusion},
@@ -444,11 +457,12 @@ def shared_features(args: argparse.Namespace, env: SageMakerEnv, amp: bool,
     return store, feature_cache.entry_name(trunk, discovered)
 
 
-def optimise(args: argparse.Namespace, model: nn.Module, by_split: dict[str, list[data.Sample]], classes: list[str],
-             eval_preset: ClassificationPresetEval, pixels: dict[Path, torch.Tensor] | None,
-             model_dir: Path) -> optimised_model.Outcome | None:
+def optimise(args: argparse.Namespace, model: nn.Module, projection: embedding.Projection | None,
+             by_split: dict[str, list[data.Sample]], classes: list[str], eval_preset: ClassificationPresetEval,
+             pixels: dict[Path, torch.Tensor] | None, model_dir: Path) -> optimised_model.Outcome | None:
     """The optimised model beside the state_dict (training/optimised.py), judged on the test split
-    and calibrated on the first training images, both through the eval transform the endpoint uses."""
+    and calibrated on the first training images, both through the eval transform the endpoint uses.
+    With a projection, it answers the embedding summaries too (its second output)."""
     if args.optimise == "off":
         return None
 
@@ -456,8 +470,9 @@ def optimise(args: argparse.Namespace, model: nn.Module, by_split: dict[str, lis
         dataset = data.ImageDataset(by_split[split][:limit], classes, eval_preset, pixels)
         return [dataset[i][0] for i in range(len(dataset))]
 
+    exported = embedding.EmbeddingClassifier(model, projection) if projection is not None else model
     return optimised_model.optimise_in_job(
-        model, images("train", optimised_model.CALIBRATION_IMAGES), images("test"), model_dir,
+        exported, images("train", optimised_model.CALIBRATION_IMAGES), images("test"), model_dir,
         min_agreement=args.optimised_min_agreement, print_line=lambda line: print(line, flush=True))
 
 

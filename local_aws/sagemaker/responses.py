@@ -109,10 +109,13 @@ class SageMakerResponses:
             return error_reply(SageMakerError(f"{type(error).__name__}: {error}"))
 
     def invoke_endpoint(self, name: str, body: bytes, headers: dict[str, str]) -> Reply:
+        # Header names are case-insensitive: the WSGI layer hands X-Amzn-SageMaker-Custom-Attributes
+        # over as X-Amzn-Sagemaker-Custom-Attributes, and a case-sensitive look-up dropped it.
+        headers = {key.lower(): value for key, value in headers.items()}
         try:
             answer, content_type, variant = self.backend.invoke_endpoint(
-                name, body, headers.get("Content-Type", "application/octet-stream"),
-                headers.get("Accept", "application/json"), headers.get("X-Amzn-SageMaker-Custom-Attributes"))
+                name, body, headers.get("content-type", "application/octet-stream"),
+                headers.get("accept", "application/json"), headers.get("x-amzn-sagemaker-custom-attributes"))
             return Reply(200, answer, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": variant})
         except SageMakerError as error:
             return error_reply(error)

@@ -85,6 +85,7 @@ def test_tuning_uses_the_seed_ranges_the_objective_and_the_metric_regexes():
     # Trials draw no report and leave their models uncompressed; the final job does both (below).
     assert static["report"] == "off" and definition["OutputDataConfig"]["CompressionType"] == "NONE"
     assert static["optimise"] == "off"  # nor an optimised model: only the final job's is deployed
+    assert static["drift-reference"] == "off"  # nor a drift reference: only the final job's model is watched
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in definition["InputDataConfig"]}
     # The run's images only, through its ManifestFile; its labels and splits in the manifest channel.
     assert channels["training"]["S3DataType"] == "ManifestFile"
@@ -127,6 +128,7 @@ def test_the_final_job_evaluates_its_debugger_rules_itself_and_reports_them_as_m
     assert "report" not in hyperparameters and "CompressionType" not in request["OutputDataConfig"]
     # The final job builds the optimised model, kept at the stage's agreement threshold (DEFAULT_MIN_AGREEMENT).
     assert "optimise" not in hyperparameters and hyperparameters["optimised-min-agreement"] == "0.995"
+    assert "drift-reference" not in hyperparameters  # on by default: the final job writes the drift reference
     assert {"optimised:agreement", "optimised:latency_ms", "eager:latency_ms"} <= {
         d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]}
     assert hyperparameters["debugger-rules"] == ",".join(DEBUGGER_RULES)

@@ -19,6 +19,7 @@ from PIL import Image
 from inference import inference as handler
 from inference.inference import ACCEPTED_TYPES, RequestError
 from tests.inference import images
+from training.drift import EMBEDDING_DIMS
 from training.image_contract import NOT_AN_IMAGE
 from training.onnx_engine import OPTIMISED_MODEL
 
@@ -132,6 +133,37 @@ def test_top_k_from_body_header_default_and_capped(model):
     assert sum(entry["probability"] for entry in ranking) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_embedding_summaries_only_when_asked_in_the_header_or_the_body(model):
+    assert model.embeddings  # the final job's artefact has the projection
+    data = images.png()
+    plain = answer(model, data, "image/png")
+    check_contract(plain, model, 1, min(5, model.num_classes))  # not asked: the answer is unchanged
+    for context in ({"X-Amzn-SageMaker-Custom-Attributes": "top_k=2,embeddings=1"},
+                    {"x-amzn-sagemaker-custom-attributes": "embeddings=true; top_k=2"}):
+        asked = answer(model, data, "image/png", context=context)
+        embeddings = asked.pop("embeddings")
+        check_contract(asked, model, 1, 2)
+        assert asked["predictions"][0] == plain["predictions"][0][:2]
+        assert len(embeddings) == 1 and len(embeddings[0]) == EMBEDDING_DIMS
+        assert all(isinstance(value, float) and abs(value) < 1e6 for value in embeddings[0])
+    several = json.dumps({"images": [b64(images.png()), b64(images.jpeg())], "embeddings": True})
+    assert [len(row) for row in answer(model, several, "application/json")["embeddings"]] == [EMBEDDING_DIMS] * 2
+    header = {"X-Amzn-SageMaker-Custom-Attributes": "embeddings=1"}
+    unasked = json.dumps({"image": b64(data), "embeddings": False})  # the body wins
+    assert "embeddings" not in answer(model, unasked, "application/json", context=header)
+    assert "embeddings" not in answer(model, data, "image/png", context={header.popitem()[0]: "embeddings=0"})
+
+
+@pytest.mark.parametrize("body, context", [
+    (images.png(), {"X-Amzn-SageMaker-Custom-Attributes": "embeddings=yes"}),
+    (json.dumps({"image": b64(images.png()), "embeddings": "maybe"}), None),
+    (json.dumps({"image": b64(images.png()), "embeddings": 2}), None),
+])
+def test_a_bad_embeddings_flag_is_400(body, context):
+    content_type = "image/png" if isinstance(body, bytes) else "application/json"
+    expect_error(400, body, content_type, "must be 1 or 0", context=context)
+
+
 def expect_error(status: int, body, content_type, match: str, context=None) -> RequestError:
     with pytest.raises(RequestError, match=match) as caught:
         handler.input_fn(body, content_type, context)
@@ -223,7 +255,8 @@ def test_the_artefact_carries_its_serving_code(model_tar, model_dir):
     with tarfile.open(model_tar) as archive:
         names = set(archive.getnames())
     assert {"code/inference.py", "code/requirements.txt", "code/training/presets.py", "code/training/model.py",
-            "code/training/__init__.py", "code/training/image_contract.py", "model.pth", "classes.json", "preprocessing.json"} <= names
+            "code/training/__init__.py", "code/training/image_contract.py", "code/training/drift.py",
+            "code/training/embedding.py", "model.pth", "classes.json", "preprocessing.json"} <= names
     assert (model_dir / "code" / "inference.py").read_text() == Path(handler.__file__).read_text()
 
 

@@ -16,6 +16,7 @@ import requests
 from inference.inference import ACCEPTED_TYPES
 from local_aws.endpoint_host import EndpointHost, HostStartError
 from tests.inference import images
+from training.drift import EMBEDDING_DIMS
 from training.image_contract import NOT_AN_IMAGE
 
 IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "application/x-image"]
@@ -69,6 +70,14 @@ def test_json_bodies_and_the_custom_attributes_header(host):
     assert [len(ranking) for ranking in answer.json()["predictions"]] == [2, 2]
 
 
+def test_the_custom_attributes_header_asks_for_embedding_summaries(host):
+    asked = invoke(host, images.png(), "image/png", **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=2,embeddings=1"})
+    assert asked.status_code == 200, asked.text
+    body = asked.json()
+    assert len(body["predictions"][0]) == 2 and [len(row) for row in body["embeddings"]] == [EMBEDDING_DIMS]
+    assert "embeddings" not in invoke(host, images.png(), "image/png").json()
+
+
 @pytest.mark.parametrize("body, content_type, status, message", [
     (b"", "image/jpeg", 400, "empty body"),
     (images.jpeg(96, 128)[:300], "image/jpeg", 400, "truncated or corrupt"),
@@ -106,15 +115,20 @@ def test_the_host_survives_bad_input(host):
 
 
 def test_concurrent_requests_through_dynamic_batching_get_their_own_answers(host, batching_host):
+    """Every other request asks for the embedding summaries: merged or not, each answer has them as asked."""
     bodies = [images.encode(images.rgb_image(32 + 4 * i, 40 + 8 * i), "PNG") for i in range(12)]
-    expected = [invoke(host, body, "image/png").json()["predictions"][0] for body in bodies]
+    asks = [{"X-Amzn-SageMaker-Custom-Attributes": "embeddings=1"} if i % 2 else {} for i in range(12)]
+    expected = [invoke(host, body, "image/png", **ask).json() for body, ask in zip(bodies, asks)]
     with ThreadPoolExecutor(max_workers=12) as pool:
-        answers = list(pool.map(lambda body: invoke(batching_host, body, "image/png"), bodies))
-    for answer, alone in zip(answers, expected):
+        answers = list(pool.map(lambda pair: invoke(batching_host, pair[0], "image/png", **pair[1]), zip(bodies, asks)))
+    for answer, alone, ask in zip(answers, expected, asks):
         assert answer.status_code == 200, answer.text
-        ranking = answer.json()["predictions"][0]
-        assert [entry["label"] for entry in ranking] == [entry["label"] for entry in alone]
-        assert [e["probability"] for e in ranking] == pytest.approx([e["probability"] for e in alone], abs=1e-5)
+        ranking, alone_ranking = answer.json()["predictions"][0], alone["predictions"][0]
+        assert [entry["label"] for entry in ranking] == [entry["label"] for entry in alone_ranking]
+        assert [e["probability"] for e in ranking] == pytest.approx([e["probability"] for e in alone_ranking], abs=1e-5)
+        assert ("embeddings" in answer.json()) == bool(ask) == ("embeddings" in alone)
+        if ask:
+            assert answer.json()["embeddings"][0] == pytest.approx(alone["embeddings"][0], rel=1e-3, abs=1e-3)
     assert invoke(batching_host, b"", "image/png").status_code == 400
 
 

@@ -179,15 +179,21 @@ def serving_model_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from training.artifact import pack_model_dir, write_model_dir
+    from training.embedding import EMBEDDING_FILE, Projection, split_penultimate
     from training.model import ModelSpec, build_model
     from training.presets import ClassificationPresetEval
 
     torch.manual_seed(0)
     spec = ModelSpec(arch="resnet18", num_classes=10)
     buffer = io.BytesIO()
-    torch.save(build_model(spec).state_dict(), buffer)
+    model = build_model(spec)
+    torch.save(model.state_dict(), buffer)
     root = tmp_path_factory.mktemp("serving-model")
     write_model_dir(root / "model", state_dict_bytes=buffer.getvalue(), classes=[str(i) for i in range(10)],
                     spec=spec.to_dict(), preprocessing=ClassificationPresetEval.for_image_size(32).to_dict(),
                     metadata={"version": "random-init", "training_job": None})
+    # The embedding summaries' projection, as a final job writes it (fitted on random images here).
+    with torch.inference_mode():
+        features = split_penultimate(model.eval())[0](torch.randn(16, 3, 32, 32))
+    Projection.fit(features).save(root / "model" / EMBEDDING_FILE)
     return pack_model_dir(root / "model", root / "model.tar.gz")

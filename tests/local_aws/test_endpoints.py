@@ -72,6 +72,17 @@ def test_an_endpoint_serves_its_model(runtime, live_endpoint):
     assert "0" in json.dumps(prediction)  # the class names come back with the probabilities
 
 
+def test_custom_attributes_reach_the_model(runtime, live_endpoint):
+    """InvokeEndpoint's CustomAttributes arrive as the container's X-Amzn-SageMaker-Custom-Attributes header."""
+    from training.drift import EMBEDDING_DIMS
+
+    answer = runtime.invoke_endpoint(EndpointName=live_endpoint, ContentType="image/png", Body=digit_png(),
+                                     CustomAttributes="top_k=2,embeddings=1")
+    prediction = json.loads(answer["Body"].read())
+    assert len(prediction["predictions"][0]) == 2 and [len(row) for row in prediction["embeddings"]] == [EMBEDDING_DIMS]
+    assert "embeddings" not in invoke(runtime, live_endpoint)[0]
+
+
 def test_what_the_model_refuses_is_a_model_error_carrying_the_endpoints_own_message(runtime, live_endpoint):
     from chalice_app.invocations import endpoint_message
     from training.image_contract import NOT_AN_IMAGE

@@ -8,12 +8,15 @@ import sys
 import tarfile
 import textwrap
 
+import onnx
 import pytest
 import torch
 
 from training import metrics, optimised
+from training.drift import EMBEDDING_DIMS
+from training.embedding import EmbeddingClassifier, Projection, split_penultimate
 from training.model import ModelSpec, build_model
-from training.onnx_engine import OPTIMISED_MODEL
+from training.onnx_engine import OPTIMISED_MODEL, RUNTIMES, OnnxClassifier
 from training.optimised import FP32, INT8, Measurement, choose, top1_agreement
 
 from tests.training_job import REPO_ROOT
@@ -96,6 +99,32 @@ def test_an_agreeing_model_goes_into_the_model_dir_labelled_with_its_engine(tiny
     assert session.get_modelmeta().custom_metadata_map["precision"] == FP32
 
 
+def test_a_classifier_with_its_projection_exports_the_summaries_as_a_second_output(tiny, tmp_path):
+    """Agreement is still measured on the logits; both runtimes answer (logits, summaries) as the eager wrapper does."""
+    model, calibration, test = tiny
+    with torch.inference_mode():
+        features = split_penultimate(model)[0](torch.stack(test))
+    wrapper = EmbeddingClassifier(model, Projection.fit(features)).eval()
+    outcome = optimised.optimise_in_job(wrapper, calibration, test, tmp_path, min_agreement=0.995,
+                                        print_line=lambda line: None, candidates=(FP32,))
+    assert outcome.chosen is not None and outcome.chosen.agreement == 1.0
+    with torch.inference_mode():
+        logits, summaries = wrapper(torch.stack(test))
+    for runtime in RUNTIMES:
+        classifier = OnnxClassifier(tmp_path / OPTIMISED_MODEL, 1, runtimes=(runtime,))
+        answer = classifier(torch.stack(test))
+        assert classifier.embeddings and isinstance(answer, tuple) and answer[1].shape == (len(test), EMBEDDING_DIMS)
+        assert torch.allclose(answer[0], logits, atol=1e-4) and torch.allclose(answer[1], summaries, atol=1e-4)
+
+
+def test_a_classifier_without_projection_answers_logits_alone(tiny, tmp_path):
+    model, calibration, test = tiny
+    optimised.optimise_in_job(model, calibration, test, tmp_path, min_agreement=0.995, print_line=lambda line: None,
+                              candidates=(FP32,))
+    classifier = OnnxClassifier(tmp_path / OPTIMISED_MODEL, 1)
+    assert not classifier.embeddings and classifier(torch.stack(test[:2])).shape == (2, 10)
+
+
 # --- in the final job (the session's shared training run) ---------------------------------
 
 
@@ -108,6 +137,9 @@ def test_the_job_puts_the_optimised_model_in_the_artefact_and_prints_both_figure
     assert {c["engine"].rsplit("-", 1)[1] for c in metadata["optimised"]["candidates"]} == {INT8, FP32}
     with tarfile.open(trained_run.model_tar) as tar:
         assert {OPTIMISED_MODEL, "code/training/onnx_engine.py"} <= set(tar.getnames())
+    # The final job has a projection: its optimised model answers the embedding summaries too.
+    graph = onnx.load(str(trained_run.model_dir / OPTIMISED_MODEL)).graph
+    assert [output.name for output in graph.output] == ["logits", "embeddings"]
     report = (trained_run.output_dir / "report" / "report.html").read_text()
     assert "Optimised model" in report and metadata["optimised"]["engine"] in report
 

@@ -13,6 +13,8 @@ import torch
 from tests.training.digits_subset import small_copy
 from tests.training_job import TINY_HYPERPARAMETERS, metric_lines, run_training_job, run_training_script
 from training import metrics, train
+from training.drift import EMBEDDING_DIMS, REFERENCE_FILE, Reference
+from training.embedding import EMBEDDING_FILE, Projection
 from training.model import ModelSpec, build_model
 from training.presets import ClassificationPresetEval
 
@@ -60,7 +62,26 @@ def test_model_dir_holds_the_artefact_serving_needs(trained_run):
     assert metadata["data"]["counts"]["test"]["3"] > 0
     with tarfile.open(trained_run.model_tar) as tar:
         names = set(tar.getnames())
-    assert {"model.pth", "classes.json", "preprocessing.json", "code/training/presets.py", "code/training/model.py"} <= names
+    assert {"model.pth", "classes.json", "preprocessing.json", "code/training/presets.py", "code/training/model.py",
+            REFERENCE_FILE, EMBEDDING_FILE, "code/training/drift.py", "code/training/embedding.py"} <= names
+
+
+def test_the_final_job_describes_its_test_split_for_drift(trained_run):
+    """The reference counts every test image once, and its embedding statistics are the summaries'
+    own: the projection is centred on the test split, so the mean is ~0 and the spread shrinks
+    component by component (principal components, largest first)."""
+    model_dir = trained_run.model_dir
+    reference = Reference.from_dict(json.loads((model_dir / REFERENCE_FILE).read_text()))
+    counts = json.loads((model_dir / "metadata.json").read_text())["data"]["counts"]["test"]
+    assert reference.images == sum(counts.values())
+    assert set(reference.class_counts) <= set(counts)
+    assert reference.embedding_mean == pytest.approx([0.0] * EMBEDDING_DIMS, abs=1e-3 * reference.embedding_std[0])
+    assert list(reference.embedding_std) == sorted(reference.embedding_std, reverse=True)
+    assert reference.embedding_std[-1] > 0
+    projection = Projection.load(model_dir / EMBEDDING_FILE)
+    spec = ModelSpec.from_dict(json.loads((model_dir / "model.json").read_text()))
+    assert projection.components.shape == (EMBEDDING_DIMS, build_model(spec).fc[-1].in_features)
+    assert torch.allclose(projection.components @ projection.components.T, torch.eye(EMBEDDING_DIMS), atol=1e-4)
 
 
 def test_the_script_runs_as_sagemaker_runs_it(tmp_path, digits_labels):
@@ -68,8 +89,10 @@ def test_the_script_runs_as_sagemaker_runs_it(tmp_path, digits_labels):
     data_dir = small_copy(digits_labels, tmp_path / "data")
     run = run_training_script(tmp_path, {"training": data_dir}, {
         **TINY_HYPERPARAMETERS, "epochs": "1", "min-images-per-class": "3", "debugger-rules": "", "report": "off",
-        "optimise": "off"})
+        "optimise": "off", "drift-reference": "off"})
     assert run.returncode == 0, run.log[-3000:]
+    # A tuning trial's switches: no drift reference and no projection (nobody serves a trial's model).
+    assert not (run.model_dir / REFERENCE_FILE).exists() and not (run.model_dir / EMBEDDING_FILE).exists()
     parsed = metrics.parse_metrics(run.log)
     assert len(parsed["valid:accuracy"]) == 1 and len(parsed[metrics.GATE_METRIC]) == 1  # one epoch, one test line
     assert json.loads((run.model_dir / "classes.json").read_text()) == ["0", "1", "7"]
