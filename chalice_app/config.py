@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from training.drift import Thresholds
+from training.drift import DEFAULT_THRESHOLDS, Thresholds
 from training.image_contract import MAX_IMAGE_BYTES
 from training.metrics import DEBUGGER_RULES, DEFAULT_MIN_AGREEMENT
 
@@ -244,9 +244,9 @@ class Settings:
     # threshold it is drifting, and its predictions are sampled for review at the drift rate.
     drift_window_images: int = 200
     drift_min_images: int = 100
-    drift_psi_threshold: float = 0.25
-    drift_class_p_value: float = 0.001
-    drift_embedding_threshold: float = 0.5
+    drift_psi_threshold: float = DEFAULT_THRESHOLDS.psi
+    drift_class_p_value: float = DEFAULT_THRESHOLDS.class_p_value
+    drift_embedding_threshold: float = DEFAULT_THRESHOLDS.embedding_distance
     drift_review_sample_rate: float = 0.2
 
     @property
@@ -336,9 +336,9 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         review_url_seconds=_int_in(env, "REVIEW_URL_SECONDS", 900, 1, MAX_PRESIGNED_SECONDS, " seconds"),
         drift_window_images=drift_window,
         drift_min_images=drift_min,
-        drift_psi_threshold=_above_zero(env, "DRIFT_PSI_THRESHOLD", 0.25),
-        drift_class_p_value=_fraction(env, "DRIFT_CLASS_P_VALUE", 0.001),
-        drift_embedding_threshold=_above_zero(env, "DRIFT_EMBEDDING_THRESHOLD", 0.5),
+        drift_psi_threshold=_above_zero(env, "DRIFT_PSI_THRESHOLD", DEFAULT_THRESHOLDS.psi),
+        drift_class_p_value=_fraction(env, "DRIFT_CLASS_P_VALUE", DEFAULT_THRESHOLDS.class_p_value),
+        drift_embedding_threshold=_above_zero(env, "DRIFT_EMBEDDING_THRESHOLD", DEFAULT_THRESHOLDS.embedding_distance),
         drift_review_sample_rate=_fraction(env, "DRIFT_REVIEW_SAMPLE_RATE", 0.2),
     )
 

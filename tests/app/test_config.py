@@ -11,7 +11,7 @@ import pytest
 
 from chalice_app.config import ConfigError, settings_from_env
 from infra.images import resolve
-from training.drift import Thresholds
+from training.drift import DEFAULT_THRESHOLDS, Thresholds
 from infra.policies import stage_env
 
 from .conftest import CONFIG, ROOT
@@ -96,7 +96,7 @@ def test_numbers_are_read_and_an_empty_one_is_its_default():
             changed.review_url_seconds) == (0.5, 0.0, 0, 60)
     drift = (settings.drift_window_images, settings.drift_min_images, settings.drift_thresholds,
              settings.drift_review_sample_rate)
-    assert drift == (200, 100, Thresholds(psi=0.25, class_p_value=0.001, embedding_distance=0.5), 0.2)
+    assert drift == (200, 100, DEFAULT_THRESHOLDS, 0.2)
     changed = settings_from_env(valid_env(DRIFT_WINDOW_IMAGES="50", DRIFT_MIN_IMAGES="50", DRIFT_PSI_THRESHOLD="0.1",
                                           DRIFT_CLASS_P_VALUE="0.01", DRIFT_EMBEDDING_THRESHOLD="2",
                                           DRIFT_REVIEW_SAMPLE_RATE="1"))

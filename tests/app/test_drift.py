@@ -33,7 +33,7 @@ from .scenario import deploy_model
 
 DRIFT_FN = "drift_check"
 WINDOW, LEAST = 40, 30
-SHIFT = 3.0  # reference spreads, in every embedding component: far over the 0.5 threshold
+SHIFT = 3.0  # reference spreads, in every embedding component: far over the default threshold
 
 
 def pattern(index: int) -> tuple[str, float, list[float]]:
@@ -231,7 +231,7 @@ def test_a_shifted_window_records_exactly_one_event_however_often_it_is_checked(
     assert event["model_version"] == live and "ended_at" not in event
     shifted = math.sqrt(sum((SHIFT / std) ** 2 for std in reference().embedding_std) / EMBEDDING_DIMS)
     assert event["statistics"]["embedding_distance"] == pytest.approx(shifted, rel=1e-4)
-    assert event["thresholds"] == {"psi": 0.25, "class_p_value": 0.001, "embedding_distance": 0.5}
+    assert event["thresholds"] == {"psi": 0.25, "class_p_value": 0.001, "embedding_distance": 0.3}
     assert event["reasons"] == result["reasons"]
     view = version_view(world, live)
     assert view["drifting"] is True and view["episode"] == event["event_id"]
@@ -281,7 +281,7 @@ def review_queue(world) -> list[dict]:
 def test_get_drift_before_any_check_shows_the_settings_and_no_events(world, monkeypatch):
     set_env(monkeypatch, DRIFT_PSI_THRESHOLD="0.3")
     view = drift(world)
-    assert view == {"thresholds": {"psi": 0.3, "class_p_value": 0.001, "embedding_distance": 0.5},
+    assert view == {"thresholds": {"psi": 0.3, "class_p_value": 0.001, "embedding_distance": 0.3},
                     "window_images": 200, "min_images": 100, "review_sample_rate": 0.2, "versions": [],
                     "items": [], "next": None}
     version = deploy_model(world)["model_version"]

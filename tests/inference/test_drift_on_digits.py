@@ -28,9 +28,9 @@ from PIL import Image
 
 from inference import inference as handler
 from training import drift
-from training.drift import EMBEDDING_ATTRIBUTE, REFERENCE_FILE, Reference, Thresholds, Window
+from training.drift import DEFAULT_THRESHOLDS, EMBEDDING_ATTRIBUTE, REFERENCE_FILE, Reference, Window
 
-THRESHOLDS = Thresholds(psi=0.25, class_p_value=0.001, embedding_distance=0.5)  # the stage's defaults
+THRESHOLDS = DEFAULT_THRESHOLDS  # the stage's
 STREAM, WINDOW, SLIDE = 1000, 200, 100
 Answer = tuple[float, str, list[float]]  # top-1 probability, top-1 label, embedding summary
 

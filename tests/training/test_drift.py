@@ -36,7 +36,7 @@ def _draw(rng: random.Random, n: int, *, shift: float = 0.0, confidence: float =
     return confidences, labels, embeddings
 
 
-THRESHOLDS = Thresholds(psi=0.25, class_p_value=0.001, embedding_distance=0.5)
+THRESHOLDS = Thresholds(psi=0.25, class_p_value=0.001, embedding_distance=0.5)  # fixed: the synthetic shifts are sized to it
 
 
 def test_windows_from_the_reference_distribution_do_not_drift():
