@@ -8,6 +8,10 @@ from the artefact's `code/` directory and calls, per worker and per request:
     prediction = predict_fn(request, model)                   preprocess, batched forward
     body, content_type = output_fn(prediction, accept)        top-k JSON
 
+A host that batches concurrent requests (local_aws.endpoint_host) may call
+`request = prepare_fn(request, model)` on the request's own thread first: predict_fn's
+preprocessing, moved off the one thread that runs the model. SageMaker's container does not.
+
 Request bodies: an accepted image (`training.image_contract`: JPEG, PNG, GIF's first
 frame, BMP, WebP) as its own `image/...` type or `application/x-image` (the format is
 sniffed from the magic bytes either way), or `application/json` as
@@ -53,7 +57,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +144,8 @@ class InferenceRequest:
     images: list[torch.Tensor]
     top_k: int | None = None
     embeddings: bool = False
+    # The images through the eval transform, stacked (N, 3, crop, crop), once prepare_fn has run.
+    batch: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -377,11 +383,21 @@ def preprocess(images: Sequence[torch.Tensor], preset: ClassificationPresetEval)
 _WITHOUT_EMBEDDINGS_LOGGED: set[str] = set()  # model versions asked for summaries they cannot give
 
 
-def predict_fn(request: InferenceRequest, model: LoadedModel) -> Prediction:
-    """Preprocess and run one batched forward pass in inference mode: logits, and the embedding
-    summaries from the same pass when the model gives them (kept only when asked for)."""
+def prepare_fn(request: InferenceRequest, model: LoadedModel) -> InferenceRequest:
+    """Preprocess ahead of predict_fn, on the request's own thread. Not part of SageMaker's contract:
+    its container never calls it, and predict_fn then preprocesses itself. The local endpoint host
+    calls it so that one request's preprocessing overlaps another batch's forward pass, which runs
+    on the host's one model thread."""
     with torch.inference_mode():
-        batch = preprocess(request.images, model.preset).to(model.device)
+        return replace(request, batch=preprocess(request.images, model.preset))
+
+
+def predict_fn(request: InferenceRequest, model: LoadedModel) -> Prediction:
+    """Preprocess (unless prepare_fn did) and run one batched forward pass in inference mode: logits,
+    and the embedding summaries from the same pass when the model gives them (kept only when asked for)."""
+    with torch.inference_mode():
+        batch = request.batch if request.batch is not None else preprocess(request.images, model.preset)
+        batch = batch.to(model.device)
         output = model.forward(batch)
         logits, summaries = output if isinstance(output, tuple) else (output, None)
         probabilities = torch.softmax(logits.float(), dim=1).cpu()
@@ -427,8 +443,10 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
 def merge_requests(requests: Sequence[InferenceRequest]) -> InferenceRequest:
     """One request holding every image of `requests`, in order; it asks for the embedding
     summaries when any of them does (split_prediction gives them to those that asked)."""
+    batches = [request.batch for request in requests]
     return InferenceRequest([image for request in requests for image in request.images],
-                            embeddings=any(request.embeddings for request in requests))
+                            embeddings=any(request.embeddings for request in requests),
+                            batch=torch.cat(batches) if all(b is not None for b in batches) else None)
 
 
 def split_prediction(prediction: Prediction, requests: Sequence[InferenceRequest]) -> list[Prediction]:

@@ -56,6 +56,9 @@ class Handler:
     def __init__(self, model_dir: Path, *, max_batch_size: int = 1, max_batch_wait_ms: float = 0.0):
         self.module = load_inference_module(model_dir)
         self.model: Any = None
+        # An optional step of the handler's own (inference.prepare_fn): preprocessing, run on the
+        # request's thread so that it overlaps the batch being run. SageMaker's toolkit knows no such step.
+        self._prepare = getattr(self.module, "prepare_fn", None)
         can_merge = hasattr(self.module, "merge_requests") and hasattr(self.module, "split_prediction")
         self.batcher: DynamicBatcher = DynamicBatcher(
             self._predict_merged if can_merge else self._predict_each,
@@ -83,6 +86,8 @@ class Handler:
         try:
             with self.batcher.arrival() as submit:
                 request = self.module.input_fn(body, content_type, headers)
+                if self._prepare is not None:  # preprocessing here overlaps the model thread's forward pass
+                    request = self._prepare(request, self.model)
                 prediction = submit(request)
             result = self.module.output_fn(prediction, accept)
         except Exception as error:  # noqa: BLE001 - every failure becomes an HTTP answer

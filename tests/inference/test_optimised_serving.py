@@ -115,6 +115,27 @@ def test_both_paths_batch_alike(optimised_model, eager_model, digits_dir):
         assert {p.engine for p in parts} == {model.engine}
 
 
+def test_requests_prepared_ahead_answer_exactly_as_those_predict_fn_preprocesses(optimised_model, eager_model,
+                                                                                 digits_dir):
+    """prepare_fn (the host runs it on the request's thread) is predict_fn's own preprocessing, moved:
+    the same tensors, so the same probabilities, alone and merged, on both paths."""
+    bodies = [body for _label, body in digit_images(digits_dir, limit=4)]
+    for model in (optimised_model, eager_model):
+        requests = [handler.input_fn(body, "image/png") for body in bodies]
+        prepared = [handler.prepare_fn(request, model) for request in requests]
+        assert all(request.batch is None for request in requests)
+        for plain, ready in zip(requests, prepared):
+            assert torch.equal(ready.batch, handler.preprocess(plain.images, model.preset))
+            assert torch.equal(handler.predict_fn(ready, model).probabilities,
+                               handler.predict_fn(plain, model).probabilities)
+        merged = handler.merge_requests(prepared)
+        assert merged.batch is not None and len(merged.batch) == len(bodies)
+        assert handler.merge_requests([prepared[0], requests[1]]).batch is None  # mixed: predict_fn preprocesses
+        parts = handler.split_prediction(handler.predict_fn(merged, model), prepared)
+        whole = handler.split_prediction(handler.predict_fn(handler.merge_requests(requests), model), requests)
+        assert all(torch.equal(a.probabilities, b.probabilities) for a, b in zip(parts, whole))
+
+
 def test_both_paths_give_the_summaries_from_one_projection(optimised_model, eager_model, digits_dir, model_dir):
     """The optimised model's second output is the eager wrapper's summary, within a small part of the
     test split's spread per image and for the mean over 120 images (what drift compares). An int8
