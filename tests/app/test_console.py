@@ -3,9 +3,7 @@ report, under the stage's enforced policy (tests/app/conftest.py)."""
 
 from __future__ import annotations
 
-import io
 import re
-import tarfile
 
 import pytest
 import requests
@@ -15,6 +13,7 @@ from chalice_app.config import settings
 from chalice_app.stores import stores
 
 from .conftest import BUCKET, png_bytes
+from .tar_archives import gzipped_tar
 
 
 def test_the_console_and_its_files_are_served_with_their_types(world):
@@ -47,23 +46,13 @@ def test_recent_predictions_carry_a_url_that_fetches_their_image(world):
     assert requests.get(item["url"]).content == png_bytes(7)
 
 
-def _archive(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_a_runs_report_is_read_from_its_final_jobs_output_archive(world):
     job = "ip-test-r270115080000-abcdef-final"
     stores().runs.create("r270115080000-abcdef", world.clock[0], status="DEPLOYED", training_job=job)
     stores().runs.create("r270115090000-abcdef", world.clock[0], status="TRAINING", training_job=job + "x")
     stores().runs.create("r270115100000-abcdef", world.clock[0], status="REJECTED", training_job=job + "y")
     report = "<html><body>loss curves <img src='data:image/png;base64,AAAA'></body></html>"
-    world.s3.put_object(Bucket=BUCKET, Key=reports.output_key(settings(), job), Body=_archive({
+    world.s3.put_object(Bucket=BUCKET, Key=reports.output_key(settings(), job), Body=gzipped_tar({
         "profiler/trace.json": b"{}" * 1000, "report/report.html": report.encode(), "metrics.json": b"{}"}))
     answer = world.client.http.get("/runs/r270115080000-abcdef/report")
     assert answer.status_code == 200 and answer.headers["Content-Type"] == "text/html; charset=utf-8"
@@ -77,7 +66,7 @@ def test_a_runs_report_is_read_from_its_final_jobs_output_archive(world):
 def test_an_archive_without_a_report_answers_404(world):
     job = "ip-test-r270115080000-abcdef-final"
     stores().runs.create("r270115080000-abcdef", world.clock[0], status="DEPLOYED", training_job=job)
-    world.s3.put_object(Bucket=BUCKET, Key=reports.output_key(settings(), job), Body=_archive({"metrics.json": b"{}"}))
+    world.s3.put_object(Bucket=BUCKET, Key=reports.output_key(settings(), job), Body=gzipped_tar({"metrics.json": b"{}"}))
     missing = world.client.http.get("/runs/r270115080000-abcdef/report")
     assert missing.status_code == 404 and "wrote no report" in missing.json_body["Message"]
 

@@ -15,7 +15,6 @@ import base64
 import io
 import json
 import math
-import tarfile
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
@@ -30,6 +29,7 @@ from training.drift import EMBEDDING_DIMS, REFERENCE_FILE, DriftInputError, Refe
 from .conftest import TEMPLATE, png_bytes
 from .incoming import FN, QUEUE, prediction
 from .scenario import deploy_model
+from .tar_archives import gzipped_tar
 
 DRIFT_FN = "drift_check"
 WINDOW, LEAST = 40, 30
@@ -106,16 +106,6 @@ def set_env(monkeypatch, **values: str) -> None:
     config.settings.cache_clear()
 
 
-def model_tar(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def put_artefact(world, version: str, with_reference: bool = True, document: bytes | None = None) -> None:
     """The version's model.tar.gz where the registry says it is: weights first, then the reference."""
     uri = stores().registry.get(version)["artifact"]
@@ -123,7 +113,7 @@ def put_artefact(world, version: str, with_reference: bool = True, document: byt
     if with_reference:
         members[REFERENCE_FILE] = document if document is not None else json.dumps(reference().to_dict()).encode()
     parsed = urlparse(uri)
-    world.s3.put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=model_tar(members))
+    world.s3.put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=gzipped_tar(members))
 
 
 @pytest.fixture
