@@ -11,7 +11,11 @@
 4. adds more labelled data and follows the automatic retraining to the next model
    version, while a steady stream of images keeps being classified: every one of
    them must get its prediction (no failed request during the endpoint update);
-5. leaves in the output folder: the tuning table, the final job's report (loss
+5. sends shifted (inverted) digits until the drift check sees them, lets a scripted reviewer
+   label the review queue through the API, and follows the retraining that starts from those
+   labels to a new version whose accuracy on shifted images recovers
+   (local_aws/project/drift_demo.py; `--no-drift` leaves it out);
+6. leaves in the output folder: the tuning table, the final job's report (loss
    curves, confusion matrix, profile, and the Debugger verdicts the gate read:
    `report/report.html`), the profiler report, the verdicts, the
    predictions' accuracy and a summary with timings.
@@ -33,6 +37,7 @@ from typing import Any
 
 from chalice_app.gate import rule_verdicts
 
+from .drift_demo import DriftStep
 from .launcher import StackProcess
 from ..sagemaker.s3_transfer import download_prefix, split_s3_uri
 
@@ -47,6 +52,9 @@ def demo_budget(trials: int, parallel: int, epochs: int, *, image_size: int = 32
         # A burst ends with the _COMMIT marker the demo uploads last; the quiet window (longer
         # than the training queue's 20 s batching window) is only the fallback.
         "QUIET_WINDOW_SECONDS": "30", "MIN_IMAGES": "50",
+        # The drift step (local_aws/project/drift_demo.py): enough sampled labels in a few hundred
+        # images for a live accuracy with an interval a person can read.
+        "REVIEW_SAMPLE_RATE": "0.1", "DRIFT_REVIEW_SAMPLE_RATE": "0.5",
         "STATIC_HYPERPARAMETERS": json.dumps({
             "arch": "resnet18", "optimizer": "adam", "freeze": freeze, "pretrained": "none",
             "image-size": str(image_size), "epochs": str(epochs), "patience": "2", "hflip-prob": "0", "workers": "0"}),
@@ -57,8 +65,8 @@ def demo_budget(trials: int, parallel: int, epochs: int, *, image_size: int = 32
 
 
 class Demo:
-    def __init__(self, stack: StackProcess, out: Path, digits: Path) -> None:
-        self.stack, self.out, self.digits = stack, out, digits
+    def __init__(self, stack: StackProcess, out: Path, digits: Path, drift: bool = True) -> None:
+        self.stack, self.out, self.digits, self.drift = stack, out, digits, drift
         self.s3, self.sm = stack.client("s3"), stack.client("sagemaker")
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
@@ -247,6 +255,8 @@ class Demo:
         self.say(f"second run {second['status']}: {second.get('gate') or second.get('reason')}")
         self.say(f"live model {live.get('model_version') if status == 200 else None}; "
                  f"during the update {stream.report()}")
+        if self.drift:
+            summary["drift"] = DriftStep(self).run(first + more, held_out)
         return summary
 
 
@@ -303,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--no-drift", action="store_true",
+                        help="end after the endpoint update, without the drift step (shifted images, review, retraining)")
     parser.add_argument("--keep-up", action="store_true",
                         help="leave the stack up after the demo, until Ctrl-C, to look around in the console")
     args = parser.parse_args(argv)
@@ -318,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                          schedule_seconds=5, log_path=args.out.resolve() / "stack.log")
     print(f"starting the stack (log: {stack.log_path})", flush=True)
     with stack:
-        demo = Demo(stack, args.out, digits)
+        demo = Demo(stack, args.out, digits, drift=not args.no_drift)
         demo.say(f"stack up: API {stack.urls['api']}, moto {stack.urls['moto']}, "
                  f"local SageMaker {stack.urls['sagemaker']}")
         demo.say(f"web console: {stack.urls['api']}/console")
