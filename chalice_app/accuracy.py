@@ -145,5 +145,7 @@ def figures(totals: Mapping[str, Any] | None, pairs: Iterable[Mapping[str, Any]]
 
 
 def with_figures(model: dict[str, Any], counted: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """A registry record with its version's live figures (zero counts where none are counted)."""
-    return {**model, **(counted.get(model["model_version"]) or figures(None, ()))}
+    """A registry record with its version's live figures (zero counts where none are counted), as the
+    API shows it: without the drift reference kept on it (GET /drift says whether it has one)."""
+    shown = {key: value for key, value in model.items() if key != "drift_reference"}
+    return {**shown, **(counted.get(model["model_version"]) or figures(None, ()))}

@@ -202,6 +202,9 @@ def test_a_window_like_the_reference_records_no_event_and_publishes_its_statisti
     [mine] = [v for v in view["versions"] if v["model_version"] == live]
     assert mine["has_reference"] is True and mine["drifting"] is False and mine["episode"] is None
     assert mine["statistics"]["images"] == WINDOW and mine["reasons"] == []
+    # The reference kept on the registry item is the check's, not GET /models' to show.
+    models = world.client.http.get("/models").json_body
+    assert [m for m in models["items"] if "drift_reference" in m] == [] and "drift_reference" not in models["live"]
 
 
 def test_a_shifted_window_records_exactly_one_event_however_often_it_is_checked(world, live, monkeypatch):
