@@ -53,8 +53,9 @@ def demo_budget(trials: int, parallel: int, epochs: int, *, image_size: int = 32
         # than the training queue's 20 s batching window) is only the fallback.
         "QUIET_WINDOW_SECONDS": "30", "MIN_IMAGES": "50",
         # The drift step (local_aws/project/drift_demo.py): enough sampled labels in a few hundred
-        # images for a live accuracy with an interval a person can read.
-        "REVIEW_SAMPLE_RATE": "0.1", "DRIFT_REVIEW_SAMPLE_RATE": "0.5",
+        # images for a live accuracy with an interval a person can read; the hourly cap above all the
+        # demo's images (at the default 100, the new version's were no longer sampled).
+        "REVIEW_SAMPLE_RATE": "0.1", "DRIFT_REVIEW_SAMPLE_RATE": "0.5", "REVIEW_SAMPLES_PER_HOUR": "2000",
         "STATIC_HYPERPARAMETERS": json.dumps({
             "arch": "resnet18", "optimizer": "adam", "freeze": freeze, "pretrained": "none",
             "image-size": str(image_size), "epochs": str(epochs), "patience": "2", "hflip-prob": "0", "workers": "0"}),
