@@ -18,12 +18,25 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from PIL import Image, ImageOps
 
-if TYPE_CHECKING:
-    from .demo import Demo
+from .launcher import StackProcess
+
+
+class Demo(Protocol):
+    """What the step uses of the demo (local_aws/project/demo.py: Demo), which runs it."""
+
+    stack: StackProcess
+    out: Path
+
+    def say(self, message: str) -> None: ...
+    def mark(self, name: str) -> None: ...
+    def runs(self) -> list[dict[str, Any]]: ...
+    def follow_run(self, known: set[str], timeout: float) -> dict[str, Any]: ...
+    def classify(self, files: list[Path], prefix: str, timeout: float = 300) -> dict[str, dict[str, Any]]: ...
+    def accuracy(self, answers: dict[str, dict[str, Any]]) -> tuple[float, int]: ...
 
 SHIFT = "inverted"
 # The name prefixes: ordinary held-out digits, the shifted stream, the shifted held-out digits.
@@ -49,7 +62,7 @@ def true_label(name: str) -> str:
 
 
 class DriftStep:
-    def __init__(self, demo: "Demo") -> None:
+    def __init__(self, demo: Demo) -> None:
         self.demo, self.api = demo, demo.stack.api
 
     def drift(self) -> dict[str, Any]:
