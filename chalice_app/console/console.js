@@ -47,6 +47,28 @@ function renderLive(model) {
       " · live accuracy ", el("strong", { id: "live-accuracy" }, liveAccuracy(model))));
 }
 
+// GET /drift: the live version's latest window against its test split, and the last episodes.
+function renderDrift(drift, liveVersion) {
+  const card = $("#drift");
+  card.replaceChildren(el("h2", {}, "Image drift"));
+  const mine = drift.versions.find((v) => v.model_version === liveVersion);
+  const t = drift.thresholds;
+  let line;
+  if (!mine) line = "no model is live yet";
+  else if (mine.has_reference === false) line = `not checked: ${mine.no_reference_reason}`;
+  else if (!mine.statistics) line = `not compared yet: a window needs ${drift.min_images} predictions`;
+  else {
+    const s = mine.statistics;
+    line = `${s.images} newest images · confidence PSI ${s.confidence_psi.toFixed(3)} (over ${t.psi} drifts) · ` +
+      `class-mix p ${s.class_p_value.toExponential(1)} (under ${t.class_p_value}) · ` +
+      `embedding distance ${s.embedding_distance.toFixed(3)} (over ${t.embedding_distance})`;
+  }
+  card.append(el("p", { id: "drift-state", "data-drifting": mine && mine.drifting ? "true" : "false" },
+    mine ? badge(mine.drifting ? "DRIFTING" : "STEADY") : null, " ", line));
+  card.append(el("ul", { id: "drift-events" }, drift.items.slice(0, 5).map((e) => el("li", {},
+    `${when(e.started_at)} ${e.model_version}: ${e.reasons.join("; ")}`, e.ended_at ? ` (ended ${when(e.ended_at)})` : ""))));
+}
+
 function renderRuns(runs) {
   $("#runs").replaceChildren(...runs.map((run) => {
     const at = STEPS.indexOf(run.status);
@@ -189,9 +211,13 @@ async function refresh() {
   if (refreshing) return refreshing;
   refreshing = (async () => {
     try {
-      const [models, runs, predictions, review] = await Promise.all(
-        [api("models"), api("runs?limit=10"), api("predictions?limit=50"), api("review?limit=20")]);
+      const [models, runs, predictions, review, drift] = await Promise.all(
+        [api("models"), api("runs?limit=10"), api("predictions?limit=50"), api("review?limit=20"),
+          api("drift?limit=5")]);
       if (models.status === 200) { renderLive(models.body.live); renderRegistry(models.body.items); }
+      if (drift.status === 200 && models.status === 200) {
+        renderDrift(drift.body, models.body.live && models.body.live.model_version);
+      }
       if (runs.status === 200) renderRuns(runs.body.items);
       if (predictions.status === 200) renderPredictions(predictions.body);
       if (review.status === 200) renderReview(review.body);

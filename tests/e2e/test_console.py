@@ -76,6 +76,9 @@ def test_a_run_moves_through_its_states_on_the_page(page, trained_stack):
     page.wait_for_selector(f"#live-version:has-text('{model['model_version']}')")
     assert "%" in page.inner_text("#live-test-accuracy")
     page.wait_for_selector(f"#registry tr[data-version='{model['model_version']}']")
+    # GET /drift on the overview: the live version, steady (a few images: no window compared yet).
+    drift = page.wait_for_selector("#drift-state[data-drifting='false']:has-text('STEADY')")
+    assert "not compared yet" in drift.inner_text() or "confidence PSI" in drift.inner_text(), drift.inner_text()
     report = page.get_attribute("#runs li.run a.report", "href")
     answer = page.request.get(f"{trained_stack.stack.urls['api']}/{report}")
     assert answer.status == 200 and answer.headers["content-type"].startswith("text/html")
