@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -58,12 +59,17 @@ def get_prediction(name: str) -> dict[str, Any]:
     return public(item)
 
 
-def list_predictions(limit: str | None, cursor: str | None) -> dict[str, Any]:
+def _check_cursor(cursor: str | None, decode: Callable[[str], Any]) -> None:
+    """A pagination cursor the route's store can decode, else 400 (None: the first page)."""
     if cursor:
         try:
-            decode_cursor(cursor)
+            decode(cursor)
         except ValueError as error:
             raise BadRequestError(str(error)) from error
+
+
+def list_predictions(limit: str | None, cursor: str | None) -> dict[str, Any]:
+    _check_cursor(cursor, decode_cursor)
     items, next_cursor = stores().predictions.recent(page_size(limit), cursor)
     return {"items": with_image_urls(items), "next": next_cursor}
 
@@ -151,11 +157,7 @@ def start_run() -> dict[str, Any]:
 
 def list_review(limit: str | None, cursor: str | None) -> dict[str, Any]:
     """The predictions waiting for a label, oldest first, each with a short-lived URL to its image."""
-    if cursor:
-        try:
-            decode_cursor(cursor, REVIEW_CURSOR)
-        except ValueError as error:
-            raise BadRequestError(str(error)) from error
+    _check_cursor(cursor, lambda text: decode_cursor(text, REVIEW_CURSOR))
     return review.waiting(page_size(limit), cursor)
 
 
@@ -178,9 +180,5 @@ def label_review(name: str, body: dict[str, Any] | None) -> dict[str, Any]:
 
 def list_drift(limit: str | None, cursor: str | None) -> dict[str, Any]:
     """Drift events newest first, each model version's latest drift statistics, and the thresholds."""
-    if cursor:
-        try:
-            drift_cursor(cursor)
-        except ValueError as error:
-            raise BadRequestError(str(error)) from error
+    _check_cursor(cursor, drift_cursor)
     return drift_watch.report(page_size(limit), cursor)

@@ -127,6 +127,11 @@ class Demo:
             time.sleep(5)
         raise TimeoutError(f"no run ended within {timeout} s; see {self.stack.log_path}")
 
+    @staticmethod
+    def summarise_run(run: dict[str, Any]) -> dict[str, Any]:
+        """What the summary keeps of an ended run."""
+        return {k: run.get(k) for k in ("run_id", "status", "reason", "gate", "model_version", "test_accuracy")}
+
     def describe_progress(self, run: dict[str, Any]) -> str:
         status = run["status"]
         if status == "TUNING" and run.get("tuning_job"):
@@ -225,8 +230,7 @@ class Demo:
         self.mark("uploaded")
         run = self.follow_run(set(), timeout=3600)
         self.mark("first_run_ended")
-        summary["first_run"] = {k: run.get(k) for k in ("run_id", "status", "reason", "gate", "model_version",
-                                                          "test_accuracy")}
+        summary["first_run"] = self.summarise_run(run)
         if run["status"] != "DEPLOYED":
             self.say(f"the first run ended {run['status']}: {run.get('reason')}")
             return summary
@@ -249,8 +253,7 @@ class Demo:
         stream.stop()
         self.mark("second_run_ended")
         status, live = self.stack.api("/models/live")
-        summary["second_run"] = {k: second.get(k) for k in ("run_id", "status", "reason", "gate", "model_version",
-                                                            "test_accuracy")}
+        summary["second_run"] = self.summarise_run(second)
         summary["live_model"] = live if status == 200 else None
         summary["during_update"] = stream.report()
         self.say(f"second run {second['status']}: {second.get('gate') or second.get('reason')}")
