@@ -160,12 +160,23 @@ class TrainingRunner:
 
     def stop(self, name: str) -> None:
         """StopTrainingJob's work: the job is marked Stopping and its process ended."""
-        with self.state.lock:
-            status = self.state.training_jobs[name].status
-            if status != "InProgress":
-                raise ValidationException(f"The request was rejected because the training job is in status {status}.")
-        self.state.change_training_job(name, lambda j: (setattr(j, "stop_requested", True),
-                                                        j.move_to("Stopping", "Stopping the training job", status="Stopping")))
+        self.request_stop(name)
+        self.end_process(name)
+
+    def request_stop(self, name: str) -> None:
+        """Mark the job Stopping. From here it ends Stopped, even if its process exits 0 before it
+        is ended, as on AWS; this does not wait, so a job's own log thread may call it."""
+        def mark(job: "TrainingJob") -> None:
+            if job.status != "InProgress":  # checked under the state's lock, with the change
+                raise ValidationException(
+                    f"The request was rejected because the training job is in status {job.status}.")
+            job.stop_requested = True
+            job.move_to("Stopping", "Stopping the training job", status="Stopping")
+
+        self.state.change_training_job(name, mark)
+
+    def end_process(self, name: str) -> None:
+        """SIGTERM a stopping job's process, then SIGKILL after a grace period; waits for it to end."""
         with self._lock:
             process = self._processes.get(name)
         if process and process.poll() is None:

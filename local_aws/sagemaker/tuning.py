@@ -77,8 +77,11 @@ class TuningPlan:
                                                     reduction_factor=3)
         elif self.early_stopping:
             pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-        return optuna.create_study(direction="maximize" if self.maximize else "minimize", sampler=sampler,
-                                   pruner=pruner)
+        # Hyperband assigns trials to brackets by a hash of the study's name and the trial's
+        # number: a name fixed by the seed makes a seeded search repeatable, as RandomSeed promises.
+        name = None if self.seed is None else f"seed-{self.seed}"
+        return optuna.create_study(study_name=name, direction="maximize" if self.maximize else "minimize",
+                                   sampler=sampler, pruner=pruner)
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -291,8 +294,13 @@ class Tuner:
         self._conclude(name)
 
     def _early_stop(self, job_name: str) -> None:
-        # Not on the job's own log thread: stopping waits for the process that feeds that thread.
-        threading.Thread(target=_stop_quietly, args=(self.runner, job_name), daemon=True).start()
+        # Marked on the job's own log thread, so the job ends Stopped however fast its process
+        # finishes; ended on another, as ending waits for the process that feeds this thread.
+        try:
+            self.runner.request_stop(job_name)
+        except ValidationException:  # it ended meanwhile: nothing to stop
+            return
+        threading.Thread(target=self.runner.end_process, args=(job_name,), daemon=True).start()
 
     def _score(self, name: str, plan: TuningPlan, study: optuna.Study, trial: Trial, reporter: MetricReporter,
                job: "TrainingJob") -> None:
