@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 
-from chalice import Chalice, IAMAuthorizer, Rate, Response
+from chalice import Chalice, Rate, Response
 
-from chalice_app import api, console_assets, handlers
+from chalice_app import api, console_assets, handlers, sign_in
+from chalice_app.auth import route_authorizer
 from chalice_app.config import endpoint_max_instances, settings
 from chalice_app.events import ENDPOINT_PATTERN, TRAINING_PATTERN, TUNING_PATTERN
 from chalice_app.invocations import MAX_IMAGES_PER_REQUEST
@@ -30,9 +31,9 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
 
 TRAINING_QUEUE = os.environ.get("TRAINING_QUEUE", "image-pipeline-training-data")
 INCOMING_QUEUE = os.environ.get("INCOMING_QUEUE", "image-pipeline-incoming")
-# IAM authorisation on every route where the stage sets IAM_AUTH (dev and prod): the reads expose
-# predictions, S3 URIs and hyperparameters too. The local stage stays open.
-_auth = IAMAuthorizer() if os.environ.get("IAM_AUTH", "").lower() in {"1", "true"} else None
+# The stage's authoriser (AUTH) on every data route: the reads expose predictions, S3 URIs and
+# hyperparameters too. The local stage stays open (chalice_app/auth.py).
+_auth = route_authorizer(os.environ)
 
 
 @app.middleware("http")
@@ -151,16 +152,21 @@ def label_review(name):
     return api.label_review(name, app.current_request.json_body)
 
 
-# The web console (chalice_app/console/): static text files, same origin as the API, behind the
-# same authoriser as every route.
-@app.route("/console", methods=["GET"], authorizer=_auth)
+# The web console (chalice_app/console/): static text files, same origin as the API. They and how
+# to sign in are open, as a browser loads them before anyone signs in; they hold no data.
+@app.route("/console", methods=["GET"])
 def console_index():
     return console_assets.response(console_assets.INDEX)
 
 
-@app.route("/console/{name}", methods=["GET"], authorizer=_auth)
+@app.route("/console/{name}", methods=["GET"])
 def console_file(name):
     return console_assets.response(name)
+
+
+@app.route("/sign-in", methods=["GET"])
+def sign_in_settings():
+    return sign_in.sign_in()
 
 
 @app.route("/drift", methods=["GET"], authorizer=_auth)

@@ -54,6 +54,8 @@ DEFAULT_RULE_POLICY: dict[str, str] = {
 
 
 # What SageMaker allows in a name, lower case only (ARNs carry names lower-cased).
+# Who may call the API (chalice_app/auth.py says what each means).
+AUTH_MODES = ("none", "iam", "cognito")
 NAME_PREFIX_PATTERN = re.compile(r"^[a-z0-9](-*[a-z0-9])*$")
 
 
@@ -248,6 +250,11 @@ class Settings:
     drift_class_p_value: float = DEFAULT_THRESHOLDS.class_p_value
     drift_embedding_threshold: float = DEFAULT_THRESHOLDS.embedding_distance
     drift_review_sample_rate: float = 0.2
+    # Who may call the API (chalice_app/auth.py); with cognito, the user pool and its hosted UI's
+    # domain (<prefix>.auth.<region>.amazoncognito.com) the console signs in through.
+    auth: str = "none"
+    cognito_user_pool_id: str = ""
+    cognito_domain: str = ""
 
     @property
     def drift_thresholds(self) -> Thresholds:
@@ -340,6 +347,9 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         drift_class_p_value=_fraction(env, "DRIFT_CLASS_P_VALUE", DEFAULT_THRESHOLDS.class_p_value),
         drift_embedding_threshold=_above_zero(env, "DRIFT_EMBEDDING_THRESHOLD", DEFAULT_THRESHOLDS.embedding_distance),
         drift_review_sample_rate=_fraction(env, "DRIFT_REVIEW_SAMPLE_RATE", 0.2),
+        auth=_choice(env, "AUTH", "none", AUTH_MODES),
+        cognito_user_pool_id=need("COGNITO_USER_POOL_ID") if env.get("AUTH") == "cognito" else "",
+        cognito_domain=need("COGNITO_DOMAIN") if env.get("AUTH") == "cognito" else "",
     )
 
 

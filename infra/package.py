@@ -4,8 +4,9 @@
 
 The stage's environment is exported while Chalice imports app.py, so the queue
 names the handlers declare are the stage's. Afterwards, environment values and the
-Lambda roles' policy ARNs that name `${AWS::...}` (the account in the bucket and
-role names, the account and region in every ARN) become Fn::Sub, and the
+Lambda roles' policy ARNs that name `${...}` (the account in the bucket and
+role names, the account and region in every ARN, the user pool) become Fn::Sub,
+a stage with AUTH=cognito gets its user pool (infra/console_users.py), and the
 template's Stage parameter defaults to the packaged stage.
 """
 
@@ -20,17 +21,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from chalice_app.auth import auth_mode
+from infra import console_users
 from infra.policies import stage_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sub(value: Any) -> Any:
-    return {"Fn::Sub": value} if isinstance(value, str) and "${AWS::" in value else value
+    return {"Fn::Sub": value} if isinstance(value, str) and "${" in value else value
 
 
 def resolve_placeholders(template: dict[str, Any], stage: str) -> dict[str, Any]:
     template.setdefault("Parameters", {}).setdefault("Stage", {"Type": "String"})["Default"] = stage
+    # A Cognito authoriser names its user pool as `${ConsoleUserPool.Arn}` (chalice_app/auth.py).
+    api = template["Resources"].get("RestAPI", {}).get("Properties", {}).get("DefinitionBody", {})
+    for definition in api.get("securityDefinitions", {}).values():
+        authorizer = definition.get("x-amazon-apigateway-authorizer", {})
+        if "providerARNs" in authorizer:
+            authorizer["providerARNs"] = [_sub(arn) for arn in authorizer["providerARNs"]]
     for resource in template["Resources"].values():
         if resource.get("Type") == "AWS::Serverless::Function":
             variables = resource["Properties"].get("Environment", {}).get("Variables", {})
@@ -79,15 +88,27 @@ def with_images(template: dict[str, Any], images: Mapping[str, str]) -> dict[str
     return template
 
 
+def with_console_users(template: dict[str, Any], env: Mapping[str, str], api_stage: str) -> dict[str, Any]:
+    """The stage's Cognito user pool, app client and hosted-UI domain, where it signs in with them."""
+    if auth_mode(env) == "cognito":
+        template["Resources"].update(console_users.resources(env, api_stage))
+        template.setdefault("Outputs", {}).update(console_users.outputs(api_stage))
+    return template
+
+
 def package(stage: str, out: Path, images: Mapping[str, str] | None = None) -> Path:
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
-    env = {**os.environ, **{k: v for k, v in stage_env(config, stage).items() if "${" not in v}}
+    variables = stage_env(config, stage)
+    # Placeholders included: app.py names the Cognito authoriser's pool as one.
+    env = {**os.environ, **variables}
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     chalice = Path(sys.executable).with_name("chalice")
     subprocess.run([str(chalice), "package", "--stage", stage, "--merge-template", str(ROOT / "infra" / "template.json"),
                     str(out)], cwd=ROOT, env=env, check=True)
     template_path = out / "sam.json"
-    template = with_images(resolve_placeholders(json.loads(template_path.read_text()), stage), images or {})
+    template = json.loads(template_path.read_text())
+    template = with_console_users(template, variables, config["stages"][stage].get("api_gateway_stage", "api"))
+    template = with_images(resolve_placeholders(template, stage), images or {})
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     return template_path
 

@@ -145,6 +145,10 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
          "Resource": env["SAGEMAKER_ROLE_ARN"],
          "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},
     ]
+    if env.get("AUTH") == "cognito":
+        # GET /sign-in looks up the console's app client by name in the stage's own pool (chalice_app/sign_in.py).
+        statements.append({"Sid": "FindConsoleClient", "Effect": "Allow", "Action": ["cognito-idp:ListUserPoolClients"],
+                           "Resource": f"arn:aws:cognito-idp:{REGION}:{ACCOUNT}:userpool/{env['COGNITO_USER_POOL_ID']}"})
     if alarms:
         # An UpdateEndpoint with AutoRollbackConfiguration is refused unless its caller may
         # describe the alarms it names (SageMaker's deployment guardrails).

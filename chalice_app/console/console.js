@@ -1,5 +1,7 @@
 // The pipeline's console: the public HTTP API only, relative to this page (so it keeps API
 // Gateway's stage prefix), polled every few seconds. DOM built with textContent, never HTML strings.
+import { authorization, signIn, signInAgain, signOut } from "./sign_in.js";
+
 const POLL_MS = 3000;
 const STEPS = ["STARTING", "TUNING", "TRAINING", "DEPLOYING", "DEPLOYED"];
 const ENDED = new Set(["REJECTED", "FAILED", "REFUSED"]);
@@ -22,9 +24,23 @@ function el(tag, attrs = {}, ...children) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { headers: { "Content-Type": "application/json" }, ...options });
+  const headers = { "Content-Type": "application/json", ...(await authorization()) };
+  const response = await fetch(path, { headers, ...options });
+  if (response.status === 401 && headers.Authorization) return signInAgain();
   const body = await response.json().catch(() => null);
   return { status: response.status, body };
+}
+
+// A link to an API page (a run's report): where the API needs a token, a plain navigation would
+// carry none, so the page is fetched with it and opened from memory.
+async function openPage(event) {
+  const headers = await authorization();
+  if (!headers.Authorization) return; // the link's own navigation does
+  event.preventDefault();
+  const response = await fetch(event.currentTarget.getAttribute("href"), { headers });
+  if (response.status === 401) return signInAgain();
+  const page = new Blob([await response.text()], { type: "text/html" });
+  window.open(URL.createObjectURL(page), "_blank", "noopener");
 }
 
 const percent = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`);
@@ -81,7 +97,8 @@ function renderRuns(runs) {
     return el("li", { class: "run", "data-run-id": run.run_id, "data-status": run.status },
       el("div", {}, el("strong", {}, run.run_id), " ", badge(run.status), " ", when(run.created_at),
         HAS_REPORT.has(run.status) && run.training_job
-          ? el("a", { href: `runs/${run.run_id}/report`, target: "_blank", class: "report" }, " report") : null),
+          ? el("a", { href: `runs/${run.run_id}/report`, target: "_blank", class: "report", onclick: openPage },
+            " report") : null),
       el("div", { class: "steps" }, steps),
       details ? el("div", { class: "reason" }, details) : null,
       run.gate ? el("div", { class: "reason" }, `gate: ${run.gate}`) : null,
@@ -227,14 +244,35 @@ async function refresh() {
   return refreshing;
 }
 
-$("#start-run").addEventListener("click", async () => {
-  const { status, body } = await api("runs", { method: "POST" });
-  $("#start-run-answer").textContent = status === 202 ? `started ${body.run_id}` : (body && body.Message) || status;
-  refresh();
-});
-$("#more-predictions").addEventListener("click", morePredictions);
-document.addEventListener("keydown", onKey);
-window.addEventListener("hashchange", show);
-wireUploads();
-show();
-setInterval(refresh, POLL_MS);
+// --- start: signed in (where the stage asks for it), then the views ---
+function signedIn(who) {
+  if (who.mode === "iam") {
+    say("this stage's API takes SigV4-signed requests, which a browser cannot make: deploy it with AUTH=cognito");
+    return false;
+  }
+  if (who.email) {
+    $("#user").replaceChildren(who.email, " ", el("button", { type: "button", id: "sign-out", onclick: signOut }, "Sign out"));
+  }
+  return true;
+}
+
+let who;
+try { who = await signIn(); } catch (error) {
+  say(error.message);
+  $("#user").replaceChildren(el("button", { type: "button", id: "sign-in", onclick: signInAgain }, "Sign in"));
+}
+if (who && signedIn(who)) start();
+
+function start() {
+  $("#start-run").addEventListener("click", async () => {
+    const { status, body } = await api("runs", { method: "POST" });
+    $("#start-run-answer").textContent = status === 202 ? `started ${body.run_id}` : (body && body.Message) || status;
+    refresh();
+  });
+  $("#more-predictions").addEventListener("click", morePredictions);
+  document.addEventListener("keydown", onKey);
+  window.addEventListener("hashchange", show);
+  wireUploads();
+  show();
+  setInterval(refresh, POLL_MS);
+}

@@ -208,6 +208,25 @@ def _enforced(resource: Any, policy: str) -> Any:
     return resource
 
 
+_UNCHECKED: dict[str, Any] = {}
+
+
+def enforce_stage_policy(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> str:
+    """Every call the handlers make is checked against the policy generated for `env`, as AWS would;
+    returns that policy."""
+    from chalice_app import aws
+
+    policy = json.dumps(policies.resolve(policies.policy(env), REGION, DEFAULT_ACCOUNT_ID))
+    # The unchecked client makers, as first seen (a second call replaces the first's checks).
+    make = _UNCHECKED.setdefault("make", aws._make.__wrapped__)
+    resource = _UNCHECKED.setdefault("resource", aws._resource.__wrapped__)
+    monkeypatch.setattr(aws, "_make", lru_cache(maxsize=None)(
+        lambda service: iam.enforce(make(service), policy, REGION, DEFAULT_ACCOUNT_ID)))
+    monkeypatch.setattr(aws, "_resource", lru_cache(maxsize=None)(lambda service: _enforced(
+        resource(service), policy)))
+    return policy
+
+
 @pytest.fixture
 def app_env(monkeypatch: pytest.MonkeyPatch):
     from chalice_app import aws, config
@@ -219,14 +238,8 @@ def app_env(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(name, value)
     config.settings.cache_clear()
     aws.reset()
-    # Every call the handlers make is checked against the stage's generated policy, as AWS would.
-    policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, DEFAULT_ACCOUNT_ID))
     iam.enable_string_like(monkeypatch)
-    make, resource = aws._make, aws._resource
-    monkeypatch.setattr(aws, "_make", lru_cache(maxsize=None)(
-        lambda service: iam.enforce(make.__wrapped__(service), policy, REGION, DEFAULT_ACCOUNT_ID)))
-    monkeypatch.setattr(aws, "_resource", lru_cache(maxsize=None)(lambda service: _enforced(
-        resource.__wrapped__(service), policy)))
+    enforce_stage_policy(monkeypatch, ENV)
     yield ENV
     config.settings.cache_clear()
     aws.reset()

@@ -128,6 +128,10 @@ def checks(service: str, operation: str, params: dict[str, Any], region: str, ac
             alarm = f"arn:aws:cloudwatch:{region}:{account}:alarm:TargetTracking-{params['ResourceId']}-AlarmHigh-1"
             for action in ("cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"):
                 yield action, alarm, {}
+    elif service == "cognito-idp":
+        if operation != "ListUserPoolClients":
+            raise UnmappedCall(f"{service} {operation}")
+        yield f"cognito-idp:{operation}", f"arn:aws:cognito-idp:{region}:{account}:userpool/{params['UserPoolId']}", {}
     else:
         raise UnmappedCall(f"{service} {operation}")
 

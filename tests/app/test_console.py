@@ -23,12 +23,27 @@ def test_the_console_and_its_files_are_served_with_their_types(world):
     html = page.body.decode()
     referenced = re.findall(r'(?:src|href)="([^"#]+)"', html)
     assert sorted(referenced) == ["console/console.css", "console/console.js"]  # nothing from elsewhere
-    for name, media_type in (("console.js", "text/javascript"), ("console.css", "text/css")):
+    for name, media_type in (("console.js", "text/javascript"), ("sign_in.js", "text/javascript"),
+                             ("console.css", "text/css")):
         answer = world.client.http.get(f"/console/{name}")
         assert answer.status_code == 200 and answer.headers["Content-Type"].startswith(media_type), name
         assert answer.body.decode() == (console_assets.CONSOLE_DIR / name).read_text()
-    script = (console_assets.CONSOLE_DIR / "console.js").read_text()
-    assert "http://" not in script and "https://" not in script and "innerHTML" not in script
+    for script in ("console.js", "sign_in.js"):
+        text = (console_assets.CONSOLE_DIR / script).read_text()
+        assert "http://" not in text and "https://" not in text and "innerHTML" not in text, script
+
+
+def test_the_pages_policy_lets_a_report_opened_from_memory_keep_its_style():
+    """Where the API takes a token the page opens a run's report from memory, and that page keeps the
+    console's Content-Security-Policy: its one inline <style> is allowed by hash, nothing else inline."""
+    import base64
+    import hashlib
+
+    from training.report import _CSS
+
+    digest = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
+    assert console_assets.REPORT_STYLE == f"'sha256-{digest}'"
+    assert "unsafe-inline" not in console_assets.POLICY
 
 
 @pytest.mark.parametrize("name", ["app.py", "..%2Fapp.py", "%2E%2E%2F%2E%2E%2Fapp.py", "console.js.bak", "INDEX.HTML",

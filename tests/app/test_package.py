@@ -215,17 +215,53 @@ def test_the_app_imports_with_only_requirements_txt_installed(requirements_venv,
     assert json.loads(result.stdout.splitlines()[-1])["heavy"] == []
 
 
+OPEN_ROUTES = {"GET /console", "GET /console/{name}", "GET /sign-in"}  # a browser loads them before signing in
+
+
+def _operations(template: dict) -> dict[str, dict]:
+    paths = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    return {f"{method.upper()} {path}": operation for path, methods in paths.items()
+            for method, operation in methods.items()}
+
+
 @pytest.mark.parametrize("stage, secured", [("dev", True), ("prod", True), ("local", False)])
-def test_every_route_needs_iam_on_dev_and_prod(stages, stage, secured):
-    """The reads expose predictions, S3 URIs and hyperparameters: every route, every method."""
-    paths = _template(stages[stage])["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
-    operations = {f"{method.upper()} {path}": operation for path, methods in paths.items()
-                  for method, operation in methods.items()}
-    assert len(operations) == 14 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs", "GET /review",
-                                      "POST /review/{name}", "GET /runs/{run_id}/report", "GET /console",
-                                      "GET /console/{name}", "GET /drift"} <= set(operations)
-    assert {name for name, op in operations.items() if op.get("security") == [{"sigv4": []}]} == (
-        set(operations) if secured else set())
+def test_every_data_route_needs_the_stages_user_pool_token_on_dev_and_prod(stages, stage, secured):
+    """The reads expose predictions, S3 URIs and hyperparameters: every data route, every method,
+    takes the ID token of the stage's own user pool; the console's files and how to sign in are open."""
+    template = _template(stages[stage])
+    operations = _operations(template)
+    assert len(operations) == 15 and {"GET /predictions", "GET /runs/{run_id}", "POST /runs", "GET /review",
+                                      "POST /review/{name}", "GET /runs/{run_id}/report", "GET /drift"} <= set(operations)
+    assert OPEN_ROUTES <= set(operations)
+    secured_ones = {name for name, op in operations.items() if op.get("security") == [{"ConsoleUsers": []}]}
+    assert secured_ones == (set(operations) - OPEN_ROUTES if secured else set())
+    assert not [name for name, op in operations.items() if op.get("security") not in (None, [{"ConsoleUsers": []}])]
+    definitions = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"].get("securityDefinitions", {})
+    if secured:
+        authorizer = definitions["ConsoleUsers"]["x-amazon-apigateway-authorizer"]
+        assert authorizer == {"type": "cognito_user_pools", "providerARNs": [{"Fn::Sub": "${ConsoleUserPool.Arn}"}]}
+    else:
+        assert definitions == {} and "ConsoleUserPool" not in template["Resources"]
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_the_user_pool_admits_only_admin_created_users_through_the_consoles_own_url(stages, stage):
+    resources = _template(stages[stage])["Resources"]
+    pool = resources["ConsoleUserPool"]
+    assert pool["Properties"]["AdminCreateUserConfig"] == {"AllowAdminCreateUserOnly": True}
+    assert pool["DeletionPolicy"] == "Retain"  # its users outlive the stack, as the data does
+    client = resources["ConsoleUserPoolClient"]["Properties"]
+    console = {"Fn::Sub": "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}/api/console"}
+    assert client["CallbackURLs"] == [console] and client["LogoutURLs"] == [console]
+    assert client["AllowedOAuthFlows"] == ["code"] and client["GenerateSecret"] is False  # PKCE, a public client
+    # The functions find the client by this name, and the hosted UI at the stage's COGNITO_DOMAIN.
+    env = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
+    assert client["ClientName"] == f"{env['NAME_PREFIX']}-console"
+    domain = resources["ConsoleUserPoolDomain"]["Properties"]["Domain"]["Fn::Sub"]
+    assert env["COGNITO_DOMAIN"] == {"Fn::Sub": f"{domain}.auth.${{AWS::Region}}.amazoncognito.com"}
+    assert env["COGNITO_USER_POOL_ID"] == {"Fn::Sub": "${ConsoleUserPool}"}
+    policy = json.dumps(_role_statements(_template(stages[stage])))
+    assert '"arn:aws:cognito-idp:${AWS::Region}:${AWS::AccountId}:userpool/${ConsoleUserPool}"' in policy
 
 
 def test_the_readmes_deploy_acknowledges_every_capability_the_template_needs(packaged):
