@@ -245,12 +245,18 @@ def stack_settled(answer: dict[str, Any]) -> bool:
     return not answer["Stacks"][0]["StackStatus"].endswith("_IN_PROGRESS")
 
 
+# The stack's outputs a stage with AUTH=cognito adds (infra/console_users.py), as the deploy prints them.
+CONSOLE_OUTPUTS = {"ConsoleUrl": "console", "ConsoleUserPoolId": "console users' pool"}
+
+
 def finished_stack(target: Target, build: Build) -> dict[str, Any]:
     """What a dry run assumes DescribeStacks answers once the stack is created."""
     return {"Stacks": [{"StackName": target.stack, "StackStatus": "CREATE_COMPLETE", "Outputs": [
         {"OutputKey": "EndpointURL",
          "OutputValue": f"https://<api-id>.execute-api.{target.region}.amazonaws.com/api/"},
-        {"OutputKey": "DataBucketName", "OutputValue": build.data_bucket}]}]}
+        {"OutputKey": "DataBucketName", "OutputValue": build.data_bucket},
+        *[{"OutputKey": key, "OutputValue": f"<{key}>"} for key in build.template.get("Outputs", {})
+          if key in CONSOLE_OUTPUTS]]}]}
 
 
 def failure_reasons(events: list[dict[str, Any]], token: str) -> list[str]:
@@ -422,7 +428,11 @@ def deploy(target: Target, build: Build, runner: Runner, log: Log, now: datetime
     runner.call(put_object(source_bucket, source_key, build.source, target.account))
     deployed = Deployed(api_url=stack_outputs.get("EndpointURL", ""),
                         data_bucket=stack_outputs.get("DataBucketName", build.data_bucket), changed=changed)
-    log(f"7. API: {deployed.api_url}\n   data bucket: {deployed.data_bucket}")
+    log(f"7. API: {deployed.api_url}\n   data bucket: {deployed.data_bucket}"
+        + "".join(f"\n   {label}: {stack_outputs[key]}" for key, label in CONSOLE_OUTPUTS.items() if key in stack_outputs))
+    if "ConsoleUserPoolId" in stack_outputs:
+        log(f"   add a console user: aws cognito-idp admin-create-user --user-pool-id "
+            f"{stack_outputs['ConsoleUserPoolId']} --username <e-mail> --region {target.region}")
     return deployed
 
 

@@ -3,6 +3,7 @@ ports, with a small training budget set through the stage's own variables (`--se
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,28 @@ import pytest
 
 from local_aws.project.budget import SCHEDULE_SECONDS, SMALL_BUDGET
 from local_aws.project.launcher import StackProcess
+
+# The browser the console's tests drive: Debian's Chromium (`make install`), headless, under Playwright.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Screenshots of the console's pages, for a reviewer to look at (ignored by git).
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "console"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"console screenshots: {SCREENSHOTS}")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
 
 # The tests that share one trained stack (`trained_stack`): one xdist group, so one worker, one stack,
 # one training (100-180 s). Its restart and kill -9 test goes last in it (pytest_collection_modifyitems).

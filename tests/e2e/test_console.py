@@ -7,7 +7,6 @@ Screenshots of each page go to test-output/console/ (ignored by git); the test p
 from __future__ import annotations
 
 import base64
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,29 +16,11 @@ from typing import Any
 
 import pytest
 
-from .conftest import TRAINED_STACK_GROUP, TrainedStack, wait_until
+from .conftest import SCREENSHOTS, TRAINED_STACK_GROUP, TrainedStack, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(TRAINED_STACK_GROUP)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "console"
 STEPS = ["STARTING", "TUNING", "TRAINING", "DEPLOYING", "DEPLOYED"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    print(f"console screenshots: {SCREENSHOTS}")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
