@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from botocore.exceptions import ClientError
 
 from training.drift import REFERENCE_FILE, DriftInputError, Reference, Statistics, Window, compare
 
-from . import clock, drift_reference
+from . import aws, clock, drift_reference
 from .config import settings
 from .observability import logger, metrics
 from .stores import stores
@@ -78,6 +79,10 @@ def _read(model: Mapping[str, Any]) -> dict[str, Any]:
         reference = drift_reference.read_reference(artifact)
     except DriftInputError as error:
         return {"missing": f"its {REFERENCE_FILE} cannot be used: {error}"}
+    except ClientError as error:
+        if aws.error_code(error) not in ("NoSuchKey", "404"):
+            raise  # a passing fault: the next minute's check reads it again
+        return {"missing": f"its model.tar.gz is gone ({artifact})"}
     if reference is None:
         return {"missing": f"its model.tar.gz has no {REFERENCE_FILE}"}
     return {"reference": reference.to_dict()}

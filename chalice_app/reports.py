@@ -41,8 +41,9 @@ def report_html(run: dict[str, Any]) -> str:
     try:
         data = read_member(config.bucket, output_key(config, job), REPORT_MEMBER, MAX_REPORT_BYTES)
     except ClientError as error:
-        # A missing key is NoSuchKey, or AccessDenied to a caller that may not list sagemaker/ (this one).
-        if aws.error_code(error) in {"NoSuchKey", "404", "AccessDenied", "403"}:
+        # A missing key is NoSuchKey: the policy lets this caller list final jobs' output (S3 answers
+        # AccessDenied for a missing key to a caller that may not), so an AccessDenied is a real one.
+        if aws.error_code(error) in {"NoSuchKey", "404"}:
             raise NoReport(f"the final job {job} left no output") from error
         raise
     except ArchiveError as error:

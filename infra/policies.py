@@ -69,9 +69,10 @@ def policy(env: dict[str, str]) -> dict[str, Any]:
          "Resource": "*"},
         # The run's snapshot lists training-data/. On incoming/ it is what makes a GetObject of a
         # deleted image answer NoSuchKey (stored FAILED) rather than AccessDenied (retried, then
-        # dead-lettered): S3 answers 404 only to a caller that may list the key.
+        # dead-lettered): S3 answers 404 only to a caller that may list the key. So for the final
+        # jobs' artefacts and reports that the drift check and GET /runs/{id}/report read.
         {"Sid": "ListData", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}",
-         "Condition": {"StringLike": {"s3:prefix": [f"{training}*", f"{incoming}*"]}}},
+         "Condition": {"StringLike": {"s3:prefix": [f"{training}*", f"{incoming}*", f"{output}final/*"]}}},
         {"Sid": "ReadImages", "Effect": "Allow", "Action": ["s3:GetObject"],
          "Resource": [f"arn:aws:s3:::{bucket}/{incoming}*", f"arn:aws:s3:::{bucket}/{training}*"]},
         # GET /runs/{id}/report reads the report from the final job's output archive (chalice_app/reports.py):

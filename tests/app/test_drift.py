@@ -324,6 +324,19 @@ def test_a_version_without_a_reference_is_not_checked_and_says_why_logged_once(w
     assert view["statistics"] is None and drift(world)["items"] == []
 
 
+def test_a_version_whose_artefact_is_gone_is_not_checked_and_says_so_once(world, live, caplog):
+    """A deleted model.tar.gz is a lasting answer (NoSuchKey, as the policy may list final jobs'
+    output), not an error that fails the schedule every minute (AccessDenied, had it not)."""
+    uri = urlparse(stores().registry.get(live)["artifact"])
+    world.s3.delete_object(Bucket=uri.netloc, Key=uri.path.lstrip("/"))
+    caplog.clear()
+    [first] = check(world)
+    [second] = check(world)
+    assert not first["compared"] and first["reason"] == f"no drift reference: its model.tar.gz is gone ({uri.geturl()})"
+    assert second == first
+    assert [r.getMessage() for r in caplog.records].count("no drift check for this model version") == 1
+
+
 def test_a_reference_that_does_not_add_up_is_refused_with_its_reason(world, live):
     put_artefact(world, live, document=json.dumps({**reference().to_dict(), "images": 7}).encode())
     with pytest.raises(DriftInputError, match="do not add up"):
