@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -90,7 +93,9 @@ def cognito_api(moto_url, monkeypatch) -> Iterator[tuple[str, HostedUI]]:
     id_token = idp.admin_initiate_auth(UserPoolId=pool["Id"], ClientId=client_id, AuthFlow="ADMIN_USER_PASSWORD_AUTH",
                                        AuthParameters={"USERNAME": EMAIL, "PASSWORD": PASSWORD}
                                        )["AuthenticationResult"]["IdToken"]
-    apply(render(load_stage("local")), boto3.Session())  # the stage's bucket, tables and queues
+    stage = load_stage("local")
+    apply(render(stage), boto3.Session())  # the stage's bucket, tables and queues
+    _a_deployed_run_with_its_report(stage.environment)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.e2e.api_alone", str(port), "AUTH=cognito",
@@ -103,6 +108,28 @@ def cognito_api(moto_url, monkeypatch) -> Iterator[tuple[str, HostedUI]]:
     finally:
         server.terminate()
         server.wait(30)
+
+
+RUN_ID, FINAL_JOB = "r261201020000-abcdef", "ip-local-r261201020000-abcdef-final"
+
+
+def _a_deployed_run_with_its_report(env: dict[str, str]) -> None:
+    """A run as the pipeline leaves it, and its final job's output archive holding a report styled as
+    training/report.py styles it (one inline <style>, which the console's policy allows by hash)."""
+    from training.report import _CSS
+
+    page = (f"<!DOCTYPE html><html><head><title>Training report</title><style>{_CSS}</style></head>"
+            "<body><h1>Training report</h1><p>confusion matrix</p></body></html>").encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        member = tarfile.TarInfo("report/report.html")
+        member.size = len(page)
+        tar.addfile(member, io.BytesIO(page))
+    boto3.client("s3").put_object(Bucket=env["BUCKET"], Key=f"{env['OUTPUT_PREFIX']}final/{FINAL_JOB}/output/output.tar.gz",
+                                  Body=archive.getvalue())
+    boto3.resource("dynamodb").Table(env["PIPELINE_TABLE"]).put_item(Item={
+        "pk": "RUN", "sk": RUN_ID, "run_id": RUN_ID, "status": "DEPLOYED", "training_job": FINAL_JOB,
+        "created_at": Decimal("1796090400")})
 
 
 def pump_until(page: Any, check: Any, what: str, timeout_ms: int = 60_000) -> None:
@@ -155,6 +182,16 @@ def test_the_console_signs_in_with_pkce_and_sends_the_id_token_with_every_call(p
     assert {path for path, _ in data_calls} >= {"/models", "/runs", "/predictions", "/review", "/drift"}
     assert {token for _, token in data_calls} == {hosted_ui.id_token}
     page.screenshot(path=SCREENSHOTS / "signed-in.png", full_page=True)
+
+    # A run's report, one click away: fetched with the token (a navigation would carry none) and
+    # opened from memory, styled, under the console's policy.
+    page.click("a[href='#overview']")
+    with page.context.expect_page() as opened:
+        page.click(f"#runs li.run[data-run-id='{RUN_ID}'] a.report")
+    report = opened.value
+    report.wait_for_selector("h1:has-text('Training report')")
+    assert report.evaluate("getComputedStyle(document.body).maxWidth") == "1100px"  # its <style> applied
+    assert (f"/runs/{RUN_ID}/report", hosted_ui.id_token) in calls
 
     # A reload keeps the tab's session: no new trip through the hosted UI.
     page.reload()
