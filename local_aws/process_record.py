@@ -51,19 +51,38 @@ def read_record(path: Path) -> list[Recorded]:
     return entries
 
 
+def _group_members(pgid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of every live process in the group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):  # stat's fields 5 (pgrp) and 3 (state)
+            members.append((int(entry.name), int(fields[19])))
+    return members
+
+
 def end_recorded(path: Path, timeout: float = 10.0) -> list[Recorded]:
-    """End what `path` records that still runs (with its group); returns what was ended."""
+    """End what `path` records that still runs (with its group); returns what was ended once all of
+    it is gone (or a zombie): its memory and ports are free before anything new starts."""
     ended = [entry for entry in read_record(path) if start_time(entry.pid) == entry.start_time]
+    doomed = []  # (pid, start time) of each process ended, group members included
     for entry in ended:
         try:
             if os.getpgid(entry.pid) == entry.pid:
+                doomed += _group_members(entry.pid)
                 os.killpg(entry.pid, signal.SIGKILL)
             else:
+                doomed.append((entry.pid, entry.start_time))
                 os.kill(entry.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout
-    while any(start_time(e.pid) == e.start_time for e in ended) and time.monotonic() < deadline:
-        time.sleep(0.05)  # gone (or a zombie) before anything new starts: its memory and ports are free
+    while any(start_time(pid) == started for pid, started in doomed) and time.monotonic() < deadline:
+        time.sleep(0.05)
     path.unlink(missing_ok=True)
     return ended

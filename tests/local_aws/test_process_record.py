@@ -12,7 +12,10 @@ from local_aws.process_record import RECORD_ENV, end_recorded, read_record, reco
 def test_the_next_start_ends_what_is_recorded_but_never_a_reused_pid(tmp_path, monkeypatch):
     path = tmp_path / "processes.jsonl"
     monkeypatch.setenv(RECORD_ENV, str(path))
-    left = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)  # a group, as a host leads
+    # A group, as a host leads; its line comes once the shell has forked its child.
+    left = subprocess.Popen(["sh", "-c", "sleep 300 & echo forked; wait"], start_new_session=True,
+                            stdout=subprocess.PIPE, text=True)
+    assert left.stdout is not None and left.stdout.readline() == "forked\n"
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
         record(left.pid, "left behind")
