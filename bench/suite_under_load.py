@@ -5,7 +5,8 @@ depend on how fast the machine is (issue #14), and this is how that is shown.
 
 Each hog is a process spinning in pure Python at normal priority, so the suite shares every
 core with them as it would a busy CI runner. Prints one JSON line per run (passed, failed,
-errors, the failing tests' ids, seconds) and a summary; exits 1 if any run had a failure.
+errors, the failing tests' ids, seconds) and a summary; exits 1 if any run had a failure. Each
+run's whole output is kept in test-output/suite-under-load/run-<n>.log, failures' tracebacks with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = re.compile(r"(\d+) (passed|failed|error|errors)\b")
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+LOGS = ROOT / "test-output" / "suite-under-load"
 
 
 def _spin() -> None:
@@ -30,10 +32,12 @@ def _spin() -> None:
         pass
 
 
-def run_suite(extra: list[str]) -> dict:
+def run_suite(number: int, extra: list[str]) -> dict:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *extra], cwd=ROOT,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"run-{number}.log").write_text(done.stdout + done.stderr)
     tail = done.stdout.splitlines()[-1] if done.stdout else ""
     counts = {kind.rstrip("s"): int(n) for n, kind in COUNTS.findall(tail)}
     return {"returncode": done.returncode, "seconds": round(time.monotonic() - started, 1),
@@ -53,7 +57,7 @@ def main() -> int:
     results = []
     try:
         for number in range(1, args.runs + 1):
-            result = {"run": number, "hogs": len(hogs), **run_suite(extra)}
+            result = {"run": number, "hogs": len(hogs), **run_suite(number, extra)}
             results.append(result)
             print(json.dumps(result), flush=True)
     finally:
