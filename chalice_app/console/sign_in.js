@@ -64,14 +64,15 @@ async function finishSignIn(query) {
     redirect_uri: redirectUri(), code_verifier: pending.verifier }));
 }
 
+let refreshing = null; // one refresh for the calls that find the token expiring together
 async function fresh() {
   if (session && session.expires_at - EARLY_MS > Date.now()) return true;
   if (!session || !session.refresh_token) return false;
-  try {
-    keep(await tokenRequest({ grant_type: "refresh_token", refresh_token: session.refresh_token }),
-      session.refresh_token);
-    return true;
-  } catch { return false; }
+  const refreshToken = session.refresh_token;
+  refreshing ??= tokenRequest({ grant_type: "refresh_token", refresh_token: refreshToken })
+    .then((tokens) => { keep(tokens, refreshToken); return true; }, () => false)
+    .finally(() => { refreshing = null; });
+  return refreshing;
 }
 
 // Resolves with who is signed in ({ mode, email }), after a round trip through the hosted UI if

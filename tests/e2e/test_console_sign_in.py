@@ -45,6 +45,7 @@ class HostedUI:
     id_token: str
     authorizations: list[dict[str, str]] = field(default_factory=list)
     exchanges: list[dict[str, str]] = field(default_factory=list)
+    refreshes: list[dict[str, str]] = field(default_factory=list)
     sign_outs: list[dict[str, str]] = field(default_factory=list)
 
     def handle(self, route: Any) -> None:
@@ -55,6 +56,15 @@ class HostedUI:
             self.authorizations.append(query)
             back = urlencode({"code": f"code-{len(self.authorizations)}", "state": query["state"]})
             route.fulfill(status=302, headers={"Location": f"{query['redirect_uri']}?{back}"})
+        elif url.path == "/oauth2/token" and "grant_type=refresh_token" in (request.post_data or ""):
+            form = {k: v[0] for k, v in parse_qs(request.post_data).items()}
+            self.refreshes.append(form)
+            valid = form["client_id"] == self.client_id and form["refresh_token"] == "refresh"
+            cors = {"Access-Control-Allow-Origin": request.headers["origin"]}
+            # Cognito's refresh answers new ID and access tokens, not a new refresh token.
+            route.fulfill(status=200 if valid else 400, headers=cors, json={
+                "id_token": self.id_token, "access_token": "access", "expires_in": 3600, "token_type": "Bearer"}
+                if valid else {"error": "invalid_grant"})
         elif url.path == "/oauth2/token":
             form = {k: v[0] for k, v in parse_qs(request.post_data).items()}
             self.exchanges.append(form)
@@ -196,7 +206,16 @@ def test_the_console_signs_in_with_pkce_and_sends_the_id_token_with_every_call(p
     # A reload keeps the tab's session: no new trip through the hosted UI.
     page.reload()
     page.wait_for_selector("body[data-loaded='true']")
-    assert len(hosted_ui.authorizations) == 1
+    assert len(hosted_ui.authorizations) == 1 and hosted_ui.refreshes == []
+    # An ID token about to expire is refreshed once with the refresh token, not signed in again.
+    page.evaluate("""() => { const key = 'image-pipeline-console:session';
+        const session = JSON.parse(sessionStorage.getItem(key)); session.expires_at = Date.now();
+        sessionStorage.setItem(key, JSON.stringify(session)); }""")
+    calls.clear()
+    page.reload()
+    page.wait_for_selector("body[data-loaded='true']")
+    assert len(hosted_ui.refreshes) == 1 and len(hosted_ui.authorizations) == 1
+    assert {token for path, token in calls if path != "/sign-in"} == {hosted_ui.id_token}
 
 
 def test_a_refused_token_signs_in_again_and_sign_out_ends_the_session(page):
