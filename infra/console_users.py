@@ -3,7 +3,8 @@
 
 - The pool: users are created by an administrator only (`aws cognito-idp admin-create-user`), as
   the console shows predictions, images and hyperparameters; e-mail is the user name; passwords of
-  12+ characters; TOTP MFA when a user sets it up. It is retained with the stack's data.
+  12+ characters; TOTP MFA when a user sets it up. It lives and dies with the stack (unlike the
+  data, it is not retained: a kept pool would hold its users where a new stack cannot find them).
 - Its hosted UI's domain: the stage's COGNITO_DOMAIN, one definition shared with the functions
   (`<prefix>.auth.<region>.amazoncognito.com`; the prefix must be unique in the region, so it names
   the account).
@@ -41,8 +42,8 @@ def resources(env: Mapping[str, str], api_stage: str) -> dict[str, Any]:
     return {
         POOL: {
             "Type": "AWS::Cognito::UserPool",
-            "DeletionPolicy": "Retain",
-            "UpdateReplacePolicy": "Retain",
+            "DeletionPolicy": "Delete",
+            "UpdateReplacePolicy": "Delete",
             "Properties": {
                 "UserPoolName": {"Fn::Sub": "image-pipeline-${Stage}-console"},
                 "AdminCreateUserConfig": {"AllowAdminCreateUserOnly": True},

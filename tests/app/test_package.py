@@ -249,7 +249,7 @@ def test_the_user_pool_admits_only_admin_created_users_through_the_consoles_own_
     resources = _template(stages[stage])["Resources"]
     pool = resources["ConsoleUserPool"]
     assert pool["Properties"]["AdminCreateUserConfig"] == {"AllowAdminCreateUserOnly": True}
-    assert pool["DeletionPolicy"] == "Retain"  # its users outlive the stack, as the data does
+    assert pool["DeletionPolicy"] == "Delete"  # a kept pool would hold its users where a new stack cannot find them
     client = resources["ConsoleUserPoolClient"]["Properties"]
     console = {"Fn::Sub": "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}/api/console"}
     assert client["CallbackURLs"] == [console] and client["LogoutURLs"] == [console]
