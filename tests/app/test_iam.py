@@ -69,7 +69,11 @@ def test_a_missing_object_is_told_apart_only_where_the_policy_lets_the_lambda_li
     policy = json.dumps(policies.resolve(policies.policy(ENV), REGION, ACCOUNT))
     assert iam.may_know_missing(policy, BUCKET, "incoming/deleted.png")
     assert iam.may_know_missing(policy, BUCKET, "training-data/cat/deleted.png")
-    assert not iam.may_know_missing(policy, BUCKET, "sagemaker/final/model.tar.gz")
+    # The final jobs' artefacts and reports too (the drift check and GET /runs/{id}/report read
+    # them), nothing else SageMaker writes.
+    assert iam.may_know_missing(policy, BUCKET, "sagemaker/final/ip-test-r1-final/output/model.tar.gz")
+    assert not iam.may_know_missing(policy, BUCKET, "sagemaker/tuning/ip-test-r1-001/output/model.tar.gz")
+    assert not iam.may_know_missing(policy, BUCKET, "manifests/r1.manifest")
     assert not iam.may_know_missing(policy, "someone-elses-bucket", "incoming/deleted.png")
 
 

@@ -83,6 +83,8 @@ def _drop(page, files: list[Path]) -> None:
 def test_images_dropped_on_the_page_get_their_predictions(page, trained_stack):
     trained_stack.live()
     page.goto(console(trained_stack) + "#upload")
+    # Ready once it knows how to sign in (the load event does not wait for that) and has loaded.
+    page.wait_for_selector("body[data-loaded='true']")
     images = trained_stack.files[7::200][:3]
     _drop(page, images)
     # Polled from here: the page's CSP (no 'unsafe-eval') refuses wait_for_function's evaluated strings.
