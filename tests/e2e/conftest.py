@@ -80,6 +80,8 @@ def moto_url(monkeypatch):
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     yield url
+    # The server shares moto's backends with this process: leave them empty for the next test.
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
     server.stop()
 
 
