@@ -35,15 +35,22 @@ OWNER_ENV = "LOCAL_AWS_OWNER"  # "pid:start time" of the process whose children 
 POLL_SECONDS = 0.5
 
 
-def start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot, from /proc), or None if it is gone or a zombie."""
+def live_stat(pid: int) -> tuple[int, int] | None:
+    """(start time in clock ticks since boot, process group) of `pid` from /proc; None if it is
+    gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces and ")"
     except (FileNotFoundError, ProcessLookupError):
         return None
-    state, started = fields[0], fields[19]  # stat's fields 3 and 22
-    return None if state in (b"Z", b"X") else int(started)
+    state, group, started = fields[0], fields[2], fields[19]  # stat's fields 3, 5 and 22
+    return None if state in (b"Z", b"X") else (int(started), int(group))
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, from /proc), or None if it is gone or a zombie."""
+    stat = live_stat(pid)
+    return stat[0] if stat else None
 
 
 def owner_token(pid: int | None = None) -> str:

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .owner_watch import start_time
+from .owner_watch import live_stat, start_time
 
 RECORD_ENV = "LOCAL_AWS_PROCESS_RECORD"
 
@@ -52,17 +52,12 @@ def read_record(path: Path) -> list[Recorded]:
 
 
 def _group_members(pgid: int) -> list[tuple[int, int]]:
-    """(pid, start time) of every live process in the group `pgid`, from /proc."""
+    """(pid, start time) of every live process in the group `pgid`."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):  # stat's fields 5 (pgrp) and 3 (state)
-            members.append((int(entry.name), int(fields[19])))
+        stat = live_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat and stat[1] == pgid:
+            members.append((int(entry.name), stat[0]))
     return members
 
 

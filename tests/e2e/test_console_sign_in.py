@@ -56,31 +56,26 @@ class HostedUI:
             self.authorizations.append(query)
             back = urlencode({"code": f"code-{len(self.authorizations)}", "state": query["state"]})
             route.fulfill(status=302, headers={"Location": f"{query['redirect_uri']}?{back}"})
-        elif url.path == "/oauth2/token" and "grant_type=refresh_token" in (request.post_data or ""):
-            form = {k: v[0] for k, v in parse_qs(request.post_data).items()}
-            self.refreshes.append(form)
-            valid = form["client_id"] == self.client_id and form["refresh_token"] == "refresh"
-            cors = {"Access-Control-Allow-Origin": request.headers["origin"]}
-            # Cognito's refresh answers new ID and access tokens, not a new refresh token.
-            route.fulfill(status=200 if valid else 400, headers=cors, json={
-                "id_token": self.id_token, "access_token": "access", "expires_in": 3600, "token_type": "Bearer"}
-                if valid else {"error": "invalid_grant"})
         elif url.path == "/oauth2/token":
             form = {k: v[0] for k, v in parse_qs(request.post_data).items()}
-            self.exchanges.append(form)
-            asked = self.authorizations[-1]
-            verifier_hash = base64.urlsafe_b64encode(hashlib.sha256(form["code_verifier"].encode()).digest())
-            valid = (form["grant_type"] == "authorization_code" and form["client_id"] == self.client_id
-                     and form["code"] == f"code-{len(self.authorizations)}"
-                     and form["redirect_uri"] == asked["redirect_uri"]
-                     and verifier_hash.decode().rstrip("=") == asked["code_challenge"])
             cors = {"Access-Control-Allow-Origin": request.headers["origin"]}
-            if not valid:
-                route.fulfill(status=400, headers=cors, json={"error": "invalid_grant"})
-                return
-            route.fulfill(status=200, headers=cors, json={
-                "id_token": self.id_token, "access_token": "access", "refresh_token": "refresh",
-                "expires_in": 3600, "token_type": "Bearer"})
+            if form["grant_type"] == "refresh_token":
+                self.refreshes.append(form)
+                valid = form["client_id"] == self.client_id and form["refresh_token"] == "refresh"
+                # Cognito's refresh answers new ID and access tokens, not a new refresh token.
+                tokens = {"id_token": self.id_token, "access_token": "access", "expires_in": 3600,
+                          "token_type": "Bearer"}
+            else:
+                self.exchanges.append(form)
+                asked = self.authorizations[-1]
+                verifier_hash = base64.urlsafe_b64encode(hashlib.sha256(form["code_verifier"].encode()).digest())
+                valid = (form["grant_type"] == "authorization_code" and form["client_id"] == self.client_id
+                         and form["code"] == f"code-{len(self.authorizations)}"
+                         and form["redirect_uri"] == asked["redirect_uri"]
+                         and verifier_hash.decode().rstrip("=") == asked["code_challenge"])
+                tokens = {"id_token": self.id_token, "access_token": "access", "refresh_token": "refresh",
+                          "expires_in": 3600, "token_type": "Bearer"}
+            route.fulfill(status=200 if valid else 400, headers=cors, json=tokens if valid else {"error": "invalid_grant"})
         elif url.path == "/logout":
             self.sign_outs.append({k: v[0] for k, v in parse_qs(url.query).items()})
             route.fulfill(status=200, content_type="text/html", body="<p>signed out</p>")
