@@ -15,16 +15,9 @@ from collections.abc import Mapping
 
 from chalice import CognitoUserPoolAuthorizer, IAMAuthorizer
 
-from .config import AUTH_MODES, ConfigError
+from .config import ConfigError, auth_mode
 # API Gateway's authoriser takes the ID token (no OAuth scope is asked for on the methods).
 TOKEN_HEADER = "Authorization"
-
-
-def auth_mode(env: Mapping[str, str]) -> str:
-    mode = env.get("AUTH") or "none"
-    if mode not in AUTH_MODES:
-        raise ConfigError(f"AUTH must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
-    return mode
 
 
 def console_client_name(name_prefix: str) -> str:

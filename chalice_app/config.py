@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from collections.abc import Mapping
 from typing import Any
 
 from training.drift import DEFAULT_THRESHOLDS, Thresholds
@@ -53,9 +54,9 @@ DEFAULT_RULE_POLICY: dict[str, str] = {
 }
 
 
-# What SageMaker allows in a name, lower case only (ARNs carry names lower-cased).
 # Who may call the API (chalice_app/auth.py says what each means).
 AUTH_MODES = ("none", "iam", "cognito")
+# What SageMaker allows in a name, lower case only (ARNs carry names lower-cased).
 NAME_PREFIX_PATTERN = re.compile(r"^[a-z0-9](-*[a-z0-9])*$")
 
 
@@ -174,7 +175,12 @@ def _above_zero(env: dict[str, str], name: str, default: float) -> float:
     return value
 
 
-def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+def auth_mode(env: Mapping[str, str]) -> str:
+    """The stage's AUTH, checked."""
+    return _choice(env, "AUTH", "none", AUTH_MODES)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name) or default
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
@@ -285,6 +291,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
                           f"({NAME_PREFIX_PATTERN.pattern})")
     static = {**DEFAULT_STATIC_HYPERPARAMETERS, **_json(env, "STATIC_HYPERPARAMETERS", {})}
     drift_window, drift_min = _drift_window(env)
+    auth = auth_mode(env)
     return Settings(
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         name_prefix=prefix,
@@ -347,9 +354,9 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         drift_class_p_value=_fraction(env, "DRIFT_CLASS_P_VALUE", DEFAULT_THRESHOLDS.class_p_value),
         drift_embedding_threshold=_above_zero(env, "DRIFT_EMBEDDING_THRESHOLD", DEFAULT_THRESHOLDS.embedding_distance),
         drift_review_sample_rate=_fraction(env, "DRIFT_REVIEW_SAMPLE_RATE", 0.2),
-        auth=_choice(env, "AUTH", "none", AUTH_MODES),
-        cognito_user_pool_id=need("COGNITO_USER_POOL_ID") if env.get("AUTH") == "cognito" else "",
-        cognito_domain=need("COGNITO_DOMAIN") if env.get("AUTH") == "cognito" else "",
+        auth=auth,
+        cognito_user_pool_id=need("COGNITO_USER_POOL_ID") if auth == "cognito" else "",
+        cognito_domain=need("COGNITO_DOMAIN") if auth == "cognito" else "",
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chalice_app.auth import auth_mode
+from chalice_app.config import auth_mode
 from infra import console_users
 from infra.policies import stage_env
 
